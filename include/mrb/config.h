@@ -1,0 +1,91 @@
+/*
+ * config.h - the bridge's configuration: defaults, the JSON file, the command
+ * line, and their validation.
+ *
+ * Precedence: built-in defaults < config file < command line. Any --route on
+ * the command line replaces the file's routes; with no route anywhere the
+ * default routes "user/+ <> user:*" and "news <> news" apply.
+ *
+ * Every failure returns MRB_ERR_INVALID with one line in msg naming where
+ * (file:line:col for JSON syntax, file plus key path such as
+ * "routes[2].direction" for values) and what is allowed. Pure apart from
+ * reading the file and the host name.
+ */
+#ifndef MRB_CONFIG_H
+#define MRB_CONFIG_H
+
+#include <stdio.h>
+
+#include "mrb/err.h"
+#include "mrb/log.h"
+#include "mrb/route.h"
+#include "mrb/url.h"
+
+typedef enum mrb_mqtt_protocol {
+    MRB_MQTT_AUTO = 0,   /* MQTT 5, falling back to 3.1.1 */
+    MRB_MQTT_5,
+    MRB_MQTT_311
+} mrb_mqtt_protocol;
+
+typedef struct mrb_config {
+    char *id;                 /* bridge id: client id and status topic */
+    mrb_log_level log_level;
+    char *mqtt_url;           /* text as given */
+    char *client_id;          /* default "mqtt-redis-bridge-<id>" */
+    mrb_mqtt_protocol protocol;
+    long keepalive;           /* seconds */
+    char *redis_url;
+    mrb_route *routes;        /* owned */
+    size_t n_routes;
+    long max_payload;         /* bytes; larger messages are dropped */
+    long queue_messages;      /* per direction */
+    long queue_bytes;         /* per direction */
+    long reconnect_min_ms;
+    long reconnect_max_ms;
+    long shutdown_timeout_ms;
+
+    /* derived by mrb_config_finish() */
+    mrb_url mqtt;
+    mrb_url redis;
+    char *status_topic;       /* "bridge/<id>/status" */
+} mrb_config;
+
+/* Command-line values: NULL / -1 / 0 when not given. Strings point into argv. */
+typedef struct mrb_cli {
+    const char *config_file;
+    const char *mqtt_url;
+    const char *redis_url;
+    const char *id;
+    const char **routes;      /* owned array of argv pointers */
+    size_t n_routes;
+    int check;
+    int verbosity;            /* -1 quiet, 0 default, 1 verbose */
+    int help, version;
+} mrb_cli;
+
+/* Parse argv. MRB_ERR_INVALID with a message on bad usage. Free with
+ * mrb_cli_free(). */
+mrb_err mrb_cli_parse(int argc, char **argv, mrb_cli *cli, char *msg,
+                      size_t msglen);
+void mrb_cli_free(mrb_cli *cli);
+void mrb_cli_usage(FILE *out);
+
+void mrb_config_init(mrb_config *cfg);
+void mrb_config_free(mrb_config *cfg);
+
+/* Apply a JSON document (text of len bytes) named source in messages. */
+mrb_err mrb_config_load_json(mrb_config *cfg, const char *text, size_t len,
+                             const char *source, char *msg, size_t msglen);
+/* Read and apply a JSON file. */
+mrb_err mrb_config_load_file(mrb_config *cfg, const char *path, char *msg,
+                             size_t msglen);
+/* Apply command-line overrides (routes, URLs, id, verbosity). */
+mrb_err mrb_config_apply_cli(mrb_config *cfg, const mrb_cli *cli, char *msg,
+                             size_t msglen);
+/* Fill defaults that depend on other values, parse URLs, check the whole. */
+mrb_err mrb_config_finish(mrb_config *cfg, char *msg, size_t msglen);
+
+/* The effective configuration, passwords redacted (for --check). */
+void mrb_config_print(const mrb_config *cfg, FILE *out);
+
+#endif

@@ -1,0 +1,55 @@
+/*
+ * queue.h - messages and the bounded FIFO they wait in.
+ *
+ * An mrb_msg is one allocation holding the name (topic or channel,
+ * NUL-terminated) and the payload. A queue is capped both in messages and in
+ * bytes; pushing into a full queue drops the oldest messages until the new one
+ * fits, and counts them. Not thread-safe: the bridge locks the one queue that
+ * two threads share.
+ */
+#ifndef MRB_QUEUE_H
+#define MRB_QUEUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mrb_msg {
+    struct mrb_msg *next;
+    size_t name_len;
+    size_t payload_len;
+    int qos;
+    int retain;
+    char data[];        /* name '\0' payload */
+} mrb_msg;
+
+/* A new message (copies both); NULL when out of memory. Free with free(). */
+mrb_msg *mrb_msg_new(const char *name, size_t nlen, const void *payload,
+                     size_t plen, int qos, int retain);
+static inline const char *mrb_msg_name(const mrb_msg *m) { return m->data; }
+static inline const char *mrb_msg_payload(const mrb_msg *m)
+{
+    return m->data + m->name_len + 1;
+}
+static inline size_t mrb_msg_size(const mrb_msg *m)
+{
+    return sizeof(*m) + m->name_len + 1 + m->payload_len;
+}
+
+typedef struct mrb_queue {
+    mrb_msg *head, *tail;
+    size_t count, bytes;
+    size_t max_count, max_bytes;
+    uint64_t dropped;   /* oldest messages dropped to make room */
+} mrb_queue;
+
+void mrb_queue_init(mrb_queue *q, size_t max_count, size_t max_bytes);
+/* Takes ownership of m; returns how many old messages were dropped. */
+size_t mrb_queue_push(mrb_queue *q, mrb_msg *m);
+/* Puts m back at the head (a send that could not go out yet); no drop. */
+void mrb_queue_push_front(mrb_queue *q, mrb_msg *m);
+/* The oldest message, now the caller's; NULL when empty. */
+mrb_msg *mrb_queue_pop(mrb_queue *q);
+/* Frees all queued messages; returns how many there were. */
+size_t mrb_queue_clear(mrb_queue *q);
+
+#endif

@@ -1,0 +1,142 @@
+/*
+ * route.h - routes between MQTT topic filters and Redis channel patterns.
+ *
+ * A route pairs an MQTT filter with a Redis pattern. The k-th wildcard of the
+ * filter ('+' one level, '#' the rest) corresponds to the k-th '*' of the
+ * pattern. A '+' capture is copied verbatim; a '#' capture has its level
+ * separators translated ('/' <-> ':'). A message crosses a route only if it
+ * matches on both sides: the name it is mapped to must itself be a valid name
+ * that the other side of the route matches.
+ *
+ * Everything here is pure: strings in, strings out, no I/O, no threads.
+ * mrb_routes is immutable once built and may be read from any thread.
+ */
+#ifndef MRB_ROUTE_H
+#define MRB_ROUTE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mrb/err.h"
+
+#define MRB_TOPIC_MAX 65535 /* MQTT topic names are length-prefixed u16 */
+#define MRB_WILDCARDS_MAX 16
+
+typedef enum mrb_direction {
+    MRB_DIR_BOTH = 0,
+    MRB_DIR_MQTT_TO_REDIS,
+    MRB_DIR_REDIS_TO_MQTT
+} mrb_direction;
+
+typedef struct mrb_route {
+    char *mqtt;         /* MQTT topic filter (owned) */
+    char *redis;        /* Redis channel or pattern (owned) */
+    mrb_direction dir;
+    int qos;            /* 0..2: subscription QoS and QoS of MQTT publishes */
+    int retain;         /* publish to MQTT with the retain flag */
+} mrb_route;
+
+const char *mrb_direction_name(mrb_direction dir);
+const char *mrb_direction_arrow(mrb_direction dir);
+
+/* Check a route's filter, pattern and options; message says what is wrong
+ * (without the key path or source, which the caller prepends). */
+mrb_err mrb_route_check(const mrb_route *r, char *msg, size_t msglen);
+
+/* Parse "FILTER ARROW PATTERN [qos=N] [retain]" into *out (strings owned by
+ * *out; free with mrb_route_free). Checks the route as mrb_route_check. */
+mrb_err mrb_route_parse_spec(const char *spec, mrb_route *out, char *msg,
+                             size_t msglen);
+void mrb_route_free(mrb_route *r);
+
+/* "user/+ <> user:* qos=1 retain" */
+void mrb_route_format(const mrb_route *r, char *buf, size_t buflen);
+
+/* --- name checks -------------------------------------------------------- */
+
+int mrb_utf8_valid(const char *s, size_t len);
+/* MQTT filter syntax (wildcards whole levels, '#' last). */
+int mrb_filter_valid(const char *filter);
+/* A topic a client may publish to: non-empty, <= 65535 bytes, UTF-8, no
+ * '+', '#' or NUL, not starting with '$'. */
+int mrb_topic_valid(const char *topic, size_t len);
+/* MQTT matching, including "wildcards do not match $-topics at level 1". */
+int mrb_filter_matches(const char *filter, const char *topic, size_t len);
+/* Redis glob matching for patterns whose only special character is '*'. */
+int mrb_glob_matches(const char *pattern, const char *s, size_t len);
+
+/* --- mapping one route --------------------------------------------------- */
+
+/* Map an MQTT topic through route r to a Redis channel written to out
+ * (outlen bytes, not NUL-terminated; length in *outn). MRB_ERR_NOMATCH if the
+ * topic does not match or cannot be mapped, MRB_ERR_FULL if out is small. */
+mrb_err mrb_route_map_to_redis(const mrb_route *r, const char *topic,
+                               size_t len, char *out, size_t outlen,
+                               size_t *outn);
+/* Map a Redis channel through r to an MQTT topic, likewise. */
+mrb_err mrb_route_map_to_mqtt(const mrb_route *r, const char *channel,
+                              size_t len, char *out, size_t outlen,
+                              size_t *outn);
+
+/* --- the route table ------------------------------------------------------ */
+
+/* One subscription the bridge holds on a side. Several routes may share it. */
+typedef struct mrb_sub {
+    char *name;        /* MQTT filter or Redis channel/pattern (owned) */
+    int qos;           /* MQTT: highest QoS of the routes using it */
+    int exact;         /* Redis: no '*', so SUBSCRIBE instead of PSUBSCRIBE */
+} mrb_sub;
+
+typedef struct mrb_routes {
+    mrb_route *route;  /* copies of the routes (owned) */
+    size_t n;
+    mrb_sub *mqtt_sub; /* distinct filters of routes that carry MQTT->Redis */
+    size_t n_mqtt_sub;
+    mrb_sub *redis_sub;/* distinct patterns of routes that carry Redis->MQTT;
+                          exact channels first, then patterns */
+    size_t n_redis_sub;
+} mrb_routes;
+
+#define MRB_NO_SUB ((size_t)-1)
+
+/* Build the table from n checked routes (copied). Free with mrb_routes_free. */
+mrb_err mrb_routes_build(mrb_routes *t, const mrb_route *routes, size_t n);
+void mrb_routes_free(mrb_routes *t);
+
+/* The first MQTT subscription whose filter matches topic, or MRB_NO_SUB. A
+ * broker may deliver one message once per matching subscription; the bridge
+ * acts only on the copy that carries this one (see bridge.c). */
+size_t mrb_routes_mqtt_canonical(const mrb_routes *t, const char *topic,
+                                 size_t len);
+/* Likewise for Redis: the first subscription matching channel. */
+size_t mrb_routes_redis_canonical(const mrb_routes *t, const char *channel,
+                                  size_t len);
+/* Index of the Redis subscription named name (as Redis reports it). */
+size_t mrb_routes_redis_sub_index(const mrb_routes *t, const char *name,
+                                  size_t len);
+
+/* The distinct targets of one message. Reused across messages so the hot
+ * path does not allocate once it has grown; owned by one thread. */
+typedef struct mrb_target {
+    size_t off, len;   /* name in buf */
+    size_t route;      /* index of the first route that produced it */
+} mrb_target;
+
+typedef struct mrb_targets {
+    char *buf;
+    size_t cap, used;
+    mrb_target *v;
+    size_t n, vcap;
+    size_t unmappable; /* routes that matched one side but not the other */
+} mrb_targets;
+
+void mrb_targets_free(mrb_targets *tg);
+
+/* Fill tg with the distinct Redis channels an MQTT topic maps to. */
+mrb_err mrb_routes_map_mqtt(const mrb_routes *t, const char *topic, size_t len,
+                            mrb_targets *tg);
+/* Fill tg with the distinct MQTT topics a Redis channel maps to. */
+mrb_err mrb_routes_map_redis(const mrb_routes *t, const char *channel,
+                             size_t len, mrb_targets *tg);
+
+#endif

@@ -1,0 +1,610 @@
+/*
+ * config.c - defaults, the JSON schema (one table row per key), command-line
+ * parsing and whole-configuration checks.
+ */
+#include "mrb/config.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PROG "mqtt-redis-bridge"
+
+/* ---------------------------------------------------------------- schema */
+
+/* F_LONG fills a long, F_INT an int; F_ENUM and F_BOOL an int. */
+typedef enum ftype {
+    F_STRING, F_LONG, F_INT, F_BOOL, F_ENUM, F_OBJECT, F_ROUTES
+} ftype;
+
+typedef struct field {
+    const char *name;
+    ftype type;
+    size_t off;                   /* into mrb_config, or mrb_route for routes */
+    long min, max;                /* F_LONG, F_INT */
+    const char *const *allowed;   /* F_ENUM, NULL-terminated; stored as int */
+    const struct field *children; /* F_OBJECT, NULL-name-terminated */
+    int required;
+} field;
+
+static const char *const log_levels[] = {"error", "warning", "info", "debug", NULL};
+static const char *const protocols[] = {"auto", "5", "3.1.1", NULL};
+static const char *const directions[] = {"both", "mqtt_to_redis",
+                                         "redis_to_mqtt", NULL};
+
+#define C(m) offsetof(mrb_config, m)
+#define R(m) offsetof(mrb_route, m)
+
+static const field mqtt_fields[] = {
+    {"url", F_STRING, C(mqtt_url), 0, 0, NULL, NULL, 0},
+    {"client_id", F_STRING, C(client_id), 0, 0, NULL, NULL, 0},
+    {"protocol", F_ENUM, C(protocol), 0, 0, protocols, NULL, 0},
+    {"keepalive", F_LONG, C(keepalive), 5, 3600, NULL, NULL, 0},
+    {NULL, 0, 0, 0, 0, NULL, NULL, 0}};
+
+static const field redis_fields[] = {
+    {"url", F_STRING, C(redis_url), 0, 0, NULL, NULL, 0},
+    {NULL, 0, 0, 0, 0, NULL, NULL, 0}};
+
+static const field limit_fields[] = {
+    {"max_payload", F_LONG, C(max_payload), 1, 268435455, NULL, NULL, 0},
+    {"queue_messages", F_LONG, C(queue_messages), 1, 10000000, NULL, NULL, 0},
+    {"queue_bytes", F_LONG, C(queue_bytes), 1024, 2147483647, NULL, NULL, 0},
+    {NULL, 0, 0, 0, 0, NULL, NULL, 0}};
+
+static const field reconnect_fields[] = {
+    {"min_ms", F_LONG, C(reconnect_min_ms), 10, 60000, NULL, NULL, 0},
+    {"max_ms", F_LONG, C(reconnect_max_ms), 100, 3600000, NULL, NULL, 0},
+    {NULL, 0, 0, 0, 0, NULL, NULL, 0}};
+
+static const field route_fields[] = {
+    {"mqtt", F_STRING, R(mqtt), 0, 0, NULL, NULL, 1},
+    {"redis", F_STRING, R(redis), 0, 0, NULL, NULL, 1},
+    {"direction", F_ENUM, R(dir), 0, 0, directions, NULL, 0},
+    {"qos", F_INT, R(qos), 0, 2, NULL, NULL, 0},
+    {"retain", F_BOOL, R(retain), 0, 0, NULL, NULL, 0},
+    {NULL, 0, 0, 0, 0, NULL, NULL, 0}};
+
+static const field top_fields[] = {
+    {"id", F_STRING, C(id), 0, 0, NULL, NULL, 0},
+    {"log_level", F_ENUM, C(log_level), 0, 0, log_levels, NULL, 0},
+    {"mqtt", F_OBJECT, 0, 0, 0, NULL, mqtt_fields, 0},
+    {"redis", F_OBJECT, 0, 0, 0, NULL, redis_fields, 0},
+    {"routes", F_ROUTES, 0, 0, 0, NULL, route_fields, 0},
+    {"limits", F_OBJECT, 0, 0, 0, NULL, limit_fields, 0},
+    {"reconnect", F_OBJECT, 0, 0, 0, NULL, reconnect_fields, 0},
+    {"shutdown_timeout_ms", F_LONG, C(shutdown_timeout_ms), 0, 600000, NULL, NULL, 0},
+    {NULL, 0, 0, 0, 0, NULL, NULL, 0}};
+
+#undef C
+#undef R
+
+/* ------------------------------------------------------------- defaults */
+
+void mrb_config_init(mrb_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->log_level = MRB_LOG_INFO;
+    cfg->protocol = MRB_MQTT_AUTO;
+    cfg->keepalive = 30;
+    cfg->max_payload = 1048576;
+    cfg->queue_messages = 10000;
+    cfg->queue_bytes = 16L * 1024 * 1024;
+    cfg->reconnect_min_ms = 250;
+    cfg->reconnect_max_ms = 30000;
+    cfg->shutdown_timeout_ms = 5000;
+}
+
+static void free_routes(mrb_route *routes, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        mrb_route_free(&routes[i]);
+    free(routes);
+}
+
+void mrb_config_free(mrb_config *cfg)
+{
+    free(cfg->id);
+    free(cfg->mqtt_url);
+    free(cfg->client_id);
+    free(cfg->redis_url);
+    free_routes(cfg->routes, cfg->n_routes);
+    mrb_url_free(&cfg->mqtt);
+    mrb_url_free(&cfg->redis);
+    free(cfg->status_topic);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+static mrb_err set_string(char **slot, const char *value)
+{
+    char *d = strdup(value);
+    if (!d)
+        return MRB_ERR_NOMEM;
+    free(*slot);
+    *slot = d;
+    return MRB_OK;
+}
+
+/* --------------------------------------------------------------- JSON */
+
+typedef struct jctx {
+    const char *source;
+    char *msg;
+    size_t msglen;
+} jctx;
+
+static const char *json_type_name(const cJSON *v)
+{
+    if (cJSON_IsString(v)) return "a string";
+    if (cJSON_IsNumber(v)) return "a number";
+    if (cJSON_IsBool(v)) return "a boolean";
+    if (cJSON_IsNull(v)) return "null";
+    if (cJSON_IsArray(v)) return "an array";
+    return "an object";
+}
+
+static mrb_err bad_value(jctx *j, const char *path, const cJSON *v,
+                         const char *allowed)
+{
+    if (cJSON_IsString(v))
+        return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
+                        "%s: %s: invalid value \"%s\" (allowed: %s)", j->source,
+                        path, v->valuestring, allowed);
+    if (cJSON_IsNumber(v))
+        return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
+                        "%s: %s: invalid value %g (allowed: %s)", j->source,
+                        path, v->valuedouble, allowed);
+    return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
+                    "%s: %s: invalid value, %s (allowed: %s)", j->source, path,
+                    json_type_name(v), allowed);
+}
+
+static mrb_err apply_object(jctx *j, const cJSON *obj, const field *fields,
+                            void *base, const char *prefix);
+
+static mrb_err apply_routes(jctx *j, const cJSON *arr, mrb_config *cfg,
+                            const char *path)
+{
+    if (!cJSON_IsArray(arr))
+        return bad_value(j, path, arr, "an array of route objects");
+    size_t n = (size_t)cJSON_GetArraySize(arr), i = 0;
+    if (n == 0)
+        return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
+                        "%s: %s: the list is empty (give at least one route, or "
+                        "leave \"routes\" out for the defaults)", j->source, path);
+    mrb_route *routes = calloc(n, sizeof(*routes));
+    if (!routes)
+        return MRB_ERR_NOMEM;
+    mrb_err err = MRB_OK;
+    const cJSON *item;
+    cJSON_ArrayForEach(item, arr) {
+        char rpath[160], rmsg[512];
+        snprintf(rpath, sizeof(rpath), "%s[%zu]", path, i);
+        mrb_route *r = &routes[i++];
+        r->qos = 1;
+        if (!cJSON_IsObject(item)) {
+            err = bad_value(j, rpath, item, "an object with \"mqtt\" and \"redis\"");
+            break;
+        }
+        if ((err = apply_object(j, item, route_fields, r, rpath)) != MRB_OK)
+            break;
+        if ((err = mrb_route_check(r, rmsg, sizeof(rmsg))) != MRB_OK) {
+            mrb_fail(err, j->msg, j->msglen, "%s: %s: %s", j->source, rpath, rmsg);
+            break;
+        }
+    }
+    if (err != MRB_OK) {
+        free_routes(routes, n);
+        return err;
+    }
+    free_routes(cfg->routes, cfg->n_routes);
+    cfg->routes = routes;
+    cfg->n_routes = n;
+    return MRB_OK;
+}
+
+static mrb_err apply_field(jctx *j, const field *f, const cJSON *v, void *base,
+                           const char *path)
+{
+    char *slot = (char *)base + f->off;
+    char allowed[160];
+    switch (f->type) {
+    case F_STRING:
+        if (!cJSON_IsString(v))
+            return bad_value(j, path, v, "a string");
+        if (v->valuestring[0] == '\0')
+            return bad_value(j, path, v, "a non-empty string");
+        return set_string((char **)(void *)slot, v->valuestring);
+    case F_LONG:
+    case F_INT:
+        snprintf(allowed, sizeof(allowed), "an integer from %ld to %ld", f->min,
+                 f->max);
+        if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) ||
+            v->valuedouble < (double)f->min || v->valuedouble > (double)f->max)
+            return bad_value(j, path, v, allowed);
+        if (f->type == F_INT)
+            *(int *)(void *)slot = (int)v->valuedouble;
+        else
+            *(long *)(void *)slot = (long)v->valuedouble;
+        return MRB_OK;
+    case F_BOOL:
+        if (!cJSON_IsBool(v))
+            return bad_value(j, path, v, "true or false");
+        *(int *)(void *)slot = cJSON_IsTrue(v);
+        return MRB_OK;
+    case F_ENUM: {
+        size_t o = 0;
+        allowed[0] = '\0';
+        for (int i = 0; f->allowed[i]; i++)
+            o += (size_t)snprintf(allowed + o, sizeof(allowed) - o, "%s%s",
+                                  i ? ", " : "", f->allowed[i]);
+        if (cJSON_IsString(v))
+            for (int i = 0; f->allowed[i]; i++)
+                if (strcmp(v->valuestring, f->allowed[i]) == 0) {
+                    *(int *)(void *)slot = i;
+                    return MRB_OK;
+                }
+        return bad_value(j, path, v, allowed);
+    }
+    case F_OBJECT:
+        if (!cJSON_IsObject(v))
+            return bad_value(j, path, v, "an object");
+        return apply_object(j, v, f->children, base, path);
+    case F_ROUTES:
+        return apply_routes(j, v, (mrb_config *)base, path);
+    }
+    return MRB_ERR_INVALID;
+}
+
+static mrb_err apply_object(jctx *j, const cJSON *obj, const field *fields,
+                            void *base, const char *prefix)
+{
+    const cJSON *item;
+    char path[128];
+    cJSON_ArrayForEach(item, obj) {
+        snprintf(path, sizeof(path), "%s%s%s", prefix, *prefix ? "." : "",
+                 item->string);
+        for (const cJSON *prev = obj->child; prev != item; prev = prev->next)
+            if (strcmp(prev->string, item->string) == 0)
+                return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
+                                "%s: %s: duplicate key", j->source, path);
+        const field *f = fields;
+        while (f->name && strcmp(f->name, item->string) != 0)
+            f++;
+        if (!f->name) {
+            char known[256];
+            size_t o = 0;
+            for (const field *k = fields; k->name; k++)
+                o += (size_t)snprintf(known + o, sizeof(known) - o, "%s%s",
+                                      k == fields ? "" : ", ", k->name);
+            return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
+                            "%s: %s: unknown key (known keys here: %s)",
+                            j->source, path, known);
+        }
+        mrb_err err = apply_field(j, f, item, base, path);
+        if (err != MRB_OK)
+            return err;
+    }
+    for (const field *f = fields; f->name; f++) {
+        if (f->required && !cJSON_GetObjectItemCaseSensitive(obj, f->name))
+            return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
+                            "%s: %s%s%s: missing (required)", j->source, prefix,
+                            *prefix ? "." : "", f->name);
+    }
+    return MRB_OK;
+}
+
+mrb_err mrb_config_load_json(mrb_config *cfg, const char *text, size_t len,
+                             const char *source, char *msg, size_t msglen)
+{
+    jctx j = {source, msg, msglen};
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!root) {
+        const char *at = cJSON_GetErrorPtr();
+        if (!at || at < text || at > text + len)
+            at = end && end >= text && end <= text + len ? end : text + len;
+        int line = 1, col = 1;
+        for (const char *p = text; p < at; p++) {
+            if (*p == '\n') {
+                line++;
+                col = 1;
+            } else {
+                col++;
+            }
+        }
+        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                        "%s:%d:%d: JSON syntax error", source, line, col);
+    }
+    mrb_err err;
+    if (!cJSON_IsObject(root))
+        err = mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                       "%s: the configuration must be a JSON object ({...})",
+                       source);
+    else
+        err = apply_object(&j, root, top_fields, cfg, "");
+    cJSON_Delete(root);
+    return err;
+}
+
+mrb_err mrb_config_load_file(mrb_config *cfg, const char *path, char *msg,
+                             size_t msglen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return mrb_fail(MRB_ERR_INVALID, msg, msglen, "%s: cannot open: %s",
+                        path, strerror(errno));
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    mrb_err err = MRB_OK;
+    while (buf) {
+        len += fread(buf + len, 1, cap - len, f);
+        if (len < cap)
+            break;
+        if (cap >= (1u << 24)) {
+            err = mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                           "%s: file is larger than 16 MiB", path);
+            break;
+        }
+        char *nb = realloc(buf, cap * 2);
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+        } else {
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    if (!buf)
+        err = MRB_ERR_NOMEM;
+    else if (err == MRB_OK && ferror(f))
+        err = mrb_fail(MRB_ERR_INVALID, msg, msglen, "%s: read error: %s", path,
+                       strerror(errno));
+    fclose(f);
+    if (err == MRB_OK)
+        err = mrb_config_load_json(cfg, buf, len, path, msg, msglen);
+    free(buf);
+    return err;
+}
+
+/* -------------------------------------------------------- command line */
+
+void mrb_cli_usage(FILE *out)
+{
+    fputs(
+"Usage: " PROG " [OPTIONS]\n"
+"Bridge MQTT topics and Redis pub/sub channels both ways.\n"
+"\n"
+"  -c, --config FILE   read a JSON configuration file (keys: see README)\n"
+"      --mqtt URL      broker, mqtt://[user[:pass]@]host[:port]\n"
+"                      (default mqtt://127.0.0.1:1883)\n"
+"      --redis URL     Redis, redis://[user[:pass]@]host[:port][/db] or\n"
+"                      unix:/path/redis.sock (default redis://127.0.0.1:6379)\n"
+"      --id NAME       bridge id, used in the MQTT client id and in\n"
+"                      bridge/<id>/status (default: the host name)\n"
+"      --route SPEC    'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain]';\n"
+"                      ARROW is <> (both ways), > (MQTT to Redis) or\n"
+"                      < (Redis to MQTT). Repeatable; replaces the file's\n"
+"                      routes. Default: 'user/+ <> user:*' and 'news <> news'\n"
+"      --check         validate the configuration, print it and exit\n"
+"  -v, --verbose       log debug messages too\n"
+"  -q, --quiet         log only warnings and errors\n"
+"  -h, --help          show this help and exit\n"
+"  -V, --version       show the version and exit\n"
+"\n"
+"Command-line values override the configuration file. Exit status: 0 after\n"
+"SIGINT/SIGTERM or --check, 2 for a bad command line or configuration,\n"
+"1 for a fatal run-time error.\n", out);
+}
+
+mrb_err mrb_cli_parse(int argc, char **argv, mrb_cli *cli, char *msg,
+                      size_t msglen)
+{
+    enum { O_MQTT = 256, O_REDIS, O_ID, O_ROUTE, O_CHECK };
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"mqtt", required_argument, NULL, O_MQTT},
+        {"redis", required_argument, NULL, O_REDIS},
+        {"id", required_argument, NULL, O_ID},
+        {"route", required_argument, NULL, O_ROUTE},
+        {"check", no_argument, NULL, O_CHECK},
+        {"verbose", no_argument, NULL, 'v'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0}};
+
+    memset(cli, 0, sizeof(*cli));
+    cli->routes = calloc((size_t)argc + 1, sizeof(*cli->routes));
+    if (!cli->routes)
+        return MRB_ERR_NOMEM;
+    opterr = 0;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, ":c:vqhV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': cli->config_file = optarg; break;
+        case O_MQTT: cli->mqtt_url = optarg; break;
+        case O_REDIS: cli->redis_url = optarg; break;
+        case O_ID: cli->id = optarg; break;
+        case O_ROUTE: cli->routes[cli->n_routes++] = optarg; break;
+        case O_CHECK: cli->check = 1; break;
+        case 'v': cli->verbosity = 1; break;
+        case 'q': cli->verbosity = -1; break;
+        case 'h': cli->help = 1; break;
+        case 'V': cli->version = 1; break;
+        case ':':
+            return mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                            "option '%s' needs a value (see --help)",
+                            argv[optind - 1]);
+        default:
+            return mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                            "unknown option '%s' (see --help)", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                        "unexpected argument '%s' (see --help)", argv[optind]);
+    return MRB_OK;
+}
+
+void mrb_cli_free(mrb_cli *cli)
+{
+    free(cli->routes);
+    memset(cli, 0, sizeof(*cli));
+}
+
+mrb_err mrb_config_apply_cli(mrb_config *cfg, const mrb_cli *cli, char *msg,
+                             size_t msglen)
+{
+    if ((cli->mqtt_url && set_string(&cfg->mqtt_url, cli->mqtt_url)) ||
+        (cli->redis_url && set_string(&cfg->redis_url, cli->redis_url)) ||
+        (cli->id && set_string(&cfg->id, cli->id)))
+        return MRB_ERR_NOMEM;
+    if (cli->verbosity > 0)
+        cfg->log_level = MRB_LOG_DEBUG;
+    else if (cli->verbosity < 0)
+        cfg->log_level = MRB_LOG_WARNING;
+    if (cli->n_routes == 0)
+        return MRB_OK;
+    mrb_route *routes = calloc(cli->n_routes, sizeof(*routes));
+    if (!routes)
+        return MRB_ERR_NOMEM;
+    for (size_t i = 0; i < cli->n_routes; i++) {
+        char rmsg[512];
+        mrb_err err = mrb_route_parse_spec(cli->routes[i], &routes[i], rmsg,
+                                           sizeof(rmsg));
+        if (err != MRB_OK) {
+            free_routes(routes, cli->n_routes);
+            return mrb_fail(err, msg, msglen, "--route '%s': %s",
+                            cli->routes[i], rmsg);
+        }
+    }
+    free_routes(cfg->routes, cfg->n_routes);
+    cfg->routes = routes;
+    cfg->n_routes = cli->n_routes;
+    return MRB_OK;
+}
+
+/* ---------------------------------------------------------- finishing */
+
+static int id_valid(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = id[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+static mrb_err default_id(mrb_config *cfg)
+{
+    char host[256] = "";
+    if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0')
+        strcpy(host, "bridge");
+    host[64] = '\0';
+    for (char *p = host; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+              (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '.'))
+            *p = '-';
+    return set_string(&cfg->id, host);
+}
+
+static mrb_err default_routes(mrb_config *cfg)
+{
+    static const char *const specs[] = {"user/+ <> user:*", "news <> news"};
+    size_t n = sizeof(specs) / sizeof(specs[0]);
+    cfg->routes = calloc(n, sizeof(*cfg->routes));
+    if (!cfg->routes)
+        return MRB_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        if (mrb_route_parse_spec(specs[i], &cfg->routes[i], NULL, 0) != MRB_OK)
+            return MRB_ERR_NOMEM;
+        cfg->n_routes++;
+    }
+    return MRB_OK;
+}
+
+mrb_err mrb_config_finish(mrb_config *cfg, char *msg, size_t msglen)
+{
+    mrb_err err;
+    if (!cfg->id && (err = default_id(cfg)) != MRB_OK)
+        return err;
+    if (!id_valid(cfg->id))
+        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                        "id: invalid value \"%s\" (allowed: 1 to 64 letters, "
+                        "digits, '-', '_' or '.')", cfg->id);
+    if (!cfg->mqtt_url && (err = set_string(&cfg->mqtt_url, "mqtt://127.0.0.1:1883")))
+        return err;
+    if (!cfg->redis_url && (err = set_string(&cfg->redis_url, "redis://127.0.0.1:6379")))
+        return err;
+    if (!cfg->n_routes && (err = default_routes(cfg)) != MRB_OK)
+        return err;
+
+    char umsg[256];
+    mrb_url_free(&cfg->mqtt);
+    mrb_url_free(&cfg->redis);
+    if ((err = mrb_url_parse(cfg->mqtt_url, MRB_URL_MQTT, &cfg->mqtt, umsg,
+                             sizeof(umsg))) != MRB_OK)
+        return mrb_fail(err, msg, msglen, "mqtt.url: %s", umsg);
+    if ((err = mrb_url_parse(cfg->redis_url, MRB_URL_REDIS, &cfg->redis, umsg,
+                             sizeof(umsg))) != MRB_OK)
+        return mrb_fail(err, msg, msglen, "redis.url: %s", umsg);
+
+    if (!cfg->client_id) {
+        char cid[96];
+        snprintf(cid, sizeof(cid), "mqtt-redis-bridge-%s", cfg->id);
+        if ((err = set_string(&cfg->client_id, cid)) != MRB_OK)
+            return err;
+    }
+    char topic[96];
+    snprintf(topic, sizeof(topic), "bridge/%s/status", cfg->id);
+    if ((err = set_string(&cfg->status_topic, topic)) != MRB_OK)
+        return err;
+
+    if (cfg->reconnect_min_ms > cfg->reconnect_max_ms)
+        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                        "reconnect.min_ms (%ld) must not exceed reconnect.max_ms "
+                        "(%ld)", cfg->reconnect_min_ms, cfg->reconnect_max_ms);
+    if (cfg->queue_bytes < cfg->max_payload)
+        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                        "limits.queue_bytes (%ld) must be at least "
+                        "limits.max_payload (%ld), or a largest message could "
+                        "never wait in the queue", cfg->queue_bytes,
+                        cfg->max_payload);
+    return MRB_OK;
+}
+
+void mrb_config_print(const mrb_config *cfg, FILE *out)
+{
+    char url[512], line[1024];
+    fprintf(out, "id: %s\n", cfg->id);
+    fprintf(out, "log_level: %s\n", mrb_log_level_name(cfg->log_level));
+    mrb_url_format_redacted(&cfg->mqtt, MRB_URL_MQTT, url, sizeof(url));
+    fprintf(out, "mqtt: %s (protocol %s, client id %s, keepalive %ld s)\n", url,
+            protocols[cfg->protocol], cfg->client_id, cfg->keepalive);
+    mrb_url_format_redacted(&cfg->redis, MRB_URL_REDIS, url, sizeof(url));
+    fprintf(out, "redis: %s\n", url);
+    fprintf(out, "status topic: %s\n", cfg->status_topic);
+    fprintf(out, "limits: max_payload %ld bytes; queue %ld messages / %ld bytes "
+            "per direction\n", cfg->max_payload, cfg->queue_messages,
+            cfg->queue_bytes);
+    fprintf(out, "reconnect: %ld ms to %ld ms; shutdown_timeout: %ld ms\n",
+            cfg->reconnect_min_ms, cfg->reconnect_max_ms,
+            cfg->shutdown_timeout_ms);
+    fprintf(out, "routes (%zu):\n", cfg->n_routes);
+    for (size_t i = 0; i < cfg->n_routes; i++) {
+        mrb_route_format(&cfg->routes[i], line, sizeof(line));
+        fprintf(out, "  %s\n", line);
+    }
+}

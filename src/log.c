@@ -1,0 +1,77 @@
+/* log.c - the stderr logger and the rate limiter for repeated warnings. */
+#include "mrb/log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static volatile int log_level = MRB_LOG_INFO;
+
+static const char *const level_names[] = {"error", "warning", "info", "debug"};
+
+void mrb_log_set_level(mrb_log_level level) { log_level = (int)level; }
+mrb_log_level mrb_log_get_level(void) { return (mrb_log_level)log_level; }
+int mrb_log_enabled(mrb_log_level level) { return (int)level <= log_level; }
+
+int mrb_log_level_parse(const char *s, mrb_log_level *out)
+{
+    for (int i = 0; i <= MRB_LOG_DEBUG; i++) {
+        if (strcmp(s, level_names[i]) == 0) {
+            *out = (mrb_log_level)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+const char *mrb_log_level_name(mrb_log_level level)
+{
+    return (unsigned)level <= MRB_LOG_DEBUG ? level_names[level] : "?";
+}
+
+void mrb_log(mrb_log_level level, const char *fmt, ...)
+{
+    if (!mrb_log_enabled(level))
+        return;
+
+    char line[1024];
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    int n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+    n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ldZ %s ",
+                  ts.tv_nsec / 1000000L, mrb_log_level_name(level));
+
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    if (m < 0)
+        m = 0;
+    size_t len = (size_t)n + (size_t)m;
+    if (len > sizeof(line) - 2)
+        len = sizeof(line) - 2; /* truncated: keep the line a line */
+    line[len++] = '\n';
+    fwrite(line, 1, len, stderr);
+}
+
+int mrb_ratelimit_allow(mrb_ratelimit *rl, int64_t now_ms, uint64_t *suppressed)
+{
+    if (rl->last_ms != 0 && now_ms - rl->last_ms < MRB_RATELIMIT_MS) {
+        rl->suppressed++;
+        return 0;
+    }
+    *suppressed = rl->suppressed;
+    rl->suppressed = 0;
+    rl->last_ms = now_ms;
+    return 1;
+}
+
+int64_t mrb_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}

@@ -1,0 +1,55 @@
+/* main.c - command line and configuration in, bridge run, exit status out. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "mrb/bridge.h"
+#include "mrb/config.h"
+
+#define EXIT_USAGE 2
+
+int main(int argc, char **argv)
+{
+    mrb_cli cli;
+    mrb_config cfg;
+    char msg[1024];
+    int status = EXIT_USAGE;
+
+    mrb_config_init(&cfg);
+    mrb_err err = mrb_cli_parse(argc, argv, &cli, msg, sizeof(msg));
+    if (err != MRB_OK) {
+        fprintf(stderr, "mqtt-redis-bridge: %s\n",
+                err == MRB_ERR_INVALID ? msg : mrb_strerror(err));
+        goto out;
+    }
+    if (cli.help) {
+        mrb_cli_usage(stdout);
+        status = 0;
+        goto out;
+    }
+    if (cli.version) {
+        printf("mqtt-redis-bridge %s\n", MRB_VERSION);
+        status = 0;
+        goto out;
+    }
+    if ((cli.config_file &&
+         (err = mrb_config_load_file(&cfg, cli.config_file, msg, sizeof(msg))) != MRB_OK) ||
+        (err = mrb_config_apply_cli(&cfg, &cli, msg, sizeof(msg))) != MRB_OK ||
+        (err = mrb_config_finish(&cfg, msg, sizeof(msg))) != MRB_OK) {
+        fprintf(stderr, "mqtt-redis-bridge: %s\n",
+                err == MRB_ERR_INVALID ? msg : mrb_strerror(err));
+        status = err == MRB_ERR_INVALID ? EXIT_USAGE : 1;
+        goto out;
+    }
+    if (cli.check) {
+        mrb_config_print(&cfg, stdout);
+        printf("configuration OK\n");
+        status = 0;
+        goto out;
+    }
+    mrb_log_set_level(cfg.log_level);
+    status = mrb_bridge_run(&cfg);
+out:
+    mrb_config_free(&cfg);
+    mrb_cli_free(&cli);
+    return status;
+}

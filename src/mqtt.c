@@ -1,0 +1,488 @@
+/*
+ * mqtt.c - the MQTT edge: one Paho MQTTAsync client.
+ *
+ * The main thread creates, connects, subscribes, publishes and destroys the
+ * client. Paho calls back on its own threads; those callbacks only copy the
+ * message into the bridge's in_q, post a connection event under ev_lock, or
+ * count a completed send, and then wake the main thread (see bridge_int.h).
+ *
+ * Subscriptions: one SUBSCRIBE per filter, in route-table order. With MQTT 5
+ * each carries No Local (our own publishes do not come back) and a
+ * Subscription Identifier (index + 1), so that of the copies a broker sends
+ * for overlapping filters the bridge forwards only the one that carries the
+ * first matching filter's identifier. MQTT 3.1.1 has neither: own publishes
+ * are recognised by fingerprint instead (bridge.c).
+ */
+#include <MQTTAsync.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bridge_int.h"
+
+#define STATUS_QOS 1
+
+static void post(mrb_bridge *b, unsigned ev, int code, const char *text)
+{
+    mrb_mqtt *m = &b->mqtt;
+    pthread_mutex_lock(&m->ev_lock);
+    m->ev |= ev;
+    if (ev & (MQTT_EV_CONNECT_FAILED | MQTT_EV_LOST)) {
+        m->ev_code = code;
+        snprintf(m->ev_text, sizeof(m->ev_text), "%s", text ? text : "");
+    }
+    pthread_mutex_unlock(&m->ev_lock);
+    mrb_bridge_wake(b);
+}
+
+/* ---- callbacks: Paho threads ---- */
+
+static void on_connect_ok(void *ctx, MQTTAsync_successData *r)
+{
+    post(ctx, MQTT_EV_CONNECTED, 0, NULL);
+}
+
+static void on_connect_ok5(void *ctx, MQTTAsync_successData5 *r)
+{
+    post(ctx, MQTT_EV_CONNECTED, 0, NULL);
+}
+
+static void on_connect_fail(void *ctx, MQTTAsync_failureData *r)
+{
+    post(ctx, MQTT_EV_CONNECT_FAILED, r ? r->code : 0,
+         r && r->message ? r->message : NULL);
+}
+
+static void on_connect_fail5(void *ctx, MQTTAsync_failureData5 *r)
+{
+    char text[160] = "";
+    int code = 0;
+    if (r) {
+        code = r->reasonCode ? (int)r->reasonCode : r->code;
+        if (r->reasonCode)
+            snprintf(text, sizeof(text), "%s%s%s",
+                     MQTTReasonCode_toString(r->reasonCode),
+                     r->message ? ": " : "", r->message ? r->message : "");
+        else if (r->message)
+            snprintf(text, sizeof(text), "%s", r->message);
+    }
+    post(ctx, MQTT_EV_CONNECT_FAILED, code, text);
+}
+
+static void on_lost(void *ctx, char *cause)
+{
+    post(ctx, MQTT_EV_LOST, 0, cause ? cause : "");
+
+}
+
+static void suback(mrb_bridge *b, int ok)
+{
+    mrb_mqtt *m = &b->mqtt;
+    pthread_mutex_lock(&m->ev_lock);
+    m->ev |= MQTT_EV_SUBACK;
+    if (ok)
+        m->ev_subacks++;
+    else
+        m->ev_subfails++;
+    pthread_mutex_unlock(&m->ev_lock);
+    mrb_bridge_wake(b);
+}
+
+static void on_sub_ok(void *ctx, MQTTAsync_successData *r)
+{
+    suback(ctx, !r || r->alt.qos < 0x80);
+}
+
+static void on_sub_ok5(void *ctx, MQTTAsync_successData5 *r)
+{
+    suback(ctx, !r || r->reasonCode < 0x80);
+}
+
+static void on_sub_fail(void *ctx, MQTTAsync_failureData *r) { suback(ctx, 0); }
+static void on_sub_fail5(void *ctx, MQTTAsync_failureData5 *r) { suback(ctx, 0); }
+
+static void sent(mrb_bridge *b, int ok)
+{
+    mrb_mqtt *m = &b->mqtt;
+    atomic_fetch_add(ok ? &m->sent_ok : &m->sent_failed, 1);
+    int left = atomic_fetch_sub(&m->inflight, 1) - 1;
+    /* wake the main thread only when it waits for room, not per message */
+    if (left <= MRB_MQTT_WINDOW / 2 && atomic_exchange(&m->window_waiting, 0))
+        mrb_bridge_wake(b);
+}
+
+static void on_sent(void *ctx, MQTTAsync_successData *r) { sent(ctx, 1); }
+static void on_sent5(void *ctx, MQTTAsync_successData5 *r) { sent(ctx, 1); }
+static void on_send_fail(void *ctx, MQTTAsync_failureData *r) { sent(ctx, 0); }
+static void on_send_fail5(void *ctx, MQTTAsync_failureData5 *r) { sent(ctx, 0); }
+
+/* Paho's receive thread: copy the message into in_q and return 1 so that
+ * Paho frees its copy. */
+static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
+{
+    mrb_bridge *b = ctx;
+    size_t len = tlen > 0 ? (size_t)tlen : strlen(topic);
+    int duplicate = 0;
+
+    if (b->mqtt.version == MQTTVERSION_5 && b->routes.n_mqtt_sub > 1) {
+        int n = MQTTProperties_propertyCount(&msg->properties,
+                                             MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER);
+        if (n > 0) {
+            size_t canon = mrb_routes_mqtt_canonical(&b->routes, topic, len);
+            duplicate = 1;
+            for (int i = 0; i < n; i++)
+                if ((size_t)MQTTProperties_getNumericValueAt(
+                        &msg->properties, MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER,
+                        i) == canon + 1)
+                    duplicate = 0;
+        }
+    }
+
+    int64_t now = mrb_now_ms();
+    uint64_t sup;
+    pthread_mutex_lock(&b->in_lock);
+    if (duplicate) {
+        b->ic.duplicates++;
+    } else if (b->ic.mqtt_in++, (long)msg->payloadlen > b->cfg->max_payload) {
+        b->ic.dropped_too_large++;
+        if (mrb_ratelimit_allow(&b->in_rl_large, now, &sup))
+            mrb_warn("dropped message from MQTT topic '%.*s': too large (%d bytes, "
+                     "limits.max_payload is %ld); dropped_too_large=%llu "
+                     "(%llu similar not logged)", (int)(len > 200 ? 200 : len),
+                     topic, msg->payloadlen, b->cfg->max_payload,
+                     (unsigned long long)b->ic.dropped_too_large,
+                     (unsigned long long)sup);
+    } else {
+        mrb_msg *m = mrb_msg_new(topic, len, msg->payload, (size_t)msg->payloadlen,
+                                 msg->qos, msg->retained);
+        if (!m) {
+            b->ic.nomem++;
+        } else {
+            size_t dropped = mrb_queue_push(&b->in_q, m);
+            if (dropped) {
+                b->ic.dropped_queue_full += dropped;
+                if (mrb_ratelimit_allow(&b->in_rl_full, now, &sup))
+                    mrb_warn("dropped %zu oldest message(s) waiting for Redis: "
+                             "queue full (limits.queue_messages %ld, "
+                             "limits.queue_bytes %ld); dropped_queue_full=%llu",
+                             dropped, b->cfg->queue_messages, b->cfg->queue_bytes,
+                             (unsigned long long)b->ic.dropped_queue_full);
+            }
+        }
+    }
+    pthread_mutex_unlock(&b->in_lock);
+    if (!duplicate)
+        mrb_bridge_wake(b);
+    MQTTAsync_freeMessage(&msg);
+    MQTTAsync_free(topic);
+    return 1;
+}
+
+/* ---- main thread ---- */
+
+static mrb_err client_create(mrb_bridge *b)
+{
+    mrb_mqtt *m = &b->mqtt;
+    MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
+    co.MQTTVersion = m->version;
+    int rc = MQTTAsync_createWithOptions(&m->client, m->uri, b->cfg->client_id,
+                                         MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+    if (rc != MQTTASYNC_SUCCESS) {
+        mrb_error("mqtt: cannot create a client for %s: %s", m->uri,
+                  MQTTAsync_strerror(rc));
+        m->client = NULL;
+        return MRB_ERR_INVALID;
+    }
+    MQTTAsync_setCallbacks(m->client, b, on_lost, on_message, NULL);
+    return MRB_OK;
+}
+
+mrb_err mrb_mqtt_init(mrb_bridge *b)
+{
+    mrb_mqtt *m = &b->mqtt;
+    const mrb_url *u = &b->cfg->mqtt;
+    int v6 = strchr(u->host, ':') != NULL;
+    snprintf(m->uri, sizeof(m->uri), "tcp://%s%s%s:%d", v6 ? "[" : "", u->host,
+             v6 ? "]" : "", u->port);
+    m->version = b->cfg->protocol == MRB_MQTT_311 ? MQTTVERSION_3_1_1
+                                                  : MQTTVERSION_5;
+    m->state = CONN_DOWN;
+    m->next_attempt_ms = 0;
+    atomic_init(&m->inflight, 0);
+    atomic_init(&m->window_waiting, 0);
+    atomic_init(&m->sent_ok, 0);
+    atomic_init(&m->sent_failed, 0);
+    mrb_backoff_init(&m->backoff, b->cfg->reconnect_min_ms,
+                     b->cfg->reconnect_max_ms, (uint64_t)time(NULL) ^ 0xA5A5u);
+    if (pthread_mutex_init(&m->ev_lock, NULL) != 0)
+        return MRB_ERR_NOMEM;
+    return client_create(b);
+}
+
+void mrb_mqtt_destroy(mrb_bridge *b)
+{
+    if (b->mqtt.client)
+        MQTTAsync_destroy(&b->mqtt.client);
+    pthread_mutex_destroy(&b->mqtt.ev_lock);
+}
+
+static void mqtt_failed(mrb_bridge *b, int64_t now, int was_up, const char *why)
+{
+    mrb_mqtt *m = &b->mqtt;
+    m->state = CONN_DOWN;
+    m->subacks = 0;
+    b->ready = 0;
+    int64_t delay = mrb_backoff_next(&m->backoff);
+    m->next_attempt_ms = now + delay;
+    if (b->stopping)
+        return;
+    if (!m->outage_logged) {
+        char url[300];
+        mrb_url_format_redacted(&b->cfg->mqtt, MRB_URL_MQTT, url, sizeof(url));
+        mrb_warn("mqtt: %s %s: %s; retrying with backoff (%ld ms to %ld ms), "
+                 "logged once per outage", was_up ? "connection lost to" :
+                 "cannot connect to", url, why[0] ? why : "no reason given",
+                 b->cfg->reconnect_min_ms, b->cfg->reconnect_max_ms);
+        m->outage_logged = 1;
+        m->down_since_ms = now;
+    } else {
+        mrb_debug("mqtt: attempt %u failed: %s; next in %lld ms",
+                  m->backoff.attempts, why, (long long)delay);
+    }
+}
+
+static void mqtt_connect(mrb_bridge *b, int64_t now)
+{
+    mrb_mqtt *m = &b->mqtt;
+    const mrb_config *cfg = b->cfg;
+    int v5 = m->version == MQTTVERSION_5;
+    MQTTAsync_connectOptions o = MQTTAsync_connectOptions_initializer;
+    MQTTAsync_connectOptions o5 = MQTTAsync_connectOptions_initializer5;
+    if (v5)
+        o = o5;
+    MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
+
+    will.topicName = cfg->status_topic;
+    will.message = NULL;
+    will.payload.data = "offline";
+    will.payload.len = 7;
+    will.retained = 1;
+    will.qos = STATUS_QOS;
+    o.will = &will;
+    o.keepAliveInterval = (int)cfg->keepalive;
+    if (v5)
+        o.cleanstart = 1;
+    else
+        o.cleansession = 1;
+    o.connectTimeout = MRB_CONNECT_TIMEOUT_MS / 1000;
+    o.maxInflight = MRB_MQTT_WINDOW;
+    o.automaticReconnect = 0; /* ours has jitter and re-subscribes */
+    o.username = cfg->mqtt.user;
+    o.password = cfg->mqtt.password;
+    o.context = b;
+    if (v5) {
+        o.onSuccess5 = on_connect_ok5;
+        o.onFailure5 = on_connect_fail5;
+    } else {
+        o.onSuccess = on_connect_ok;
+        o.onFailure = on_connect_fail;
+    }
+    int rc = MQTTAsync_connect(m->client, &o);
+    if (rc != MQTTASYNC_SUCCESS) {
+        mqtt_failed(b, now, 0, MQTTAsync_strerror(rc));
+        return;
+    }
+    m->state = CONN_CONNECTING;
+}
+
+static void mqtt_subscribe_all(mrb_bridge *b)
+{
+    mrb_mqtt *m = &b->mqtt;
+    int v5 = m->version == MQTTVERSION_5;
+    for (size_t i = 0; i < b->routes.n_mqtt_sub; i++) {
+        const mrb_sub *s = &b->routes.mqtt_sub[i];
+        MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
+        o.context = b;
+        if (v5) {
+            MQTTProperty p;
+            memset(&p, 0, sizeof(p));
+            p.identifier = MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER;
+            p.value.integer4 = (unsigned)(i + 1);
+            MQTTProperties_add(&o.properties, &p);
+            o.subscribeOptions.noLocal = 1;
+            o.onSuccess5 = on_sub_ok5;
+            o.onFailure5 = on_sub_fail5;
+        } else {
+            o.onSuccess = on_sub_ok;
+            o.onFailure = on_sub_fail;
+        }
+        int rc = MQTTAsync_subscribe(m->client, s->name, s->qos, &o);
+        MQTTProperties_free(&o.properties);
+        if (rc != MQTTASYNC_SUCCESS) {
+            mrb_error("mqtt: cannot subscribe to '%s': %s", s->name,
+                      MQTTAsync_strerror(rc));
+            suback(b, 0);
+        }
+    }
+}
+
+static void mqtt_up(mrb_bridge *b, int64_t now)
+{
+    mrb_mqtt *m = &b->mqtt;
+    m->state = CONN_UP;
+    m->subacks = 0;
+    mrb_backoff_reset(&m->backoff);
+    if (m->outage_logged) {
+        mrb_info("mqtt: reconnected to %s after %.1f s", m->uri,
+                 (double)(now - m->down_since_ms) / 1000.0);
+        m->outage_logged = 0;
+    }
+    {
+        MQTTAsync_message msg = MQTTAsync_message_initializer;
+        msg.payload = "online";
+        msg.payloadlen = 6;
+        msg.qos = STATUS_QOS;
+        msg.retained = 1;
+        MQTTAsync_sendMessage(m->client, b->cfg->status_topic, &msg, NULL);
+    }
+    mqtt_subscribe_all(b);
+}
+
+void mrb_mqtt_tick(mrb_bridge *b, int64_t now)
+{
+    mrb_mqtt *m = &b->mqtt;
+    pthread_mutex_lock(&m->ev_lock);
+    unsigned ev = m->ev;
+    int code = m->ev_code;
+    char text[sizeof(m->ev_text)];
+    memcpy(text, m->ev_text, sizeof(text));
+    size_t oks = m->ev_subacks, fails = m->ev_subfails;
+    m->ev = 0;
+    m->ev_subacks = m->ev_subfails = 0;
+    pthread_mutex_unlock(&m->ev_lock);
+
+    if (ev & MQTT_EV_CONNECT_FAILED) {
+        /* 132 (0x84): MQTT 5 "unsupported protocol version"; 1: the same
+         * refusal in an MQTT 3.1.1 CONNACK */
+        if (m->version == MQTTVERSION_5 && b->cfg->protocol == MRB_MQTT_AUTO &&
+            (code == 132 || code == 1)) {
+            mrb_warn("mqtt: the broker refused MQTT 5 (%s); falling back to "
+                     "MQTT 3.1.1", text);
+            MQTTAsync_destroy(&m->client);
+            m->version = MQTTVERSION_3_1_1;
+            m->state = CONN_DOWN;
+            if (client_create(b) == MRB_OK)
+                mqtt_connect(b, now);
+        } else {
+            char why[240];
+            snprintf(why, sizeof(why), "%s%s(code %d)", text, text[0] ? " " : "",
+                     code);
+            mqtt_failed(b, now, 0, why);
+        }
+    }
+    if (ev & MQTT_EV_CONNECTED)
+        mqtt_up(b, now);
+    if (ev & MQTT_EV_LOST)
+        mqtt_failed(b, now, 1, text[0] ? text : "connection lost");
+    if (ev & MQTT_EV_SUBACK && m->state == CONN_UP) {
+        m->subacks += oks + fails;
+        if (fails)
+            mrb_error("mqtt: the broker refused %zu subscription(s) (not "
+                      "authorised?); messages on those filters will not be "
+                      "forwarded", fails);
+    }
+    if (m->state == CONN_DOWN && m->client && !b->stopping &&
+        now >= m->next_attempt_ms)
+        mqtt_connect(b, now);
+}
+
+int64_t mrb_mqtt_next_timer(const mrb_bridge *b)
+{
+    return b->mqtt.state == CONN_DOWN ? b->mqtt.next_attempt_ms : INT64_MAX;
+}
+
+int mrb_mqtt_ready(const mrb_bridge *b)
+{
+    return b->mqtt.state == CONN_UP && b->mqtt.subacks >= b->routes.n_mqtt_sub;
+}
+
+mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
+                         size_t len, int qos, int retain)
+{
+    mrb_mqtt *m = &b->mqtt;
+    if (m->state != CONN_UP)
+        return MRB_ERR_CONN;
+    if (atomic_load(&m->inflight) >= MRB_MQTT_WINDOW) {
+        atomic_store(&m->window_waiting, 1);
+        if (atomic_load(&m->inflight) >= MRB_MQTT_WINDOW)
+            return MRB_ERR_FULL; /* a completion will wake us */
+    }
+    MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
+    o.context = b;
+    if (m->version == MQTTVERSION_5) {
+        o.onSuccess5 = on_sent5;
+        o.onFailure5 = on_send_fail5;
+    } else {
+        o.onSuccess = on_sent;
+        o.onFailure = on_send_fail;
+    }
+    MQTTAsync_message msg = MQTTAsync_message_initializer;
+    msg.payload = (void *)payload; /* Paho copies it */
+    msg.payloadlen = (int)len;
+    msg.qos = qos;
+    msg.retained = retain;
+    atomic_fetch_add(&m->inflight, 1);
+    int rc = MQTTAsync_sendMessage(m->client, topic, &msg, &o);
+    if (rc == MQTTASYNC_SUCCESS)
+        return MRB_OK;
+    atomic_fetch_sub(&m->inflight, 1);
+    if (rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT || rc == MQTTASYNC_MAX_BUFFERED_MESSAGES)
+        return MRB_ERR_FULL;
+    if (rc == MQTTASYNC_DISCONNECTED)
+        return MRB_ERR_CONN;
+    return MRB_ERR_INVALID;
+}
+
+void mrb_mqtt_unsubscribe_all(mrb_bridge *b)
+{
+    mrb_mqtt *m = &b->mqtt;
+    if (m->state != CONN_UP || b->routes.n_mqtt_sub == 0)
+        return;
+    char **names = calloc(b->routes.n_mqtt_sub, sizeof(*names));
+    if (!names)
+        return;
+    for (size_t i = 0; i < b->routes.n_mqtt_sub; i++)
+        names[i] = b->routes.mqtt_sub[i].name;
+    MQTTAsync_unsubscribeMany(m->client, (int)b->routes.n_mqtt_sub, names, NULL);
+    free(names);
+}
+
+void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms)
+{
+    mrb_mqtt *m = &b->mqtt;
+    if (!m->client)
+        return;
+    if (m->state == CONN_UP && MQTTAsync_isConnected(m->client)) {
+        MQTTAsync_message msg = MQTTAsync_message_initializer;
+        MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
+        msg.payload = "offline";
+        msg.payloadlen = 7;
+        msg.qos = STATUS_QOS;
+        msg.retained = 1;
+        if (MQTTAsync_sendMessage(m->client, b->cfg->status_topic, &msg, &o) ==
+            MQTTASYNC_SUCCESS)
+            MQTTAsync_waitForCompletion(m->client, o.token, (unsigned long)timeout_ms);
+        MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer;
+        MQTTAsync_disconnectOptions d5 = MQTTAsync_disconnectOptions_initializer5;
+        if (m->version == MQTTVERSION_5)
+            d = d5;
+        d.timeout = timeout_ms;
+        if (MQTTAsync_disconnect(m->client, &d) == MQTTASYNC_SUCCESS) {
+            /* bounded: the disconnect completes or times out within timeout */
+            for (int i = 0; i < timeout_ms / 10 + 1 && MQTTAsync_isConnected(m->client); i++)
+                nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+        }
+    }
+    m->state = CONN_DOWN;
+}

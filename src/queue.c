@@ -1,0 +1,84 @@
+/* queue.c - the bounded, drop-oldest message FIFO (mrb/queue.h). */
+#include "mrb/queue.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+mrb_msg *mrb_msg_new(const char *name, size_t nlen, const void *payload,
+                     size_t plen, int qos, int retain)
+{
+    mrb_msg *m = malloc(sizeof(*m) + nlen + 1 + plen);
+    if (!m)
+        return NULL;
+    m->next = NULL;
+    m->name_len = nlen;
+    m->payload_len = plen;
+    m->qos = qos;
+    m->retain = retain;
+    memcpy(m->data, name, nlen);
+    m->data[nlen] = '\0';
+    if (plen)
+        memcpy(m->data + nlen + 1, payload, plen);
+    return m;
+}
+
+void mrb_queue_init(mrb_queue *q, size_t max_count, size_t max_bytes)
+{
+    memset(q, 0, sizeof(*q));
+    q->max_count = max_count;
+    q->max_bytes = max_bytes;
+}
+
+mrb_msg *mrb_queue_pop(mrb_queue *q)
+{
+    mrb_msg *m = q->head;
+    if (!m)
+        return NULL;
+    q->head = m->next;
+    if (!q->head)
+        q->tail = NULL;
+    q->count--;
+    q->bytes -= mrb_msg_size(m);
+    m->next = NULL;
+    return m;
+}
+
+size_t mrb_queue_push(mrb_queue *q, mrb_msg *m)
+{
+    size_t dropped = 0, size = mrb_msg_size(m);
+    while (q->head && (q->count + 1 > q->max_count || q->bytes + size > q->max_bytes)) {
+        free(mrb_queue_pop(q));
+        dropped++;
+    }
+    m->next = NULL;
+    if (q->tail)
+        q->tail->next = m;
+    else
+        q->head = m;
+    q->tail = m;
+    q->count++;
+    q->bytes += size;
+    q->dropped += dropped;
+    return dropped;
+}
+
+void mrb_queue_push_front(mrb_queue *q, mrb_msg *m)
+{
+    m->next = q->head;
+    q->head = m;
+    if (!q->tail)
+        q->tail = m;
+    q->count++;
+    q->bytes += mrb_msg_size(m);
+}
+
+size_t mrb_queue_clear(mrb_queue *q)
+{
+    size_t n = 0;
+    mrb_msg *m;
+    while ((m = mrb_queue_pop(q)) != NULL) {
+        free(m);
+        n++;
+    }
+    return n;
+}

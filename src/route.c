@@ -1,0 +1,641 @@
+/*
+ * route.c - route checking, topic/channel matching and mapping, and the route
+ * table with its subscription lists (see mrb/route.h for the rules).
+ */
+#include "mrb/route.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Bound on the work spent splitting one channel among a pattern's '*'s: a
+ * hostile channel name must not cost more than this (then: unmappable). */
+#define GLOB_STEP_BUDGET 100000
+
+static const char *const dir_names[] = {"both", "mqtt_to_redis",
+                                        "redis_to_mqtt"};
+static const char *const dir_arrows[] = {"<>", ">", "<"};
+
+const char *mrb_direction_name(mrb_direction dir) { return dir_names[dir]; }
+const char *mrb_direction_arrow(mrb_direction dir) { return dir_arrows[dir]; }
+
+/* ------------------------------------------------------------------------ */
+
+/* Decode one UTF-8 code point at s (n bytes available). Returns its length,
+ * or 0 if malformed, overlong, a surrogate, or out of range. */
+static size_t utf8_next(const unsigned char *s, size_t n, unsigned *cp)
+{
+    unsigned c = s[0];
+    size_t len;
+    unsigned min;
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    } else if ((c & 0xE0) == 0xC0) {
+        len = 2, min = 0x80, c &= 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+        len = 3, min = 0x800, c &= 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+        len = 4, min = 0x10000, c &= 0x07;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+        c = (c << 6) | (s[i] & 0x3F);
+    }
+    if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+        return 0;
+    *cp = c;
+    return len;
+}
+
+/* MQTT 5 [MQTT-1.5.4]: well-formed UTF-8, no U+0000. Brokers (mosquitto
+ * among them) also refuse control characters and non-characters and drop
+ * the connection of a client that sends them, so they are refused here too:
+ * a Redis publisher must not be able to knock the bridge off its broker. */
+int mrb_utf8_valid(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < len) {
+        unsigned cp;
+        size_t n = utf8_next(p + i, len - i, &cp);
+        if (n == 0 || cp == 0 || cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) ||
+            (cp >= 0xFDD0 && cp <= 0xFDEF) || (cp & 0xFFFE) == 0xFFFE)
+            return 0;
+        i += n;
+    }
+    return 1;
+}
+
+int mrb_filter_valid(const char *f)
+{
+    size_t len = strlen(f);
+    if (len == 0 || len > MRB_TOPIC_MAX || !mrb_utf8_valid(f, len))
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (f[i] != '+' && f[i] != '#')
+            continue;
+        int starts = i == 0 || f[i - 1] == '/';
+        int ends = i + 1 == len || f[i + 1] == '/';
+        if (!starts || !ends || (f[i] == '#' && i + 1 != len))
+            return 0;
+    }
+    return 1;
+}
+
+int mrb_topic_valid(const char *t, size_t len)
+{
+    if (len == 0 || len > MRB_TOPIC_MAX || t[0] == '$')
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (t[i] == '+' || t[i] == '#' || t[i] == '\0')
+            return 0;
+    return mrb_utf8_valid(t, len);
+}
+
+/* A span of the topic or channel captured by the k-th wildcard. */
+typedef struct span {
+    size_t off, len;
+} span;
+
+/* Walk filter f over topic t, recording what each wildcard captured and its
+ * kind ('+' or '#'). Returns 1 on a match, 0 otherwise. *parent is set when
+ * a trailing '#' matched the parent level itself ("a/#" on "a"): a match in
+ * MQTT, but one that captured nothing a Redis '*' could stand for. */
+static int filter_walk(const char *f, const char *t, size_t len, span *cap,
+                       char *kind, int *ncap, int *parent)
+{
+    size_t ti = 0;
+    int k = 0;
+    *parent = 0;
+    if (len > 0 && t[0] == '$' && (f[0] == '+' || f[0] == '#'))
+        return 0;
+    for (;;) {
+        if (f[0] == '#') {
+            if (cap && k < MRB_WILDCARDS_MAX) {
+                cap[k].off = ti;
+                cap[k].len = len - ti;
+                kind[k] = '#';
+            }
+            *ncap = k + 1;
+            return 1;
+        }
+        const char *fe = strchr(f, '/');
+        size_t fl = fe ? (size_t)(fe - f) : strlen(f);
+        const char *te = memchr(t + ti, '/', len - ti);
+        size_t tl = te ? (size_t)(te - (t + ti)) : len - ti;
+        if (fl == 1 && f[0] == '+') {
+            if (cap && k < MRB_WILDCARDS_MAX) {
+                cap[k].off = ti;
+                cap[k].len = tl;
+                kind[k] = '+';
+            }
+            k++;
+        } else if (fl != tl || memcmp(f, t + ti, tl) != 0) {
+            return 0;
+        }
+        if (!fe) {
+            *ncap = k;
+            return te == NULL;
+        }
+        if (!te) {
+            if (strcmp(fe + 1, "#") != 0)
+                return 0;
+            *parent = 1;
+            *ncap = k + 1;
+            return 1;
+        }
+        f = fe + 1;
+        ti += tl + 1;
+    }
+}
+
+int mrb_filter_matches(const char *filter, const char *topic, size_t len)
+{
+    int ncap, parent;
+    return filter_walk(filter, topic, len, NULL, NULL, &ncap, &parent);
+}
+
+int mrb_glob_matches(const char *p, const char *s, size_t len)
+{
+    /* Iterative matcher: on a mismatch, let the last '*' swallow one more. */
+    size_t si = 0, star_s = 0;
+    const char *star_p = NULL;
+    while (si < len) {
+        if (*p == '*') {
+            star_p = ++p;
+            star_s = si;
+        } else if (*p && *p == s[si]) {
+            p++;
+            si++;
+        } else if (star_p) {
+            p = star_p;
+            si = ++star_s;
+        } else {
+            return 0;
+        }
+    }
+    while (*p == '*')
+        p++;
+    return *p == '\0';
+}
+
+/* ------------------------------------------------------------------------ */
+
+static int count_wildcards(const char *f)
+{
+    int n = 0;
+    for (size_t i = 0; f[i]; i++)
+        if ((f[i] == '+' || f[i] == '#') && (i == 0 || f[i - 1] == '/'))
+            n++;
+    return n;
+}
+
+mrb_err mrb_route_check(const mrb_route *r, char *msg, size_t msglen)
+{
+    const mrb_err E = MRB_ERR_INVALID;
+    if (!mrb_filter_valid(r->mqtt))
+        return mrb_fail(E, msg, msglen,
+                        "MQTT filter \"%s\" is not a valid topic filter ('+' "
+                        "and '#' must fill a whole level, '#' only at the end)",
+                        r->mqtt);
+    size_t plen = strlen(r->redis);
+    if (plen == 0)
+        return mrb_fail(E, msg, msglen, "the Redis pattern is empty");
+    const char *bad = strpbrk(r->redis, "?[\\");
+    if (bad)
+        return mrb_fail(E, msg, msglen,
+                        "Redis pattern \"%s\" contains '%c': only '*' is "
+                        "supported as a wildcard",
+                        r->redis, *bad);
+    if (strstr(r->redis, "**"))
+        return mrb_fail(E, msg, msglen,
+                        "Redis pattern \"%s\" has two adjacent '*': the split "
+                        "between them would be ambiguous",
+                        r->redis);
+    int nf = count_wildcards(r->mqtt), np = 0;
+    for (size_t i = 0; i < plen; i++)
+        np += r->redis[i] == '*';
+    if (nf != np)
+        return mrb_fail(E, msg, msglen,
+                        "MQTT filter \"%s\" has %d wildcard%s but Redis pattern "
+                        "\"%s\" has %d '*': the k-th wildcard maps to the k-th "
+                        "'*', so the counts must agree",
+                        r->mqtt, nf, nf == 1 ? "" : "s", r->redis, np);
+    if (nf > MRB_WILDCARDS_MAX)
+        return mrb_fail(E, msg, msglen, "route has %d wildcards, at most %d "
+                        "are supported", nf, MRB_WILDCARDS_MAX);
+    if (r->qos < 0 || r->qos > 2)
+        return mrb_fail(E, msg, msglen, "qos %d is out of range (allowed: 0, 1, 2)",
+                        r->qos);
+    return MRB_OK;
+}
+
+void mrb_route_free(mrb_route *r)
+{
+    free(r->mqtt);
+    free(r->redis);
+    r->mqtt = r->redis = NULL;
+}
+
+mrb_err mrb_route_parse_spec(const char *spec, mrb_route *out, char *msg,
+                             size_t msglen)
+{
+    const mrb_err E = MRB_ERR_INVALID;
+    char *copy = strdup(spec), *save = NULL;
+    char *tok[8];
+    int n = 0;
+    if (!copy)
+        return MRB_ERR_NOMEM;
+    for (char *t = strtok_r(copy, " \t", &save); t; t = strtok_r(NULL, " \t", &save)) {
+        if (n == 8) {
+            free(copy);
+            return mrb_fail(E, msg, msglen, "too many words");
+        }
+        tok[n++] = t;
+    }
+    memset(out, 0, sizeof(*out));
+    out->qos = 1;
+    mrb_err err = MRB_OK;
+    if (n < 3) {
+        err = mrb_fail(E, msg, msglen,
+                       "expected 'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] "
+                       "[retain]' with ARROW one of <>, >, <");
+        goto out;
+    }
+    if (strcmp(tok[1], "<>") == 0)
+        out->dir = MRB_DIR_BOTH;
+    else if (strcmp(tok[1], ">") == 0)
+        out->dir = MRB_DIR_MQTT_TO_REDIS;
+    else if (strcmp(tok[1], "<") == 0)
+        out->dir = MRB_DIR_REDIS_TO_MQTT;
+    else {
+        err = mrb_fail(E, msg, msglen,
+                       "unknown arrow \"%s\" (allowed: <> both ways, > MQTT to "
+                       "Redis, < Redis to MQTT)", tok[1]);
+        goto out;
+    }
+    for (int i = 3; i < n; i++) {
+        if (strcmp(tok[i], "retain") == 0) {
+            out->retain = 1;
+        } else if (strncmp(tok[i], "qos=", 4) == 0 && tok[i][4] >= '0' &&
+                   tok[i][4] <= '9' && tok[i][5] == '\0') {
+            out->qos = tok[i][4] - '0';
+        } else {
+            err = mrb_fail(E, msg, msglen,
+                           "unknown option \"%s\" (allowed: qos=0, qos=1, "
+                           "qos=2, retain)", tok[i]);
+            goto out;
+        }
+    }
+    out->mqtt = strdup(tok[0]);
+    out->redis = strdup(tok[2]);
+    if (!out->mqtt || !out->redis)
+        err = MRB_ERR_NOMEM;
+    else
+        err = mrb_route_check(out, msg, msglen);
+out:
+    if (err != MRB_OK)
+        mrb_route_free(out);
+    free(copy);
+    return err;
+}
+
+void mrb_route_format(const mrb_route *r, char *buf, size_t buflen)
+{
+    snprintf(buf, buflen, "%s %s %s qos=%d%s", r->mqtt,
+             mrb_direction_arrow(r->dir), r->redis, r->qos,
+             r->retain ? " retain" : "");
+}
+
+/* ------------------------------------------------------------------------ */
+
+/* Append n bytes to out, translating separator a to b (0 = no translation). */
+static int put(char *out, size_t outlen, size_t *o, const char *s, size_t n,
+               char a, char b)
+{
+    if (outlen - *o < n)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        out[*o + i] = (a && s[i] == a) ? b : s[i];
+    *o += n;
+    return 0;
+}
+
+mrb_err mrb_route_map_to_redis(const mrb_route *r, const char *topic,
+                               size_t len, char *out, size_t outlen,
+                               size_t *outn)
+{
+    span cap[MRB_WILDCARDS_MAX];
+    char kind[MRB_WILDCARDS_MAX];
+    int ncap, parent;
+    if (!filter_walk(r->mqtt, topic, len, cap, kind, &ncap, &parent) || parent)
+        return MRB_ERR_NOMATCH;
+    size_t o = 0;
+    int k = 0;
+    for (const char *p = r->redis; *p; p++) {
+        int rc;
+        if (*p == '*') {
+            rc = put(out, outlen, &o, topic + cap[k].off, cap[k].len,
+                     kind[k] == '#' ? '/' : 0, ':');
+            k++;
+        } else {
+            rc = put(out, outlen, &o, p, 1, 0, 0);
+        }
+        if (rc)
+            return MRB_ERR_FULL;
+    }
+    *outn = o;
+    return MRB_OK;
+}
+
+typedef struct glob_ctx {
+    const mrb_route *r;
+    const char *s;
+    size_t len;
+    span cap[MRB_WILDCARDS_MAX];
+    long steps;
+    char *out;
+    size_t outlen, outn;
+    int full;
+} glob_ctx;
+
+/* Build the MQTT topic for the current captures; 1 if it is a valid topic
+ * that the route's filter matches. */
+static int glob_build(glob_ctx *g)
+{
+    size_t o = 0;
+    int k = 0;
+    for (const char *f = g->r->mqtt; *f; f++) {
+        int wild = (*f == '+' || *f == '#') && (f == g->r->mqtt || f[-1] == '/');
+        int rc;
+        if (wild) {
+            const span *c = &g->cap[k++];
+            if (*f == '+' && memchr(g->s + c->off, '/', c->len))
+                return 0;
+            rc = put(g->out, g->outlen, &o, g->s + c->off, c->len,
+                     *f == '#' ? ':' : 0, '/');
+        } else {
+            rc = put(g->out, g->outlen, &o, f, 1, 0, 0);
+        }
+        if (rc) {
+            g->full = 1;
+            return 0;
+        }
+    }
+    if (!mrb_topic_valid(g->out, o) || !mrb_filter_matches(g->r->mqtt, g->out, o))
+        return 0;
+    g->outn = o;
+    return 1;
+}
+
+/* Match pattern p against s from si, k-th '*' next; shortest captures first,
+ * backtracking when the topic they make is not valid. 1 found, 0 not, -1
+ * budget spent. */
+static int glob_capture(glob_ctx *g, const char *p, size_t si, int k)
+{
+    if (++g->steps > GLOB_STEP_BUDGET)
+        return -1;
+    while (*p && *p != '*') {
+        if (si >= g->len || g->s[si] != *p)
+            return 0;
+        p++;
+        si++;
+    }
+    if (!*p)
+        return si == g->len ? glob_build(g) : 0;
+    p++;
+    size_t first = si, last = g->len;
+    if (!*p)
+        first = g->len; /* a trailing '*' takes the rest */
+    for (size_t end = first; end <= last; end++) {
+        if (*p && (end >= g->len || g->s[end] != *p))
+            continue; /* the literal after '*' must start here */
+        g->cap[k].off = si;
+        g->cap[k].len = end - si;
+        int rc = glob_capture(g, p, end, k + 1);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+mrb_err mrb_route_map_to_mqtt(const mrb_route *r, const char *channel,
+                              size_t len, char *out, size_t outlen,
+                              size_t *outn)
+{
+    glob_ctx g = {.r = r, .s = channel, .len = len, .out = out, .outlen = outlen};
+    if (glob_capture(&g, r->redis, 0, 0) != 1)
+        return g.full ? MRB_ERR_FULL : MRB_ERR_NOMATCH;
+    *outn = g.outn;
+    return MRB_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+
+static void subs_free(mrb_sub *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(s[i].name);
+    free(s);
+}
+
+void mrb_routes_free(mrb_routes *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        mrb_route_free(&t->route[i]);
+    free(t->route);
+    subs_free(t->mqtt_sub, t->n_mqtt_sub);
+    subs_free(t->redis_sub, t->n_redis_sub);
+    memset(t, 0, sizeof(*t));
+}
+
+static mrb_err sub_add(mrb_sub *subs, size_t *n, const char *name, int qos,
+                       int exact)
+{
+    for (size_t i = 0; i < *n; i++) {
+        if (strcmp(subs[i].name, name) == 0) {
+            if (qos > subs[i].qos)
+                subs[i].qos = qos;
+            return MRB_OK;
+        }
+    }
+    if (!(subs[*n].name = strdup(name)))
+        return MRB_ERR_NOMEM;
+    subs[*n].qos = qos;
+    subs[*n].exact = exact;
+    (*n)++;
+    return MRB_OK;
+}
+
+mrb_err mrb_routes_build(mrb_routes *t, const mrb_route *routes, size_t n)
+{
+    memset(t, 0, sizeof(*t));
+    t->route = calloc(n ? n : 1, sizeof(*t->route));
+    t->mqtt_sub = calloc(n ? n : 1, sizeof(*t->mqtt_sub));
+    t->redis_sub = calloc(n ? n : 1, sizeof(*t->redis_sub));
+    if (!t->route || !t->mqtt_sub || !t->redis_sub)
+        goto nomem;
+    for (size_t i = 0; i < n; i++) {
+        t->route[i] = routes[i];
+        t->route[i].mqtt = strdup(routes[i].mqtt);
+        t->route[i].redis = strdup(routes[i].redis);
+        t->n++;
+        if (!t->route[i].mqtt || !t->route[i].redis)
+            goto nomem;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const mrb_route *r = &t->route[i];
+        if (r->dir != MRB_DIR_REDIS_TO_MQTT &&
+            sub_add(t->mqtt_sub, &t->n_mqtt_sub, r->mqtt, r->qos, 0))
+            goto nomem;
+    }
+    /* Exact channels first: Redis sends a channel's subscribers their copy
+     * before the pattern subscribers theirs, and the canonical subscription
+     * is the first one that matches. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < n; i++) {
+            const mrb_route *r = &t->route[i];
+            int exact = strchr(r->redis, '*') == NULL;
+            if (r->dir != MRB_DIR_MQTT_TO_REDIS && exact == (pass == 0) &&
+                sub_add(t->redis_sub, &t->n_redis_sub, r->redis, 0, exact))
+                goto nomem;
+        }
+    }
+    return MRB_OK;
+nomem:
+    mrb_routes_free(t);
+    return MRB_ERR_NOMEM;
+}
+
+size_t mrb_routes_mqtt_canonical(const mrb_routes *t, const char *topic,
+                                 size_t len)
+{
+    for (size_t i = 0; i < t->n_mqtt_sub; i++)
+        if (mrb_filter_matches(t->mqtt_sub[i].name, topic, len))
+            return i;
+    return MRB_NO_SUB;
+}
+
+size_t mrb_routes_redis_canonical(const mrb_routes *t, const char *channel,
+                                  size_t len)
+{
+    for (size_t i = 0; i < t->n_redis_sub; i++) {
+        const mrb_sub *s = &t->redis_sub[i];
+        if (s->exact ? (strlen(s->name) == len && memcmp(s->name, channel, len) == 0)
+                     : mrb_glob_matches(s->name, channel, len))
+            return i;
+    }
+    return MRB_NO_SUB;
+}
+
+size_t mrb_routes_redis_sub_index(const mrb_routes *t, const char *name,
+                                  size_t len)
+{
+    for (size_t i = 0; i < t->n_redis_sub; i++)
+        if (strlen(t->redis_sub[i].name) == len &&
+            memcmp(t->redis_sub[i].name, name, len) == 0)
+            return i;
+    return MRB_NO_SUB;
+}
+
+void mrb_targets_free(mrb_targets *tg)
+{
+    free(tg->buf);
+    free(tg->v);
+    memset(tg, 0, sizeof(*tg));
+}
+
+/* Room for one more name of up to need bytes, growing the buffers. */
+static mrb_err targets_reserve(mrb_targets *tg, size_t need)
+{
+    if (tg->n == tg->vcap) {
+        size_t nc = tg->vcap ? tg->vcap * 2 : 8;
+        mrb_target *v = realloc(tg->v, nc * sizeof(*v));
+        if (!v)
+            return MRB_ERR_NOMEM;
+        tg->v = v;
+        tg->vcap = nc;
+    }
+    if (tg->cap - tg->used < need) {
+        size_t nc = tg->cap ? tg->cap : 256;
+        while (nc - tg->used < need)
+            nc *= 2;
+        char *b = realloc(tg->buf, nc);
+        if (!b)
+            return MRB_ERR_NOMEM;
+        tg->buf = b;
+        tg->cap = nc;
+    }
+    return MRB_OK;
+}
+
+/* Keep the name just written at buf+used unless an earlier target has it. */
+static void targets_commit(mrb_targets *tg, size_t len, size_t route)
+{
+    const char *name = tg->buf + tg->used;
+    for (size_t i = 0; i < tg->n; i++)
+        if (tg->v[i].len == len && memcmp(tg->buf + tg->v[i].off, name, len) == 0)
+            return;
+    tg->v[tg->n].off = tg->used;
+    tg->v[tg->n].len = len;
+    tg->v[tg->n].route = route;
+    tg->n++;
+    tg->used += len;
+}
+
+static mrb_err map_all(const mrb_routes *t, const char *name, size_t len,
+                       mrb_targets *tg, mrb_direction skip,
+                       mrb_err (*map)(const mrb_route *, const char *, size_t,
+                                      char *, size_t, size_t *),
+                       int (*matches)(const mrb_route *, const char *, size_t))
+{
+    tg->n = tg->used = tg->unmappable = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        const mrb_route *r = &t->route[i];
+        if (r->dir == skip || !matches(r, name, len))
+            continue;
+        /* a mapped name is the pattern's literals plus the captures, and a
+         * '#' capture only changes separators, so this bound is exact */
+        size_t need = len + strlen(r->mqtt) + strlen(r->redis) + 1;
+        if (targets_reserve(tg, need) != MRB_OK)
+            return MRB_ERR_NOMEM;
+        size_t n;
+        if (map(r, name, len, tg->buf + tg->used, tg->cap - tg->used, &n) != MRB_OK) {
+            tg->unmappable++;
+            continue;
+        }
+        targets_commit(tg, n, i);
+    }
+    return MRB_OK;
+}
+
+static int route_matches_mqtt(const mrb_route *r, const char *s, size_t len)
+{
+    return mrb_filter_matches(r->mqtt, s, len);
+}
+
+static int route_matches_redis(const mrb_route *r, const char *s, size_t len)
+{
+    return mrb_glob_matches(r->redis, s, len);
+}
+
+mrb_err mrb_routes_map_mqtt(const mrb_routes *t, const char *topic, size_t len,
+                            mrb_targets *tg)
+{
+    return map_all(t, topic, len, tg, MRB_DIR_REDIS_TO_MQTT,
+                   mrb_route_map_to_redis, route_matches_mqtt);
+}
+
+mrb_err mrb_routes_map_redis(const mrb_routes *t, const char *channel,
+                             size_t len, mrb_targets *tg)
+{
+    return map_all(t, channel, len, tg, MRB_DIR_MQTT_TO_REDIS,
+                   mrb_route_map_to_mqtt, route_matches_redis);
+}
