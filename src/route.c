@@ -377,7 +377,9 @@ static int glob_build(glob_ctx *g)
         int rc;
         if (wild) {
             const span *c = &g->cap[k++];
-            if (*f == '+' && memchr(g->s + c->off, '/', c->len))
+            /* '/' is MQTT's level separator: a Redis name carrying one
+             * inside a capture has no faithful MQTT spelling */
+            if (memchr(g->s + c->off, '/', c->len))
                 return 0;
             rc = put(g->out, g->outlen, &o, g->s + c->off, c->len,
                      *f == '#' ? ':' : 0, '/');

@@ -100,9 +100,8 @@ mrb_err mrb_url_parse(const char *text, mrb_url_kind kind, mrb_url *out,
         return out->path ? MRB_OK : MRB_ERR_NOMEM;
     }
     if (strncmp(text, scheme, slen) != 0)
-        return mrb_fail(err, msg, msglen, "\"%s\": expected a %s%s URL", text,
-                        scheme,
-                        kind == MRB_URL_REDIS ? " or unix:/path" : "");
+        return mrb_fail(err, msg, msglen, "\"%s\": the URL must start with %s%s",
+                        text, scheme, kind == MRB_URL_REDIS ? " or unix:/" : "");
 
     const char *p = text + slen;
     const char *end = p + strlen(p);

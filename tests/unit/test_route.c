@@ -1,0 +1,260 @@
+/* Unit tests: route checking, matching and mapping in both directions. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <string.h>
+
+#include "mrb/route.h"
+
+static mrb_route mk(const char *spec)
+{
+    mrb_route r;
+    char msg[256];
+    mrb_err err = mrb_route_parse_spec(spec, &r, msg, sizeof(msg));
+    if (err != MRB_OK)
+        fail_msg("spec '%s': %s", spec, msg);
+    return r;
+}
+
+/* Map topic through spec; expect result (NULL = no mapping). */
+static void to_redis(const char *spec, const char *topic, const char *expect)
+{
+    mrb_route r = mk(spec);
+    char out[256];
+    size_t n = 0;
+    mrb_err err = mrb_route_map_to_redis(&r, topic, strlen(topic), out, sizeof(out), &n);
+    if (expect) {
+        assert_int_equal(err, MRB_OK);
+        assert_int_equal(n, strlen(expect));
+        assert_memory_equal(out, expect, n);
+    } else {
+        assert_int_not_equal(err, MRB_OK);
+    }
+    mrb_route_free(&r);
+}
+
+static void to_mqtt(const char *spec, const char *channel, size_t clen,
+                    const char *expect)
+{
+    mrb_route r = mk(spec);
+    char out[256];
+    size_t n = 0;
+    mrb_err err = mrb_route_map_to_mqtt(&r, channel, clen, out, sizeof(out), &n);
+    if (expect) {
+        if (err != MRB_OK)
+            fail_msg("'%s' via '%s': %d", channel, spec, err);
+        assert_int_equal(n, strlen(expect));
+        assert_memory_equal(out, expect, n);
+    } else {
+        assert_int_not_equal(err, MRB_OK);
+    }
+    mrb_route_free(&r);
+}
+
+static void test_plus_maps_verbatim(void **state)
+{
+    to_redis("user/+ <> user:*", "user/alice", "user:alice");
+    to_redis("user/+ <> user:*", "user/a:b", "user:a:b");
+    to_redis("user/+ <> user:*", "user/a/b", NULL);
+    to_redis("user/+ <> user:*", "users/a", NULL);
+    to_mqtt("user/+ <> user:*", "user:alice", 10, "user/alice");
+    to_mqtt("user/+ <> user:*", "user:a:b", 8, "user/a:b");
+    /* matches the pattern but not the filter: not forwarded */
+    to_mqtt("user/+ <> user:*", "user:a/b", 8, NULL);
+    to_mqtt("user/+ <> user:*", "users:a", 7, NULL);
+}
+
+static void test_hash_translates_separators(void **state)
+{
+    to_redis("sensors/# <> sensors:*", "sensors/a/b", "sensors:a:b");
+    to_mqtt("sensors/# <> sensors:*", "sensors:a:b", 11, "sensors/a/b");
+    /* '#' matching the parent level captures nothing a '*' could carry */
+    to_redis("sensors/# <> sensors:*", "sensors", NULL);
+    to_redis("# <> all:*", "a/b/c", "all:a:b:c");
+    to_mqtt("# <> all:*", "all:x", 5, "x");
+    /* wildcards at the first level never match $-topics */
+    to_redis("# <> all:*", "$SYS/broker", NULL);
+}
+
+static void test_literals_differ_per_side(void **state)
+{
+    to_redis("user/+/inbox <> notify:*:in", "user/bob/inbox", "notify:bob:in");
+    to_mqtt("user/+/inbox <> notify:*:in", "notify:bob:in", 13, "user/bob/inbox");
+    to_redis("news <> news", "news", "news");
+    to_redis("news <> news", "news/x", NULL);
+    to_mqtt("news <> broadcast", "broadcast", 9, "news");
+}
+
+static void test_multiple_wildcards(void **state)
+{
+    to_redis("a/+/b/# <> a:*:b:*", "a/x/b/y/z", "a:x:b:y:z");
+    to_mqtt("a/+/b/# <> a:*:b:*", "a:x:b:y:z", 9, "a/x/b/y/z");
+    /* the first split that gives a valid topic wins, shortest first */
+    to_mqtt("+/+ <> *:*", "x:y:z", 5, "x/y:z");
+    /* every split puts a '/' into a capture: tried, then refused */
+    to_mqtt("+/x/+ <> *:x:*", "a:x:b/c:x:d", 11, NULL);
+    /* no split can make a publishable topic of a $-name */
+    to_mqtt("+/+ <> *:*", "$a:b:c", 6, NULL);
+}
+
+static void test_bad_topics_from_redis(void **state)
+{
+    to_mqtt("user/+ <> user:*", "user:a+b", 8, NULL);
+    to_mqtt("user/+ <> user:*", "user:a#", 7, NULL);
+    to_mqtt("user/+ <> user:*", "user:a\0b", 8, NULL);
+    to_mqtt("user/+ <> user:*", "user:\xff", 6, NULL);
+    to_mqtt("user/+ <> user:*", "user:a\x01", 7, NULL);
+    to_mqtt("# <> *", "$SYS", 4, NULL);
+    /* valid UTF-8 passes */
+    to_mqtt("user/+ <> user:*", "user:J\xc3\xbcrgen", 12, "user/J\xc3\xbcrgen");
+}
+
+static void test_hostile_channel_is_bounded(void **state)
+{
+    /* many candidate splits, none valid: must give up, not spin */
+    static char ch[20000];
+    memset(ch, ':', sizeof(ch));
+    memcpy(ch, "a", 1);
+    ch[sizeof(ch) - 1] = '/';
+    to_mqtt("+/+/+/+ <> *:*:*:*", ch, sizeof(ch), NULL);
+}
+
+static void check_bad(const char *spec, const char *expect)
+{
+    mrb_route r;
+    char msg[512];
+    mrb_err err = mrb_route_parse_spec(spec, &r, msg, sizeof(msg));
+    assert_int_equal(err, MRB_ERR_INVALID);
+    if (strcmp(msg, expect) != 0)
+        fail_msg("spec '%s'\n got: %s\nwant: %s", spec, msg, expect);
+}
+
+static void test_bad_specs(void **state)
+{
+    check_bad("user/+ <> user", "MQTT filter \"user/+\" has 1 wildcard but Redis "
+              "pattern \"user\" has 0 '*': the k-th wildcard maps to the k-th "
+              "'*', so the counts must agree");
+    check_bad("user/+ <> user:?", "Redis pattern \"user:?\" contains '?': only "
+              "'*' is supported as a wildcard");
+    check_bad("user/+ <> user:[ab]", "Redis pattern \"user:[ab]\" contains '[': "
+              "only '*' is supported as a wildcard");
+    check_bad("a/b+ <> x", "MQTT filter \"a/b+\" is not a valid topic filter "
+              "('+' and '#' must fill a whole level, '#' only at the end)");
+    check_bad("#/a <> *:a", "MQTT filter \"#/a\" is not a valid topic filter "
+              "('+' and '#' must fill a whole level, '#' only at the end)");
+    check_bad("+/+ <> a:**", "Redis pattern \"a:**\" has two adjacent '*': the "
+              "split between them would be ambiguous");
+    check_bad("a <=> a", "unknown arrow \"<=>\" (allowed: <> both ways, > MQTT to "
+              "Redis, < Redis to MQTT)");
+    check_bad("a > a qos=3", "qos 3 is out of range (allowed: 0, 1, 2)");
+    check_bad("a > a fast", "unknown option \"fast\" (allowed: qos=0, qos=1, "
+              "qos=2, retain)");
+    check_bad("a", "expected 'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain]' "
+              "with ARROW one of <>, >, <");
+}
+
+static void test_spec_options(void **state)
+{
+    mrb_route r = mk("prices/+ < stock:* qos=0 retain");
+    assert_int_equal(r.dir, MRB_DIR_REDIS_TO_MQTT);
+    assert_int_equal(r.qos, 0);
+    assert_int_equal(r.retain, 1);
+    char buf[128];
+    mrb_route_format(&r, buf, sizeof(buf));
+    assert_string_equal(buf, "prices/+ < stock:* qos=0 retain");
+    mrb_route_free(&r);
+}
+
+static void test_matchers(void **state)
+{
+    assert_true(mrb_filter_matches("a/+/c", "a/b/c", 5));
+    assert_true(mrb_filter_matches("a/#", "a", 1));
+    assert_true(mrb_filter_matches("+", "", 0));
+    assert_false(mrb_filter_matches("a/+", "a/b/c", 5));
+    assert_false(mrb_filter_matches("+/x", "$a/x", 4));
+    assert_true(mrb_glob_matches("user:*", "user:", 5));
+    assert_true(mrb_glob_matches("*:x:*", "a:x:b:x:c", 9));
+    assert_false(mrb_glob_matches("user:*", "use", 3));
+    assert_true(mrb_glob_matches("news", "news", 4));
+    assert_false(mrb_glob_matches("news", "news2", 5));
+}
+
+static mrb_routes table(const char **specs, size_t n)
+{
+    mrb_route r[8];
+    mrb_routes t;
+    for (size_t i = 0; i < n; i++)
+        r[i] = mk(specs[i]);
+    assert_int_equal(mrb_routes_build(&t, r, n), MRB_OK);
+    for (size_t i = 0; i < n; i++)
+        mrb_route_free(&r[i]);
+    return t;
+}
+
+static void test_table_subscriptions(void **state)
+{
+    const char *specs[] = {"user/+ <> user:*", "news <> news", "alerts > alerts",
+                           "user/+ < user:*", "cmd/+ < cmd:*"};
+    mrb_routes t = table(specs, 5);
+    /* MQTT side: routes that carry MQTT -> Redis, distinct */
+    assert_int_equal(t.n_mqtt_sub, 3);
+    assert_string_equal(t.mqtt_sub[0].name, "user/+");
+    assert_string_equal(t.mqtt_sub[1].name, "news");
+    assert_string_equal(t.mqtt_sub[2].name, "alerts");
+    /* Redis side: exact channels first, then patterns */
+    assert_int_equal(t.n_redis_sub, 3);
+    assert_string_equal(t.redis_sub[0].name, "news");
+    assert_true(t.redis_sub[0].exact);
+    assert_string_equal(t.redis_sub[1].name, "user:*");
+    assert_string_equal(t.redis_sub[2].name, "cmd:*");
+    assert_int_equal(mrb_routes_redis_canonical(&t, "user:x", 6), 1);
+    assert_int_equal(mrb_routes_redis_canonical(&t, "alerts", 6), MRB_NO_SUB);
+    assert_int_equal(mrb_routes_mqtt_canonical(&t, "alerts", 6), 2);
+    mrb_routes_free(&t);
+}
+
+static void test_targets_are_distinct(void **state)
+{
+    const char *specs[] = {"user/+ > user:*", "user/# > user:*", "user/# > all:*"};
+    mrb_routes t = table(specs, 3);
+    mrb_targets tg = {0};
+    assert_int_equal(mrb_routes_map_mqtt(&t, "user/x", 6, &tg), MRB_OK);
+    assert_int_equal(tg.n, 2); /* user:x once, all:x once */
+    assert_memory_equal(tg.buf + tg.v[0].off, "user:x", 6);
+    assert_memory_equal(tg.buf + tg.v[1].off, "all:x", 5);
+    assert_int_equal(mrb_routes_map_mqtt(&t, "user/x/y", 8, &tg), MRB_OK);
+    assert_int_equal(tg.n, 2);
+    assert_memory_equal(tg.buf + tg.v[0].off, "user:x:y", 8);
+    mrb_targets_free(&tg);
+    mrb_routes_free(&t);
+
+    const char *back[] = {"user/+ < user:*", "user/# < user:*"};
+    t = table(back, 2);
+    assert_int_equal(mrb_routes_map_redis(&t, "user:x", 6, &tg), MRB_OK);
+    assert_int_equal(tg.n, 1);
+    assert_int_equal(mrb_routes_map_redis(&t, "user:a/b", 8, &tg), MRB_OK);
+    assert_int_equal(tg.n, 0);
+    assert_int_equal(tg.unmappable, 2); /* '/' inside a capture, both routes */
+    mrb_targets_free(&tg);
+    mrb_routes_free(&t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plus_maps_verbatim),
+        cmocka_unit_test(test_hash_translates_separators),
+        cmocka_unit_test(test_literals_differ_per_side),
+        cmocka_unit_test(test_multiple_wildcards),
+        cmocka_unit_test(test_bad_topics_from_redis),
+        cmocka_unit_test(test_hostile_channel_is_bounded),
+        cmocka_unit_test(test_bad_specs),
+        cmocka_unit_test(test_spec_options),
+        cmocka_unit_test(test_matchers),
+        cmocka_unit_test(test_table_subscriptions),
+        cmocka_unit_test(test_targets_are_distinct),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
