@@ -14,10 +14,14 @@
  * are recognised by fingerprint instead (bridge.c).
  */
 #include <MQTTAsync.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "bridge_int.h"
 
@@ -327,12 +331,40 @@ static void mqtt_subscribe_all(mrb_bridge *b)
     }
 }
 
+/* Paho C 1.3 neither sets TCP_NODELAY nor exposes its socket, and with
+ * Nagle on, a small publish can wait for the ACK of the previous one. After
+ * each connect, find our TCP socket whose peer is the broker's port (the
+ * Redis sockets have another port and set it already) and set it. */
+static void mqtt_set_nodelay(const mrb_bridge *b)
+{
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > 4096)
+        max = 4096;
+    for (int fd = 0; fd < max; fd++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int type, one = 1;
+        socklen_t tlen = sizeof(type);
+        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0 ||
+            type != SOCK_STREAM || getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
+            continue;
+        int port = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
+                 : ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                 : -1;
+        if (port == b->cfg->mqtt.port &&
+            (!b->rpub.ac || b->rpub.ac->c.fd != fd) &&
+            (!b->rsub.ac || b->rsub.ac->c.fd != fd))
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+}
+
 static void mqtt_up(mrb_bridge *b, int64_t now)
 {
     mrb_mqtt *m = &b->mqtt;
     m->state = CONN_UP;
     m->subacks = 0;
     mrb_backoff_reset(&m->backoff);
+    mqtt_set_nodelay(b);
     if (m->outage_logged) {
         mrb_info("mqtt: reconnected to %s after %.1f s", m->uri,
                  (double)(now - m->down_since_ms) / 1000.0);
