@@ -7,7 +7,6 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
-#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -224,8 +223,10 @@ static mrb_err apply_field(jctx *j, const field *f, const cJSON *v, void *base,
     case F_INT:
         snprintf(allowed, sizeof(allowed), "an integer from %ld to %ld", f->min,
                  f->max);
-        if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) ||
-            v->valuedouble < (double)f->min || v->valuedouble > (double)f->max)
+        /* range first: the cast is defined only for values in range */
+        if (!cJSON_IsNumber(v) || v->valuedouble < (double)f->min ||
+            v->valuedouble > (double)f->max ||
+            v->valuedouble != (double)(long)v->valuedouble)
             return bad_value(j, path, v, allowed);
         if (f->type == F_INT)
             *(int *)(void *)slot = (int)v->valuedouble;
