@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# THE test command: installs what is missing, builds with warnings fatal, runs
+# the whole ctest suite, then builds and runs it again under ASan+UBSan.
+# Exits non-zero if anything fails. Works from any cwd.
+#
+# Env knobs (all optional):
+#   MRB_SKIP_INSTALL=1   never call apt-get/npm (fail later if a tool is missing)
+#   MRB_SKIP_ASAN=1      skip the sanitizer build and run
+#   CTEST_ARGS="..."     extra arguments for both ctest runs (e.g. "-R unit")
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+BUILD_DIR=build
+ASAN_DIR=build-asan
+TOOLS_DIR="$ROOT/build/_tools"        # npm tools (dockerfilelint) and a python3 shim
+DOCKERFILELINT_VERSION=1.8.0
+
+section() { printf '\n==== %s ====\n' "$*"; }
+die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
+
+SUDO=()
+if (( EUID != 0 )); then
+  command -v sudo >/dev/null 2>&1 || die "not root and sudo is missing: install the packages listed below by hand"
+  SUDO=(sudo)
+fi
+
+APT_UPDATED=0
+apt_install() {   # apt_install PKG... : installs only the packages not installed yet
+  local missing=() p
+  command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: this script supports Debian/Ubuntu only"
+  for p in "$@"; do
+    if [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null) != ii* ]]; then
+      missing+=("$p")
+    fi
+  done
+  (( ${#missing[@]} )) || return 0
+  [[ ${MRB_SKIP_INSTALL:-0} == 1 ]] && die "missing packages (MRB_SKIP_INSTALL=1): ${missing[*]}"
+  echo "installing: ${missing[*]}"
+  if (( ! APT_UPDATED )); then
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    APT_UPDATED=1
+  fi
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# ---------------------------------------------------------------------------
+section "Dependencies"
+BUILD_PKGS=(build-essential cmake pkg-config libpaho-mqtt-dev libhiredis-dev libcjson-dev)
+TEST_PKGS=(libcmocka-dev mosquitto mosquitto-clients redis-server redis-tools
+           python3 python3-paho-mqtt python3-redis valgrind docker-compose)
+apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+
+# dockerfilelint goes into the build area (tests/lint/check-docker.sh looks there).
+if [[ ! -x $TOOLS_DIR/node_modules/.bin/dockerfilelint ]]; then
+  [[ ${MRB_SKIP_INSTALL:-0} == 1 ]] && die "dockerfilelint missing (MRB_SKIP_INSTALL=1)"
+  echo "installing: dockerfilelint@$DOCKERFILELINT_VERSION (npm) into $TOOLS_DIR"
+  mkdir -p "$TOOLS_DIR"
+  NPM_CONFIG_UPDATE_NOTIFIER=false NPM_CONFIG_FUND=false NPM_CONFIG_AUDIT=false \
+    npm install --prefix "$TOOLS_DIR" --no-save --loglevel=error \
+      "dockerfilelint@$DOCKERFILELINT_VERSION"
+fi
+export PATH="$TOOLS_DIR/node_modules/.bin:$PATH"
+
+# The integration tests use Debian's python3-paho-mqtt and python3-redis. A
+# python3 from pyenv/conda/venv earlier on PATH does not see them, so put the
+# system interpreter first on PATH when the default one cannot import them.
+if ! python3 -c 'import paho.mqtt.client, redis' >/dev/null 2>&1; then
+  /usr/bin/python3 -c 'import paho.mqtt.client, redis' >/dev/null 2>&1 \
+    || die "/usr/bin/python3 cannot import paho.mqtt and redis"
+  mkdir -p "$TOOLS_DIR/bin"
+  pyver=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  ln -sf /usr/bin/python3 "$TOOLS_DIR/bin/python3"
+  ln -sf "/usr/bin/python$pyver" "$TOOLS_DIR/bin/python$pyver"
+  export PATH="$TOOLS_DIR/bin:$PATH"
+  export PYENV_VERSION=system
+  echo "python3: using /usr/bin/python3 (the default python3 lacks paho-mqtt/redis)"
+fi
+
+for tool in cmake ctest docker-compose dockerfilelint mosquitto redis-server python3; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool not found after install"
+done
+echo "cmake:          $(cmake --version | head -n1)"
+echo "cc:             $(cc --version | head -n1)"
+echo "python3:        $(command -v python3)"
+echo "dockerfilelint: $(command -v dockerfilelint)"
+
+# ---------------------------------------------------------------------------
+PASSED=0
+FAILED=0
+FAILED_SUITES=()
+
+run_suite() {   # run_suite NAME BUILD_DIR
+  local name=$1 dir=$2 log rc=0 line total nfail
+  log="$dir/ctest-summary.log"
+  # shellcheck disable=SC2086  # CTEST_ARGS is a word list on purpose
+  ctest --test-dir "$dir" --output-on-failure --no-tests=error --timeout 600 \
+    ${CTEST_ARGS:-} 2>&1 | tee "$log" || rc=$?
+  line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n1 || true)
+  if [[ -n $line ]]; then
+    nfail=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/' <<<"$line")
+    total=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\2/' <<<"$line")
+    PASSED=$(( PASSED + total - nfail ))
+    FAILED=$(( FAILED + nfail ))
+  fi
+  if (( rc != 0 )); then
+    FAILED_SUITES+=("$name (ctest exit $rc)")
+  fi
+}
+
+section "Configure + build ($BUILD_DIR, RelWithDebInfo, -Werror)"
+[[ -f CMakeLists.txt ]] || die "no CMakeLists.txt in $ROOT"
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DMRB_WERROR=ON -DMRB_SANITIZE=OFF -DMRB_TESTS=ON
+cmake --build "$BUILD_DIR" -j2
+
+section "Tests ($BUILD_DIR)"
+run_suite "normal" "$BUILD_DIR"
+
+if [[ ${MRB_SKIP_ASAN:-0} != 1 ]]; then
+  section "Configure + build ($ASAN_DIR, Debug, ASan+UBSan, -Werror)"
+  cmake -S . -B "$ASAN_DIR" -DCMAKE_BUILD_TYPE=Debug \
+    -DMRB_WERROR=ON -DMRB_SANITIZE=ON -DMRB_TESTS=ON
+  cmake --build "$ASAN_DIR" -j2
+
+  section "Tests ($ASAN_DIR, ASan+UBSan)"
+  export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}"
+  export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+  export MRB_TIMEOUT_SCALE="${MRB_TIMEOUT_SCALE:-3}"   # integration tests: slower binary
+  run_suite "asan+ubsan" "$ASAN_DIR"
+else
+  section "ASan+UBSan skipped (MRB_SKIP_ASAN=1)"
+fi
+
+# ---------------------------------------------------------------------------
+section "Summary"
+if (( ${#FAILED_SUITES[@]} )); then
+  printf 'FAILED suite: %s\n' "${FAILED_SUITES[@]}"
+  echo "total: $PASSED passed, $FAILED failed"
+  exit 1
+fi
+echo "all suites passed"
+echo "total: $PASSED passed, $FAILED failed"
