@@ -53,7 +53,7 @@ void mrb_bridge_wake(mrb_bridge *b)
     (void)n; /* a full pipe already holds a wake-up */
 }
 
-static void log_stats(mrb_bridge *b, const char *when)
+static void log_stats(mrb_bridge *b)
 {
     pthread_mutex_lock(&b->in_lock);
     mrb_in_counters ic = b->ic;
@@ -62,11 +62,11 @@ static void log_stats(mrb_bridge *b, const char *when)
     unsigned long long sent_ok = atomic_load(&b->mqtt.sent_ok);
     unsigned long long sent_failed = atomic_load(&b->mqtt.sent_failed);
     const mrb_counters *c = &b->c;
-    mrb_info("stats%s: mqtt_in=%llu redis_out=%llu redis_in=%llu mqtt_out=%llu "
+    mrb_info("stats: mqtt_in=%llu redis_out=%llu redis_in=%llu mqtt_out=%llu "
              "queued_to_redis=%zu queued_to_mqtt=%zu echoes=%llu duplicates=%llu "
              "dropped_unmappable=%llu dropped_too_large=%llu "
              "dropped_queue_full=%llu dropped_send_failed=%llu "
-             "dropped_shutdown=%llu", when,
+             "dropped_shutdown=%llu retained_skipped=%llu",
              (unsigned long long)ic.mqtt_in, (unsigned long long)c->redis_out,
              (unsigned long long)c->redis_in, sent_ok, in_queued, b->out_q.count,
              (unsigned long long)c->echoes,
@@ -75,7 +75,8 @@ static void log_stats(mrb_bridge *b, const char *when)
              (unsigned long long)(c->dropped_too_large + ic.dropped_too_large),
              (unsigned long long)(c->dropped_queue_full + ic.dropped_queue_full),
              (unsigned long long)(c->dropped_send_failed + sent_failed + ic.nomem),
-             (unsigned long long)c->dropped_shutdown);
+             (unsigned long long)c->dropped_shutdown,
+             (unsigned long long)ic.retained_skipped);
 }
 
 static void warn_unmappable(mrb_bridge *b, const char *side, const char *name,
@@ -322,7 +323,7 @@ static void run_loop(mrb_bridge *b)
         int64_t now = mrb_now_ms();
         if (got_usr1) {
             got_usr1 = 0;
-            log_stats(b, "");
+            log_stats(b);
         }
         if (got_stop && !b->stopping) {
             pthread_mutex_lock(&b->in_lock);
@@ -366,10 +367,14 @@ static void run_loop(mrb_bridge *b)
             return;
         }
         if (pfd[0].revents & POLLIN) {
+            /* Drain first, then clear: a wake-up posted after the clear
+             * writes a new byte; one posted before it is seen by the pumps
+             * of the next turn. (Clearing first loses the byte of a wake-up
+             * that lands between the clear and the read.) */
             char buf[64];
-            atomic_store(&b->wake_pending, 0);
             while (read(b->wake_fd[0], buf, sizeof(buf)) > 0)
                 ;
+            atomic_store(&b->wake_pending, 0);
         }
         for (int i = 1; i < n; i++)
             if (pfd[i].revents)
@@ -440,7 +445,7 @@ int mrb_bridge_run(const mrb_config *cfg)
 out:
     if (have_mqtt) {
         mrb_redis_destroy(b);
-        log_stats(b, " at exit");
+        log_stats(b);
         mrb_mqtt_destroy(b);
     }
     signal_fd = -1;

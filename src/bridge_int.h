@@ -64,6 +64,7 @@ typedef struct mrb_in_counters { /* [in_lock] */
     uint64_t dropped_too_large;  /* MQTT messages over max_payload */
     uint64_t dropped_queue_full; /* oldest dropped from the full MQTT->Redis queue */
     uint64_t duplicates;         /* extra copies for overlapping subscriptions */
+    uint64_t retained_skipped;   /* stored retained messages replayed on subscribe */
     uint64_t nomem;              /* could not be copied */
 } mrb_in_counters;
 
@@ -87,6 +88,8 @@ typedef struct mrb_mqtt {
     int outage_logged;
     char uri[300];
     atomic_int inflight;         /* sends Paho has not completed yet */
+    atomic_int inflight_acked;   /* of those, QoS 1/2 (await PUBACK/PUBCOMP) */
+    atomic_int receive_max;      /* the broker's Receive Maximum (MQTT 5) */
     atomic_ullong sent_ok;       /* publishes Paho completed */
     atomic_ullong sent_failed;   /* publishes Paho failed */
     atomic_int window_waiting;   /* main waits for inflight to drop */

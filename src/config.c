@@ -29,7 +29,13 @@ typedef struct field {
     const char *const *allowed;   /* F_ENUM, NULL-terminated; stored as int */
     const struct field *children; /* F_OBJECT, NULL-name-terminated */
     int required;
+    /* F_STRING: further check of the value; msg says what is wrong */
+    mrb_err (*check)(const char *value, char *msg, size_t msglen);
 } field;
+
+static mrb_err check_mqtt_url(const char *v, char *msg, size_t msglen);
+static mrb_err check_redis_url(const char *v, char *msg, size_t msglen);
+static mrb_err check_id(const char *v, char *msg, size_t msglen);
 
 static const char *const log_levels[] = {"error", "warning", "info", "debug", NULL};
 static const char *const protocols[] = {"auto", "5", "3.1.1", NULL};
@@ -40,48 +46,92 @@ static const char *const directions[] = {"both", "mqtt_to_redis",
 #define R(m) offsetof(mrb_route, m)
 
 static const field mqtt_fields[] = {
-    {"url", F_STRING, C(mqtt_url), 0, 0, NULL, NULL, 0},
-    {"client_id", F_STRING, C(client_id), 0, 0, NULL, NULL, 0},
-    {"protocol", F_ENUM, C(protocol), 0, 0, protocols, NULL, 0},
-    {"keepalive", F_LONG, C(keepalive), 5, 3600, NULL, NULL, 0},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0}};
+    {"url", F_STRING, C(mqtt_url), 0, 0, NULL, NULL, 0, check_mqtt_url},
+    {"client_id", F_STRING, C(client_id), 0, 0, NULL, NULL, 0, NULL},
+    {"protocol", F_ENUM, C(protocol), 0, 0, protocols, NULL, 0, NULL},
+    {"keepalive", F_LONG, C(keepalive), 5, 3600, NULL, NULL, 0, NULL},
+    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
 
 static const field redis_fields[] = {
-    {"url", F_STRING, C(redis_url), 0, 0, NULL, NULL, 0},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0}};
+    {"url", F_STRING, C(redis_url), 0, 0, NULL, NULL, 0, check_redis_url},
+    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
 
 static const field limit_fields[] = {
-    {"max_payload", F_LONG, C(max_payload), 1, 268435455, NULL, NULL, 0},
-    {"queue_messages", F_LONG, C(queue_messages), 1, 10000000, NULL, NULL, 0},
-    {"queue_bytes", F_LONG, C(queue_bytes), 1024, 2147483647, NULL, NULL, 0},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0}};
+    {"max_payload", F_LONG, C(max_payload), 1, 268435455, NULL, NULL, 0, NULL},
+    {"queue_messages", F_LONG, C(queue_messages), 1, 10000000, NULL, NULL, 0, NULL},
+    {"queue_bytes", F_LONG, C(queue_bytes), 1024, 2147483647, NULL, NULL, 0, NULL},
+    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
 
 static const field reconnect_fields[] = {
-    {"min_ms", F_LONG, C(reconnect_min_ms), 10, 60000, NULL, NULL, 0},
-    {"max_ms", F_LONG, C(reconnect_max_ms), 100, 3600000, NULL, NULL, 0},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0}};
+    {"min_ms", F_LONG, C(reconnect_min_ms), 10, 60000, NULL, NULL, 0, NULL},
+    {"max_ms", F_LONG, C(reconnect_max_ms), 100, 3600000, NULL, NULL, 0, NULL},
+    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
 
 static const field route_fields[] = {
-    {"mqtt", F_STRING, R(mqtt), 0, 0, NULL, NULL, 1},
-    {"redis", F_STRING, R(redis), 0, 0, NULL, NULL, 1},
-    {"direction", F_ENUM, R(dir), 0, 0, directions, NULL, 0},
-    {"qos", F_INT, R(qos), 0, 2, NULL, NULL, 0},
-    {"retain", F_BOOL, R(retain), 0, 0, NULL, NULL, 0},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0}};
+    {"mqtt", F_STRING, R(mqtt), 0, 0, NULL, NULL, 1, NULL},
+    {"redis", F_STRING, R(redis), 0, 0, NULL, NULL, 1, NULL},
+    {"direction", F_ENUM, R(dir), 0, 0, directions, NULL, 0, NULL},
+    {"qos", F_INT, R(qos), 0, 2, NULL, NULL, 0, NULL},
+    {"retain", F_BOOL, R(retain), 0, 0, NULL, NULL, 0, NULL},
+    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
 
 static const field top_fields[] = {
-    {"id", F_STRING, C(id), 0, 0, NULL, NULL, 0},
-    {"log_level", F_ENUM, C(log_level), 0, 0, log_levels, NULL, 0},
-    {"mqtt", F_OBJECT, 0, 0, 0, NULL, mqtt_fields, 0},
-    {"redis", F_OBJECT, 0, 0, 0, NULL, redis_fields, 0},
-    {"routes", F_ROUTES, 0, 0, 0, NULL, route_fields, 0},
-    {"limits", F_OBJECT, 0, 0, 0, NULL, limit_fields, 0},
-    {"reconnect", F_OBJECT, 0, 0, 0, NULL, reconnect_fields, 0},
-    {"shutdown_timeout_ms", F_LONG, C(shutdown_timeout_ms), 0, 600000, NULL, NULL, 0},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0}};
+    {"id", F_STRING, C(id), 0, 0, NULL, NULL, 0, check_id},
+    {"log_level", F_ENUM, C(log_level), 0, 0, log_levels, NULL, 0, NULL},
+    {"mqtt", F_OBJECT, 0, 0, 0, NULL, mqtt_fields, 0, NULL},
+    {"redis", F_OBJECT, 0, 0, 0, NULL, redis_fields, 0, NULL},
+    {"routes", F_ROUTES, 0, 0, 0, NULL, route_fields, 0, NULL},
+    {"limits", F_OBJECT, 0, 0, 0, NULL, limit_fields, 0, NULL},
+    {"reconnect", F_OBJECT, 0, 0, 0, NULL, reconnect_fields, 0, NULL},
+    {"shutdown_timeout_ms", F_LONG, C(shutdown_timeout_ms), 0, 600000, NULL, NULL, 0, NULL},
+    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
 
 #undef C
 #undef R
+
+/* ------------------------------------------------------- value checks */
+
+static int id_valid(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = id[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+static mrb_err check_id(const char *v, char *msg, size_t msglen)
+{
+    if (id_valid(v))
+        return MRB_OK;
+    return mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                    "invalid value \"%s\" (allowed: 1 to 64 letters, digits, "
+                    "'-', '_' or '.')", v);
+}
+
+static mrb_err check_url(const char *v, mrb_url_kind kind, char *msg,
+                         size_t msglen)
+{
+    mrb_url u;
+    mrb_err err = mrb_url_parse(v, kind, &u, msg, msglen);
+    mrb_url_free(&u);
+    return err;
+}
+
+static mrb_err check_mqtt_url(const char *v, char *msg, size_t msglen)
+{
+    return check_url(v, MRB_URL_MQTT, msg, msglen);
+}
+
+static mrb_err check_redis_url(const char *v, char *msg, size_t msglen)
+{
+    return check_url(v, MRB_URL_REDIS, msg, msglen);
+}
 
 /* ------------------------------------------------------------- defaults */
 
@@ -218,6 +268,12 @@ static mrb_err apply_field(jctx *j, const field *f, const cJSON *v, void *base,
             return bad_value(j, path, v, "a string");
         if (v->valuestring[0] == '\0')
             return bad_value(j, path, v, "a non-empty string");
+        if (f->check) {
+            char cmsg[300];
+            if (f->check(v->valuestring, cmsg, sizeof(cmsg)) != MRB_OK)
+                return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen, "%s: %s: %s",
+                                j->source, path, cmsg);
+        }
         return set_string((char **)(void *)slot, v->valuestring);
     case F_LONG:
     case F_INT:
@@ -463,6 +519,22 @@ void mrb_cli_free(mrb_cli *cli)
 mrb_err mrb_config_apply_cli(mrb_config *cfg, const mrb_cli *cli, char *msg,
                              size_t msglen)
 {
+    static const struct {
+        const char *opt;
+        size_t off;
+        mrb_err (*check)(const char *, char *, size_t);
+    } given[] = {
+        {"--mqtt", offsetof(mrb_cli, mqtt_url), check_mqtt_url},
+        {"--redis", offsetof(mrb_cli, redis_url), check_redis_url},
+        {"--id", offsetof(mrb_cli, id), check_id},
+    };
+    for (size_t i = 0; i < sizeof(given) / sizeof(given[0]); i++) {
+        const char *v = *(const char *const *)(const void *)((const char *)cli + given[i].off);
+        char cmsg[300];
+        if (v && given[i].check(v, cmsg, sizeof(cmsg)) != MRB_OK)
+            return mrb_fail(MRB_ERR_INVALID, msg, msglen, "%s: %s", given[i].opt,
+                            cmsg);
+    }
     if ((cli->mqtt_url && set_string(&cfg->mqtt_url, cli->mqtt_url)) ||
         (cli->redis_url && set_string(&cfg->redis_url, cli->redis_url)) ||
         (cli->id && set_string(&cfg->id, cli->id)))
@@ -493,20 +565,6 @@ mrb_err mrb_config_apply_cli(mrb_config *cfg, const mrb_cli *cli, char *msg,
 }
 
 /* ---------------------------------------------------------- finishing */
-
-static int id_valid(const char *id)
-{
-    size_t n = strlen(id);
-    if (n == 0 || n > 64)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
-            return 0;
-    }
-    return 1;
-}
 
 static mrb_err default_id(mrb_config *cfg)
 {

@@ -49,6 +49,16 @@ static void on_connect_ok(void *ctx, MQTTAsync_successData *r)
 
 static void on_connect_ok5(void *ctx, MQTTAsync_successData5 *r)
 {
+    mrb_bridge *b = ctx;
+    /* The broker's Receive Maximum bounds our QoS > 0 publishes in flight.
+     * Past it Paho queues them and, measured with 1.3.12, sends the queue
+     * only on its one-second housekeeping tick: 20 msg/s with mosquitto's
+     * default of 20. So the bridge keeps within it. */
+    int rm = 65535;
+    if (r && MQTTProperties_hasProperty(&r->properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM))
+        rm = MQTTProperties_getNumericValue(&r->properties,
+                                            MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
+    atomic_store(&b->mqtt.receive_max, rm > 0 ? rm : 65535);
     post(ctx, MQTT_EV_CONNECTED, 0, NULL);
 }
 
@@ -106,20 +116,27 @@ static void on_sub_ok5(void *ctx, MQTTAsync_successData5 *r)
 static void on_sub_fail(void *ctx, MQTTAsync_failureData *r) { suback(ctx, 0); }
 static void on_sub_fail5(void *ctx, MQTTAsync_failureData5 *r) { suback(ctx, 0); }
 
-static void sent(mrb_bridge *b, int ok)
+static void sent(mrb_bridge *b, int ok, int acked)
 {
     mrb_mqtt *m = &b->mqtt;
     atomic_fetch_add(ok ? &m->sent_ok : &m->sent_failed, 1);
-    int left = atomic_fetch_sub(&m->inflight, 1) - 1;
+    atomic_fetch_sub(&m->inflight, 1);
+    if (acked)
+        atomic_fetch_sub(&m->inflight_acked, 1);
     /* wake the main thread only when it waits for room, not per message */
-    if (left <= MRB_MQTT_WINDOW / 2 && atomic_exchange(&m->window_waiting, 0))
+    if (atomic_exchange(&m->window_waiting, 0))
         mrb_bridge_wake(b);
 }
 
-static void on_sent(void *ctx, MQTTAsync_successData *r) { sent(ctx, 1); }
-static void on_sent5(void *ctx, MQTTAsync_successData5 *r) { sent(ctx, 1); }
-static void on_send_fail(void *ctx, MQTTAsync_failureData *r) { sent(ctx, 0); }
-static void on_send_fail5(void *ctx, MQTTAsync_failureData5 *r) { sent(ctx, 0); }
+/* QoS 0 completes when written; QoS 1/2 when acknowledged ("acked"). */
+static void on_sent(void *ctx, MQTTAsync_successData *r) { sent(ctx, 1, 0); }
+static void on_sent5(void *ctx, MQTTAsync_successData5 *r) { sent(ctx, 1, 0); }
+static void on_send_fail(void *ctx, MQTTAsync_failureData *r) { sent(ctx, 0, 0); }
+static void on_send_fail5(void *ctx, MQTTAsync_failureData5 *r) { sent(ctx, 0, 0); }
+static void on_acked(void *ctx, MQTTAsync_successData *r) { sent(ctx, 1, 1); }
+static void on_acked5(void *ctx, MQTTAsync_successData5 *r) { sent(ctx, 1, 1); }
+static void on_ack_fail(void *ctx, MQTTAsync_failureData *r) { sent(ctx, 0, 1); }
+static void on_ack_fail5(void *ctx, MQTTAsync_failureData5 *r) { sent(ctx, 0, 1); }
 
 /* Paho's receive thread: copy the message into in_q and return 1 so that
  * Paho frees its copy. */
@@ -148,6 +165,10 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
     pthread_mutex_lock(&b->in_lock);
     if (duplicate) {
         b->ic.duplicates++;
+    } else if (msg->retained) {
+        /* MQTT 3.1.1 sets the flag only on stored messages sent because we
+         * subscribed (MQTT 5 does not send them: Retain Handling 2) */
+        b->ic.retained_skipped++;
     } else if (b->ic.mqtt_in++, (long)msg->payloadlen > b->cfg->max_payload) {
         b->ic.dropped_too_large++;
         if (mrb_ratelimit_allow(&b->in_rl_large, now, &sup))
@@ -176,7 +197,7 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
         }
     }
     pthread_mutex_unlock(&b->in_lock);
-    if (!duplicate)
+    if (!duplicate && !msg->retained)
         mrb_bridge_wake(b);
     MQTTAsync_freeMessage(&msg);
     MQTTAsync_free(topic);
@@ -214,6 +235,8 @@ mrb_err mrb_mqtt_init(mrb_bridge *b)
     m->state = CONN_DOWN;
     m->next_attempt_ms = 0;
     atomic_init(&m->inflight, 0);
+    atomic_init(&m->inflight_acked, 0);
+    atomic_init(&m->receive_max, MRB_MQTT_WINDOW);
     atomic_init(&m->window_waiting, 0);
     atomic_init(&m->sent_ok, 0);
     atomic_init(&m->sent_failed, 0);
@@ -315,6 +338,10 @@ static void mqtt_subscribe_all(mrb_bridge *b)
             p.value.integer4 = (unsigned)(i + 1);
             MQTTProperties_add(&o.properties, &p);
             o.subscribeOptions.noLocal = 1;
+            /* the broker's stored retained messages are state, not news:
+             * replaying them into Redis on every (re)subscribe would
+             * duplicate them */
+            o.subscribeOptions.retainHandling = 2;
             o.onSuccess5 = on_sub_ok5;
             o.onFailure5 = on_sub_fail5;
         } else {
@@ -445,19 +472,24 @@ mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
     mrb_mqtt *m = &b->mqtt;
     if (m->state != CONN_UP)
         return MRB_ERR_CONN;
-    if (atomic_load(&m->inflight) >= MRB_MQTT_WINDOW) {
+    int acked = qos > 0;
+    if (atomic_load(&m->inflight) >= MRB_MQTT_WINDOW ||
+        (acked && atomic_load(&m->inflight_acked) >= atomic_load(&m->receive_max))) {
         atomic_store(&m->window_waiting, 1);
-        if (atomic_load(&m->inflight) >= MRB_MQTT_WINDOW)
+        /* re-check: a completion between the test and the store would
+         * not have seen window_waiting */
+        if (atomic_load(&m->inflight) >= MRB_MQTT_WINDOW ||
+            (acked && atomic_load(&m->inflight_acked) >= atomic_load(&m->receive_max)))
             return MRB_ERR_FULL; /* a completion will wake us */
     }
     MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
     o.context = b;
     if (m->version == MQTTVERSION_5) {
-        o.onSuccess5 = on_sent5;
-        o.onFailure5 = on_send_fail5;
+        o.onSuccess5 = acked ? on_acked5 : on_sent5;
+        o.onFailure5 = acked ? on_ack_fail5 : on_send_fail5;
     } else {
-        o.onSuccess = on_sent;
-        o.onFailure = on_send_fail;
+        o.onSuccess = acked ? on_acked : on_sent;
+        o.onFailure = acked ? on_ack_fail : on_send_fail;
     }
     MQTTAsync_message msg = MQTTAsync_message_initializer;
     msg.payload = (void *)payload; /* Paho copies it */
@@ -465,12 +497,22 @@ mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
     msg.qos = qos;
     msg.retained = retain;
     atomic_fetch_add(&m->inflight, 1);
+    if (acked)
+        atomic_fetch_add(&m->inflight_acked, 1);
     int rc = MQTTAsync_sendMessage(m->client, topic, &msg, &o);
     if (rc == MQTTASYNC_SUCCESS)
         return MRB_OK;
     atomic_fetch_sub(&m->inflight, 1);
-    if (rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT || rc == MQTTASYNC_MAX_BUFFERED_MESSAGES)
+    if (acked)
+        atomic_fetch_sub(&m->inflight_acked, 1);
+    if (rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT || rc == MQTTASYNC_MAX_BUFFERED_MESSAGES) {
+        /* Paho's own limit (the broker's Receive Maximum for QoS > 0) is
+         * below ours: wait for the next completion, which wakes us */
+        atomic_store(&m->window_waiting, 1);
+        if (atomic_load(&m->inflight) == 0)
+            mrb_bridge_wake(b); /* nothing left to complete: retry soon */
         return MRB_ERR_FULL;
+    }
     if (rc == MQTTASYNC_DISCONNECTED)
         return MRB_ERR_CONN;
     return MRB_ERR_INVALID;

@@ -146,12 +146,12 @@ static void test_value_errors_name_the_key(void **state)
 static void test_whole_config_errors(void **state)
 {
     expect_error("{\"mqtt\": {\"url\": \"http://x\"}}",
-                 "mqtt.url: \"http://x\": the URL must start with mqtt://");
+                 "cfg.json: mqtt.url: \"http://x\": the URL must start with mqtt://");
     expect_error("{\"redis\": {\"url\": \"redis://h:99999\"}}",
-                 "redis.url: \"redis://h:99999\": the port must be a number from 1 "
+                 "cfg.json: redis.url: \"redis://h:99999\": the port must be a number from 1 "
                  "to 65535");
     expect_error("{\"id\": \"a/b\"}",
-                 "id: invalid value \"a/b\" (allowed: 1 to 64 letters, digits, "
+                 "cfg.json: id: invalid value \"a/b\" (allowed: 1 to 64 letters, digits, "
                  "'-', '_' or '.')");
     expect_error("{\"reconnect\": {\"min_ms\": 5000, \"max_ms\": 1000}}",
                  "reconnect.min_ms (5000) must not exceed reconnect.max_ms (1000)");
@@ -223,7 +223,10 @@ static void test_cli_errors(void **state)
                      "1 wildcard but Redis pattern \"user\" has 0 '*': the k-th "
                      "wildcard maps to the k-th '*', so the counts must agree");
     char *a5[] = {"mrb", "--redis", "redis://:pw@", NULL};
-    expect_cli_error(3, a5, "redis.url: \"redis://:pw@\": missing or malformed host");
+    expect_cli_error(3, a5, "--redis: \"redis://:pw@\": missing or malformed host");
+    char *a6[] = {"mrb", "--id", "a b", NULL};
+    expect_cli_error(3, a6, "--id: invalid value \"a b\" (allowed: 1 to 64 letters, "
+                     "digits, '-', '_' or '.')");
 }
 
 static void test_missing_file(void **state)

@@ -1,0 +1,92 @@
+#!/usr/bin/python3
+"""mqtt.protocol "3.1.1": no No Local, so only the bridge's echo table keeps
+its own MQTT publications from coming back into Redis.  Also checks on the
+broker's log which protocol version the bridge really used."""
+
+import re
+import sys
+import time
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import harness  # noqa: E402
+from harness import BridgeTestCase, unique
+
+
+class ProtocolTest(BridgeTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.rs = self.start_redis()
+        self.mq = self.start_mosquitto()
+        self.r = self.redis_client(self.rs.port)
+
+    def bridge(self, protocol, client_id):
+        cfg = self.write_config({
+            "id": "p" + client_id,
+            "mqtt": {"url": self.mq.url, "client_id": client_id,
+                     "protocol": protocol},
+            "redis": {"url": self.rs.url}})
+        return self.start_bridge(None, None, "-c", cfg)
+
+    def assert_broker_saw(self, client_id, pversion):
+        # mosquitto: "New client connected from 127.0.0.1:N as ID (p2, c1, k60)."
+        pat = re.compile(r"New client connected from \S+ as %s \(p(\d)"
+                         % re.escape(client_id))
+        seen = harness.wait_until(lambda: pat.findall(self.mq.log()), 2)
+        self.assertTrue(seen, "broker log has no connection of %s:\n%s"
+                        % (client_id, harness.tail(self.mq.log())))
+        self.assertEqual(set(seen), {pversion},
+                         "protocol level(s) used by the bridge (p2 = 3.1.1, "
+                         "p5 = 5)")
+
+    def no_echo_both_ways(self, client_protocol):
+        rsub = self.redis_sub(self.rs.port, channels=["news"])
+        msub = self.mqtt_client(self.mq.port, "news", protocol=client_protocol,
+                                name="sub")
+        pub = self.mqtt_client(self.mq.port, protocol=client_protocol,
+                               name="pub")
+        up = unique("up").encode()
+        pub.publish("news", up)
+        self.assert_once_each({
+            "redis news": lambda: rsub.count("news", up),
+            "mqtt news": lambda: msub.count("news", up),
+        }, "MQTT publish news", subscribers=[rsub, msub])
+        down = unique("down").encode()
+        self.r.publish("news", down)
+        self.assert_once_each({
+            "mqtt news": lambda: msub.count("news", down),
+            "redis news": lambda: rsub.count("news", down),
+        }, "Redis PUBLISH news", subscribers=[rsub, msub])
+        # a few more in a row, both ways interleaved
+        sent = []
+        for i in range(5):
+            a = unique("a%d" % i).encode()
+            b = unique("b%d" % i).encode()
+            sent += [a, b]
+            pub.publish("news", a)
+            self.r.publish("news", b)
+        harness.wait_until(lambda: all(rsub.count("news", p) and
+                                       msub.count("news", p) for p in sent),
+                           harness.DELIVERY_TIMEOUT)
+        time.sleep(harness.QUIET)
+        bad = {p: (rsub.count("news", p), msub.count("news", p)) for p in sent
+               if (rsub.count("news", p), msub.count("news", p)) != (1, 1)}
+        self.assertEqual(bad, {}, "payload: (redis copies, mqtt copies)")
+
+    def test_mqtt_311_no_echo(self):
+        self.bridge("3.1.1", "mrb311")
+        self.assert_broker_saw("mrb311", "2")
+        self.no_echo_both_ways(4)
+
+    def test_mqtt_5_no_echo(self):
+        self.bridge("5", "mrb5")
+        self.assert_broker_saw("mrb5", "5")
+        self.no_echo_both_ways(5)
+
+    def test_auto_uses_mqtt_5_on_mosquitto_2(self):
+        self.bridge("auto", "mrbauto")
+        self.assert_broker_saw("mrbauto", "5")
+
+
+if __name__ == "__main__":
+    harness.main()

@@ -1,0 +1,133 @@
+#!/usr/bin/python3
+"""bridge/<id>/status: retained "online" while running, retained "offline"
+after a clean shutdown (SIGTERM/SIGINT, exit 0, stats line) and from the
+Last Will after SIGKILL."""
+
+import re
+import signal
+import sys
+import time
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import harness  # noqa: E402
+from harness import BridgeTestCase, unique
+
+STATS_RE = re.compile(r"mqtt_in=\d+.*redis_out=\d+.*redis_in=\d+"
+                      r".*mqtt_out=\d+")
+
+
+class StatusTest(BridgeTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.rs = self.start_redis()
+        self.mq = self.start_mosquitto()
+
+    def retained_status(self, bridge_id, want, timeout=None):
+        """Poll (bounded) with fresh subscribers until the retained status is
+        `want`; returns the last retained message seen (or None)."""
+        timeout = timeout or harness.DELIVERY_TIMEOUT
+        topic = "bridge/%s/status" % bridge_id
+        last = [None]
+
+        def check():
+            c = harness.MqttClient(self.mq.port, name="status")
+            try:
+                c.connect()
+                c.subscribe(topic)
+                m = c.wait_for(lambda m: m.topic == topic, 0.3)
+            finally:
+                c.close()
+            if m is not None:
+                last[0] = m
+            return m is not None and m.payload == want and m.retain
+        harness.wait_until(check, timeout, 0.05)
+        return last[0]
+
+    def assert_status(self, bridge_id, want, what, timeout=None):
+        m = self.retained_status(bridge_id, want, timeout)
+        self.assertIsNotNone(m, "%s: no retained message on bridge/%s/status"
+                             % (what, bridge_id))
+        self.assertEqual((m.payload, m.retain), (want, True),
+                         "%s: retained status" % what)
+
+    def _stop_cleanly(self, sig):
+        bridge = self.start_bridge(self.mq.port, self.rs.port, bridge_id="st")
+        self.assert_status("st", b"online", "while running")
+        # some traffic so that the stats line has something to count
+        sub = self.mqtt_client(self.mq.port, "news", name="sub")
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        p = unique("s").encode()
+        pub.publish("news", p)
+        r = self.redis_client(self.rs.port)
+        q = unique("t").encode()
+        r.publish("news", q)
+        self.assertIsNotNone(sub.wait_for(lambda m: m.payload == q),
+                             "redis -> mqtt before shutdown")
+        rc, in_time = bridge.stop(sig)
+        self.assertTrue(in_time, "bridge did not exit within %.0fs of %s:\n%s"
+                        % (harness.EXIT_TIMEOUT, sig.name, bridge.tail()))
+        self.assertEqual(rc, 0, "exit status after %s:\n%s"
+                         % (sig.name, bridge.tail()))
+        self.assert_status("st", b"offline", "after %s" % sig.name)
+        msg, counters = self.exit_stats(bridge)
+        self.assertRegex(msg, STATS_RE)
+        self.assertGreaterEqual(int(counters.get("mqtt_in", 0)), 1, msg)
+        self.assertGreaterEqual(int(counters.get("redis_out", 0)), 1, msg)
+        self.assertGreaterEqual(int(counters.get("mqtt_out", 0)), 1, msg)
+        for k in ("dropped_unmappable", "dropped_too_large",
+                  "dropped_queue_full"):
+            self.assertEqual(counters.get(k), "0", "%s in %r" % (k, msg))
+        self.assert_stats_prefix(msg)
+
+    def test_online_then_offline_on_sigterm(self):
+        self._stop_cleanly(signal.SIGTERM)
+
+    def test_offline_on_sigint(self):
+        self._stop_cleanly(signal.SIGINT)
+
+    def test_sigterm_while_redis_down_exits_in_time(self):
+        # nothing can be flushed to Redis: the bridge gives up after
+        # shutdown_timeout_ms, still exits 0 and still says offline
+        cfg = self.write_config({"id": "sd", "mqtt": {"url": self.mq.url},
+                                 "redis": {"url": self.rs.url},
+                                 "shutdown_timeout_ms": 1000})
+        bridge = self.start_bridge(None, None, "-c", cfg)
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        mark = bridge.mark()
+        self.rs.stop()
+        self.assert_log(bridge, harness.LOST_RE, since=mark, what="Redis down")
+        for i in range(3):
+            pub.publish("news", unique("stuck").encode())
+        t0 = time.monotonic()
+        rc, in_time = bridge.stop(signal.SIGTERM, timeout=6)
+        took = time.monotonic() - t0
+        self.assertTrue(in_time, "bridge still running 6 s after SIGTERM with "
+                        "shutdown_timeout_ms 1000:\n%s" % bridge.tail())
+        self.assertLess(took, 3.0, "exit took %.1fs with shutdown_timeout_ms "
+                        "1000" % took)
+        self.assertEqual(rc, 0, bridge.tail())
+        self.assert_status("sd", b"offline", "after SIGTERM with Redis down")
+
+    def test_last_will_after_sigkill(self):
+        bridge = self.start_bridge(self.mq.port, self.rs.port, bridge_id="lw")
+        self.assert_status("lw", b"online", "while running")
+        bridge.kill()
+        self.assert_status("lw", b"offline", "Last Will after SIGKILL")
+
+    def test_status_topic_uses_id(self):
+        # two bridges with different ids on one broker keep separate statuses
+        b1 = self.start_bridge(self.mq.port, self.rs.port, bridge_id="one",
+                               name="b1")
+        self.start_bridge(self.mq.port, self.rs.port, bridge_id="two",
+                          name="b2")
+        self.assert_status("one", b"online", "bridge one running")
+        self.assert_status("two", b"online", "bridge two running")
+        rc, _ = b1.stop()
+        self.assertEqual(rc, 0)
+        self.assert_status("one", b"offline", "bridge one stopped")
+        self.assert_status("two", b"online", "bridge two still running")
+
+
+if __name__ == "__main__":
+    harness.main()
