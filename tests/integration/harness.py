@@ -177,8 +177,8 @@ class RedisServer:
                            password=self.password,
                            socket_timeout=10, socket_connect_timeout=5)
 
-    def stop(self):
-        rc = stop_process(self.proc)
+    def stop(self, sig=signal.SIGTERM):
+        rc = stop_process(self.proc, sig)
         return rc
 
     def running(self):
@@ -249,8 +249,8 @@ class Mosquitto:
     def log(self):
         return read_text(self.log_path)
 
-    def stop(self):
-        return stop_process(self.proc)
+    def stop(self, sig=signal.SIGTERM):
+        return stop_process(self.proc, sig)
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None

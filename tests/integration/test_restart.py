@@ -241,5 +241,45 @@ class RestartTest(BridgeTestCase):
                          "in publish order")
 
 
+    # servers killed in the middle of a burst ---------------------------------
+    def test_broker_killed_mid_burst(self):
+        """The bridge has QoS 1 publishes in flight inside Paho when the broker
+        dies (SIGKILL): its flow-control windows must not stay held by them,
+        or nothing would cross after the broker is back."""
+        rs = self.start_redis()
+        mq = self.start_mosquitto()
+        bridge = self.start_bridge(mq.port, rs.port, bridge_id="mkill")
+        r = self.redis_client(rs.port)
+        pipe = r.pipeline(transaction=False)
+        for i in range(3000):
+            pipe.publish("news", b"burst%d" % i)
+        pipe.execute()
+        mark = bridge.mark()
+        mq.stop(sig=harness.signal.SIGKILL)
+        self.assert_log(bridge, LOST_RE, since=mark, what="broker killed")
+        mq.start()
+        self.assert_log(bridge, "ready:", since=mark,
+                        timeout=RECOVERY_TIMEOUT, what="broker back")
+        self._flow_both_ways(mq, rs, "after the broker was killed mid-burst",
+                             timeout=RECOVERY_TIMEOUT)
+
+    def test_redis_killed_mid_burst(self):
+        """Likewise with PUBLISHes pipelined to Redis when it dies."""
+        rs = self.start_redis()
+        mq = self.start_mosquitto()
+        bridge = self.start_bridge(mq.port, rs.port, bridge_id="rkill")
+        pub = self.mqtt_client(mq.port, name="pub")
+        for i in range(3000):
+            pub.c.publish("news", b"burst%d" % i, qos=0)
+        mark = bridge.mark()
+        rs.stop(sig=harness.signal.SIGKILL)
+        self.assert_log(bridge, LOST_RE, since=mark, what="Redis killed")
+        rs.start()
+        self.assert_log(bridge, "ready:", since=mark,
+                        timeout=RECOVERY_TIMEOUT, what="Redis back")
+        self._flow_both_ways(mq, rs, "after Redis was killed mid-burst",
+                             timeout=RECOVERY_TIMEOUT)
+
+
 if __name__ == "__main__":
     harness.main()
