@@ -52,19 +52,26 @@ class BadInputTest(BridgeTestCase):
         self.assert_stats_prefix(line)
 
     def test_channels_invalid_as_mqtt_topics_dropped(self):
-        # a '+' capture that is not valid UTF-8, or holds a NUL, cannot be
-        # an MQTT topic level
+        # a '+' capture that is not valid UTF-8, holds a NUL or a control
+        # character, or makes the topic too long cannot be an MQTT topic
         bridge = self.start_bridge(self.mq.port, self.rs.port, bridge_id="bad")
         sub = self.mqtt_client(self.mq.port, "#", name="all")
         mark = bridge.mark()
         bad = {b"user:\xff\xfe": unique("utf8").encode(),
-               b"user:a\x00b": unique("nul").encode()}
+               b"user:a\x00b": unique("nul").encode(),
+               # a control character: brokers drop a client that sends it
+               b"user:a\x07b": unique("bel").encode(),
+               # longer than an MQTT topic can be (65535 bytes)
+               b"user:" + b"x" * 65531: unique("long").encode()}
         for ch, p in bad.items():
             self.r.publish(ch, p)
         good = unique("good").encode()
         self.r.publish("user:b", good)
-        self.assert_once_each({"mqtt user/b": lambda: sub.count("user/b", good)},
-                              "a good message after the bad ones",
+        longest = "user/" + "y" * 65530  # exactly 65535 bytes: still valid
+        self.r.publish(longest.replace("/", ":", 1), good)
+        self.assert_once_each({"mqtt user/b": lambda: sub.count("user/b", good),
+                               "mqtt 65535-byte topic": lambda: sub.count(longest, good)},
+                              "good messages after the bad ones",
                               subscribers=[sub])
         leaked = [(m.topic, m.payload) for m in sub.snapshot()
                   if m.payload in bad.values()]
@@ -73,7 +80,7 @@ class BadInputTest(BridgeTestCase):
         self.assert_log(bridge, re.compile(r"dropped.*unmappable|unmappable.*dropped"),
                         since=mark, what="warning for an unmappable channel")
         line, c = self.stop_and_stats(bridge)
-        self.assertEqual(c.get("dropped_unmappable"), "2", line)
+        self.assertEqual(c.get("dropped_unmappable"), "4", line)
 
     def _limited_bridge(self):
         cfg = self.write_config({
