@@ -228,7 +228,11 @@ static int forward_to_redis(mrb_bridge *b, const mrb_msg *m, size_t *done)
         if (mrb_redis_publish(b, ch, clen, mrb_msg_payload(m), m->payload_len) != MRB_OK)
             return 0;
         (*done)++;
-        if (mrb_redis_sub_ready(b) &&
+        /* While the subscriber is (re)subscribing, Redis may already have
+         * taken its SUBSCRIBE before we saw the confirmation: fingerprint
+         * whenever a subscriber connection exists, not only once it is up.
+         * An unused fingerprint just expires. */
+        if (b->rsub.ac &&
             mrb_routes_redis_canonical(&b->routes, ch, clen) != MRB_NO_SUB)
             mrb_seen_add(&b->redis_echo,
                          mrb_seen_key(ch, clen, mrb_msg_payload(m), m->payload_len),
