@@ -366,6 +366,9 @@ mrb_err mrb_config_load_json(mrb_config *cfg, const char *text, size_t len,
         const char *at = cJSON_GetErrorPtr();
         if (!at || at < text || at > text + len)
             at = end && end >= text && end <= text + len ? end : text + len;
+        /* point at the next token, not at the blank before it */
+        while (at < text + len && (*at == ' ' || *at == '\t' || *at == '\r' || *at == '\n'))
+            at++;
         int line = 1, col = 1;
         for (const char *p = text; p < at; p++) {
             if (*p == '\n') {
@@ -375,8 +378,19 @@ mrb_err mrb_config_load_json(mrb_config *cfg, const char *text, size_t len,
                 col++;
             }
         }
+        /* show where: the rest of that line, shortened, control bytes as '?' */
+        char near[40];
+        size_t k = 0;
+        for (const char *p = at; p < text + len && *p != '\n' && k < 24; p++)
+            near[k++] = (*p >= 0x20 && *p < 0x7f) ? *p : '?';
+        near[k] = '\0';
+        if (k == 0)
+            return mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                            "%s:%d:%d: JSON syntax error: the file ends too early "
+                            "(a missing '}', ']' or '\"'?)", source, line, col);
         return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                        "%s:%d:%d: JSON syntax error", source, line, col);
+                        "%s:%d:%d: JSON syntax error near '%s%s'", source, line,
+                        col, near, k == 24 ? "..." : "");
     }
     mrb_err err;
     if (!cJSON_IsObject(root))

@@ -57,7 +57,8 @@ class ConfigTest(BridgeTestCase):
                                  '  "mqtt": {}\n}\n')
         # cJSON stops at the 'b' of bogus: line 3, column 16
         line = self.run_bad(["-c", path], "JSON syntax error")
-        self.assertEqual(line, "%s%s:3:16: JSON syntax error" % (PREFIX, path))
+        self.assertEqual(line, "%s%s:3:16: JSON syntax error near 'bogus,'"
+                         % (PREFIX, path))
 
     def test_unknown_key(self):
         path = self.write_config({"mqtt": {"hots": "127.0.0.1"}})

@@ -92,9 +92,13 @@ static void test_full_file(void **state)
 static void test_syntax_errors_have_line_and_column(void **state)
 {
     expect_error("{\n  \"id\": \"x\",\n  \"mqtt\": {\"url\" \"y\"}\n}",
-                 "cfg.json:3:18: JSON syntax error");
-    expect_error("{\"id\": \"x\",}", "cfg.json:1:12: JSON syntax error");
-    expect_error("", "cfg.json:1:1: JSON syntax error");
+                 "cfg.json:3:18: JSON syntax error near '\"y\"}'");
+    expect_error("{\"id\": \"x\",}", "cfg.json:1:12: JSON syntax error near '}'");
+    expect_error("", "cfg.json:1:1: JSON syntax error: the file ends too early (a "
+                 "missing '}', ']' or '\"'?)");
+    expect_error("{\"id\": \"x\"\n", "cfg.json:2:1: JSON syntax error: the file ends "
+                 "too early (a missing '}', ']' or '\"'?)");
+    expect_error("{\"id\": tru}", "cfg.json:1:8: JSON syntax error near 'tru}'");
     expect_error("[1]", "cfg.json: the configuration must be a JSON object ({...})");
 }
 
