@@ -110,6 +110,30 @@ class ProtocolTest(BridgeTestCase):
         # 3.1.1 cannot ask the broker to hold them back: skipped and counted
         self.assertEqual(counters["retained_skipped"], "1")
 
+    def test_overlapping_filters_once_per_target(self):
+        """MQTT 3.1.1 has no Subscription Identifiers: the bridge relies on
+        the broker sending one copy per client for overlapping filters."""
+        for protocol in ("3.1.1", "5"):
+            cfg = self.write_config({
+                "id": "ov" + protocol.replace(".", ""),
+                "mqtt": {"url": self.mq.url, "protocol": protocol,
+                         "client_id": "ov" + protocol},
+                "redis": {"url": self.rs.url},
+                "routes": [{"mqtt": "a/+", "redis": "x:*", "direction": "mqtt_to_redis"},
+                           {"mqtt": "a/#", "redis": "y:*", "direction": "mqtt_to_redis"}]},
+                name="ov%s.json" % protocol)
+            b = self.start_bridge(None, None, "-c", cfg)
+            rsub = self.redis_sub(self.rs.port, patterns=["x:*", "y:*"])
+            pub = self.mqtt_client(self.mq.port, name="pub" + protocol)
+            p = unique("ov").encode()
+            pub.publish("a/b", p)
+            self.assert_once_each({
+                "redis x:b": lambda: rsub.count("x:b", p),
+                "redis y:b": lambda: rsub.count("y:b", p),
+            }, "MQTT %s publish a/b through overlapping filters" % protocol,
+                subscribers=[rsub])
+            b.stop()
+
     def test_auto_uses_mqtt_5_on_mosquitto_2(self):
         self.bridge("auto", "mrbauto")
         self.assert_broker_saw("mrbauto", "5")
