@@ -61,6 +61,27 @@ class RoutesTest(BridgeTestCase):
         self.assertEqual(sub.count(None, p), 1, "copies on other topics: %r"
                          % sub.summary())
 
+    def test_overlapping_redis_subscriptions(self):
+        """Redis sends one copy per matching subscription (SUBSCRIBE news and
+        PSUBSCRIBE *, or two patterns); each target still gets one copy."""
+        self.bridge("news < news", "all/# < *", "u/+ < user:*")
+        sub = self.mqtt_client(self.mq.port, "#", name="sub")
+        p = unique("ov").encode()
+        self.r.publish("news", p)
+        self.assert_once_each({
+            "mqtt news": lambda: sub.count("news", p),
+            "mqtt all/news": lambda: sub.count("all/news", p),
+        }, "redis news via SUBSCRIBE news and PSUBSCRIBE *", subscribers=[sub])
+        q = unique("ov2").encode()
+        self.r.publish("user:x", q)
+        self.assert_once_each({
+            "mqtt u/x": lambda: sub.count("u/x", q),
+            "mqtt all/user/x": lambda: sub.count("all/user/x", q),
+        }, "redis user:x via PSUBSCRIBE * and PSUBSCRIBE user:*",
+            subscribers=[sub])
+        self.assertEqual(sub.count(None, p) + sub.count(None, q), 4,
+                         "copies on other topics: %r" % sub.summary())
+
     def test_plus_capture_verbatim_hash_capture_translated(self):
         # redis user:a:b: via user/+ the capture "a:b" is copied verbatim
         # (user/a:b); via user/# it is translated ':' -> '/' (user/a/b).
