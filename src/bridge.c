@@ -83,13 +83,15 @@ static void warn_unmappable(mrb_bridge *b, const char *side, const char *name,
                             size_t len)
 {
     uint64_t sup;
+    char esc[MRB_LOG_ESCAPE_MAX];
     b->c.dropped_unmappable++;
     if (mrb_ratelimit_allow(&b->rl_unmappable, mrb_now_ms(), &sup))
-        mrb_warn("dropped message from %s '%.*s': unmappable (it matches a "
+        mrb_warn("dropped message from %s '%s': unmappable (it matches a "
                  "route on this side, but the name it maps to is not valid or "
                  "not matched on the other side); dropped_unmappable=%llu "
-                 "(%llu similar not logged)", side, (int)(len > 200 ? 200 : len),
-                 name, (unsigned long long)b->c.dropped_unmappable,
+                 "(%llu similar not logged)", side,
+                 mrb_log_escape(name, len, esc, sizeof(esc)),
+                 (unsigned long long)b->c.dropped_unmappable,
                  (unsigned long long)sup);
 }
 
@@ -125,11 +127,13 @@ static int mqtt_send(mrb_bridge *b, const char *topic, size_t tlen,
         return 0;
     if (err != MRB_OK) {
         uint64_t sup;
+        char esc[MRB_LOG_ESCAPE_MAX];
         b->c.dropped_send_failed++;
         if (mrb_ratelimit_allow(&b->rl_send, mrb_now_ms(), &sup))
-            mrb_warn("dropped message to MQTT topic '%.*s': the MQTT library "
-                     "refused it; dropped_send_failed=%llu", (int)(tlen > 200 ? 200 : tlen),
-                     topic, (unsigned long long)b->c.dropped_send_failed);
+            mrb_warn("dropped message to MQTT topic '%s': the MQTT library "
+                     "refused it; dropped_send_failed=%llu",
+                     mrb_log_escape(topic, tlen, esc, sizeof(esc)),
+                     (unsigned long long)b->c.dropped_send_failed);
         return 1;
     }
     if (b->mqtt.version != MQTTVERSION_5 &&
@@ -160,12 +164,14 @@ void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
     }
     if ((long)plen > b->cfg->max_payload) {
         uint64_t sup;
+        char esc[MRB_LOG_ESCAPE_MAX];
         b->c.dropped_too_large++;
         if (mrb_ratelimit_allow(&b->rl_large, now, &sup))
-            mrb_warn("dropped message from Redis channel '%.*s': too large (%zu "
+            mrb_warn("dropped message from Redis channel '%s': too large (%zu "
                      "bytes, limits.max_payload is %ld); dropped_too_large=%llu "
-                     "(%llu similar not logged)", (int)(clen > 200 ? 200 : clen),
-                     channel, plen, b->cfg->max_payload,
+                     "(%llu similar not logged)",
+                     mrb_log_escape(channel, clen, esc, sizeof(esc)), plen,
+                     b->cfg->max_payload,
                      (unsigned long long)b->c.dropped_too_large,
                      (unsigned long long)sup);
         return;
@@ -254,11 +260,13 @@ static void pump_in(mrb_bridge *b)
             if (!m)
                 return;
             b->in_done = 0;
+            /* judged at its arrival time: an echo that waited in in_q
+             * (Redis down) is still an echo */
             if (b->mqtt.version != MQTTVERSION_5 &&
                 mrb_seen_take(&b->mqtt_echo,
                               mrb_seen_key(mrb_msg_name(m), m->name_len,
                                            mrb_msg_payload(m), m->payload_len),
-                              mrb_now_ms())) {
+                              m->arrived_ms)) {
                 b->c.echoes++;
                 free(m);
                 continue;
@@ -320,7 +328,8 @@ static void install_signals(void)
     sigaction(SIGPIPE, &sa, NULL);
 }
 
-static void run_loop(mrb_bridge *b)
+/* Returns 0 after a clean stop, 1 after a fatal error (logged). */
+static int run_loop(mrb_bridge *b)
 {
     int64_t deadline = 0;
     for (;;) {
@@ -346,8 +355,16 @@ static void run_loop(mrb_bridge *b)
         pump_out(b);
         pump_in(b);
         check_ready(b);
+        if (b->fatal)
+            return 1;
         if (b->stopping && (drained(b) || now >= deadline))
-            return;
+            return 0;
+        if (b->stopping && atomic_load(&b->mqtt.inflight) > 0) {
+            /* have the last completions wake us, not the poll timeout */
+            atomic_store(&b->mqtt.window_waiting, 1);
+            if (atomic_load(&b->mqtt.inflight) == 0)
+                continue;
+        }
 
         struct pollfd pfd[3];
         mrb_rconn *owner[2];
@@ -368,7 +385,7 @@ static void run_loop(mrb_bridge *b)
             wait = 1000;
         if (poll(pfd, (nfds_t)n, (int)wait) < 0 && errno != EINTR) {
             mrb_error("poll: %s", strerror(errno));
-            return;
+            return 1;
         }
         if (pfd[0].revents & POLLIN) {
             /* Drain first, then clear: a wake-up posted after the clear
@@ -430,27 +447,24 @@ int mrb_bridge_run(const mrb_config *cfg)
         mrb_info("route: %s", line);
     }
 
-    run_loop(b);
-
-    /* whatever could not be flushed in time is dropped, and counted */
-    pthread_mutex_lock(&b->in_lock);
-    size_t left = mrb_queue_clear(&b->in_q);
-    pthread_mutex_unlock(&b->in_lock);
-    left += mrb_queue_clear(&b->out_q) + (b->in_pending ? 1 : 0);
-    free(b->in_pending);
-    b->in_pending = NULL;
-    b->c.dropped_shutdown += left;
-    if (left)
-        mrb_warn("shutdown: %zu queued message(s) could not be delivered in "
-                 "time and were dropped", left);
+    status = run_loop(b);
     mrb_mqtt_shutdown(b, 2000);
-    status = 0;
 
 out:
     if (have_mqtt) {
         mrb_redis_destroy(b);
-        log_stats(b);
+        /* after this no Paho thread runs: what is left is counted below,
+         * including publishes Paho failed while being destroyed */
         mrb_mqtt_destroy(b);
+        size_t left = mrb_queue_clear(&b->in_q) + mrb_queue_clear(&b->out_q) +
+                      (b->in_pending ? 1 : 0);
+        free(b->in_pending);
+        b->in_pending = NULL;
+        b->c.dropped_shutdown += left;
+        if (left)
+            mrb_warn("shutdown: %zu queued message(s) could not be delivered "
+                     "in time and were dropped", left);
+        log_stats(b);
     }
     signal_fd = -1;
     if (have_lock) {
@@ -467,7 +481,6 @@ out:
     if (b->wake_fd[1] >= 0)
         close(b->wake_fd[1]);
     free(b);
-    if (status == 0)
-        mrb_info("shutdown complete");
+    mrb_info("shutdown complete%s", status ? " after a fatal error" : "");
     return status;
 }

@@ -144,6 +144,7 @@ typedef struct mrb_bridge {
 
     int ready;                   /* logged "ready" for the current up-phase */
     int stopping;
+    int fatal;                   /* an unrecoverable error was logged: exit 1 */
 } mrb_bridge;
 
 /* bridge.c */

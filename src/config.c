@@ -3,6 +3,7 @@
  * parsing and whole-configuration checks.
  */
 #include "mrb/config.h"
+#include "mrb/queue.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -649,12 +650,15 @@ mrb_err mrb_config_finish(mrb_config *cfg, char *msg, size_t msglen)
         return mrb_fail(MRB_ERR_INVALID, msg, msglen,
                         "reconnect.min_ms (%ld) must not exceed reconnect.max_ms "
                         "(%ld)", cfg->reconnect_min_ms, cfg->reconnect_max_ms);
-    if (cfg->queue_bytes < cfg->max_payload)
+    /* room for one largest message: payload, longest topic, bookkeeping */
+    long need = cfg->max_payload + MRB_TOPIC_MAX + (long)MRB_MSG_OVERHEAD;
+    if (cfg->queue_bytes < need)
         return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                        "limits.queue_bytes (%ld) must be at least "
-                        "limits.max_payload (%ld), or a largest message could "
-                        "never wait in the queue", cfg->queue_bytes,
-                        cfg->max_payload);
+                        "limits.queue_bytes (%ld) must be at least %ld "
+                        "(limits.max_payload + %ld for the topic and "
+                        "bookkeeping), or a largest message could not wait in "
+                        "the queue", cfg->queue_bytes, need,
+                        need - cfg->max_payload);
     return MRB_OK;
 }
 

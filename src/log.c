@@ -75,3 +75,33 @@ int64_t mrb_now_ms(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+const char *mrb_log_escape(const char *s, size_t len, char *out, size_t outlen)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (outlen < 8) {
+        if (outlen)
+            out[0] = '\0';
+        return out;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        int plain = c >= 0x20 && c < 0x7f && c != '\\';
+        if (o + (plain ? 1 : 4) > outlen - 4) { /* keep room for "..." */
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (plain) {
+            out[o++] = (char)c;
+        } else {
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+    }
+    out[o] = '\0';
+    return out;
+}

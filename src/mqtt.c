@@ -162,6 +162,7 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
 
     int64_t now = mrb_now_ms();
     uint64_t sup;
+    char esc[MRB_LOG_ESCAPE_MAX];
     pthread_mutex_lock(&b->in_lock);
     if (duplicate) {
         b->ic.duplicates++;
@@ -172,15 +173,18 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
     } else if (b->ic.mqtt_in++, (long)msg->payloadlen > b->cfg->max_payload) {
         b->ic.dropped_too_large++;
         if (mrb_ratelimit_allow(&b->in_rl_large, now, &sup))
-            mrb_warn("dropped message from MQTT topic '%.*s': too large (%d bytes, "
+            mrb_warn("dropped message from MQTT topic '%s': too large (%d bytes, "
                      "limits.max_payload is %ld); dropped_too_large=%llu "
-                     "(%llu similar not logged)", (int)(len > 200 ? 200 : len),
-                     topic, msg->payloadlen, b->cfg->max_payload,
+                     "(%llu similar not logged)",
+                     mrb_log_escape(topic, len, esc, sizeof(esc)),
+                     msg->payloadlen, b->cfg->max_payload,
                      (unsigned long long)b->ic.dropped_too_large,
                      (unsigned long long)sup);
     } else {
         mrb_msg *m = mrb_msg_new(topic, len, msg->payload, (size_t)msg->payloadlen,
                                  msg->qos, msg->retained);
+        if (m)
+            m->arrived_ms = now; /* for the echo check, however long it waits */
         if (!m) {
             b->ic.nomem++;
         } else {
@@ -397,14 +401,14 @@ static void mqtt_up(mrb_bridge *b, int64_t now)
                  (double)(now - m->down_since_ms) / 1000.0);
         m->outage_logged = 0;
     }
-    {
-        MQTTAsync_message msg = MQTTAsync_message_initializer;
-        msg.payload = "online";
-        msg.payloadlen = 6;
-        msg.qos = STATUS_QOS;
-        msg.retained = 1;
-        MQTTAsync_sendMessage(m->client, b->cfg->status_topic, &msg, NULL);
-    }
+    if (b->stopping)
+        return; /* back in time to flush out_q: no intake, no "online" */
+    MQTTAsync_message msg = MQTTAsync_message_initializer;
+    msg.payload = "online";
+    msg.payloadlen = 6;
+    msg.qos = STATUS_QOS;
+    msg.retained = 1;
+    MQTTAsync_sendMessage(m->client, b->cfg->status_topic, &msg, NULL);
     mqtt_subscribe_all(b);
 }
 
@@ -431,8 +435,11 @@ void mrb_mqtt_tick(mrb_bridge *b, int64_t now)
             MQTTAsync_destroy(&m->client);
             m->version = MQTTVERSION_3_1_1;
             m->state = CONN_DOWN;
-            if (client_create(b) == MRB_OK)
-                mqtt_connect(b, now);
+            if (client_create(b) != MRB_OK) {
+                b->fatal = 1; /* logged; nothing could ever reconnect */
+                return;
+            }
+            mqtt_connect(b, now);
         } else {
             char why[240];
             snprintf(why, sizeof(why), "%s%s(code %d)", text, text[0] ? " " : "",
@@ -451,14 +458,16 @@ void mrb_mqtt_tick(mrb_bridge *b, int64_t now)
                       "authorised?); messages on those filters will not be "
                       "forwarded", fails);
     }
-    if (m->state == CONN_DOWN && m->client && !b->stopping &&
-        now >= m->next_attempt_ms)
+    /* also while stopping: out_q may still be flushed if the broker
+     * comes back before the shutdown timeout */
+    if (m->state == CONN_DOWN && m->client && now >= m->next_attempt_ms)
         mqtt_connect(b, now);
 }
 
 int64_t mrb_mqtt_next_timer(const mrb_bridge *b)
 {
-    return b->mqtt.state == CONN_DOWN ? b->mqtt.next_attempt_ms : INT64_MAX;
+    return b->mqtt.state == CONN_DOWN && b->mqtt.client ? b->mqtt.next_attempt_ms
+                                                       : INT64_MAX;
 }
 
 int mrb_mqtt_ready(const mrb_bridge *b)

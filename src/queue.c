@@ -15,6 +15,7 @@ mrb_msg *mrb_msg_new(const char *name, size_t nlen, const void *payload,
     m->payload_len = plen;
     m->qos = qos;
     m->retain = retain;
+    m->arrived_ms = 0;
     memcpy(m->data, name, nlen);
     m->data[nlen] = '\0';
     if (plen)

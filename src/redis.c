@@ -117,9 +117,7 @@ static void on_setup_reply(redisAsyncContext *ac, void *r, void *priv)
         char why[240];
         snprintf(why, sizeof(why), "%s refused: %s", (const char *)priv,
                  reply->str);
-        if (rc->state != CONN_DOWN && !rc->b->stopping)
-            mrb_error("redis %s: %s", rc->name, why);
-        rconn_failed(rc, why);
+        rconn_failed(rc, why); /* logs it, once per outage */
         redisAsyncDisconnect(ac);
     }
 }
@@ -128,8 +126,14 @@ static void on_ping_reply(redisAsyncContext *ac, void *r, void *priv)
 {
     redisReply *reply = r;
     mrb_rconn *rc = ac->data;
-    if (reply && reply->type != REDIS_REPLY_ERROR && rc->state == CONN_CONNECTING)
-        rconn_up(rc);
+    if (!reply || rc->state != CONN_CONNECTING)
+        return;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* NOAUTH, LOADING, MISCONF...: say so instead of timing out */
+        on_setup_reply(ac, r, "PING");
+        return;
+    }
+    rconn_up(rc);
 }
 
 static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
@@ -165,9 +169,7 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv)
     if (reply->type == REDIS_REPLY_ERROR) {
         char why[240];
         snprintf(why, sizeof(why), "subscribe refused: %s", reply->str);
-        if (rc->state != CONN_DOWN && !b->stopping)
-            mrb_error("redis %s: %s", rc->name, why);
-        rconn_failed(rc, why);
+        rconn_failed(rc, why); /* logs it, once per outage */
         redisAsyncDisconnect(ac);
         return;
     }
@@ -264,8 +266,10 @@ void mrb_redis_tick(mrb_bridge *b, int64_t now)
         if (rc->state == CONN_DOWN && !rc->ac && now >= rc->next_attempt_ms) {
             rconn_start(rc, now);
         } else if (rc->state == CONN_CONNECTING && now >= rc->deadline_ms && rc->ac) {
-            redisAsyncFree(rc->ac); /* may call on_disconnect */
+            /* first, so that the reason logged is this one, not the
+             * "closed" of the on_disconnect that the free may call */
             rconn_failed(rc, "timed out waiting for the server to answer");
+            redisAsyncFree(rc->ac);
         }
     }
 }
@@ -276,7 +280,9 @@ int64_t mrb_redis_next_timer(const mrb_bridge *b)
     int64_t t = INT64_MAX;
     for (int i = 0; i < 2; i++) {
         const mrb_rconn *rc = rcs[i];
-        if (!rconn_needed(rc))
+        /* the same conditions as mrb_redis_tick: a timer it would not act
+         * on would make poll() spin */
+        if (!rconn_needed(rc) || (b->stopping && rc == &b->rsub))
             continue;
         if (rc->state == CONN_DOWN && !rc->ac && rc->next_attempt_ms < t)
             t = rc->next_attempt_ms;

@@ -11,6 +11,7 @@
 #ifndef MRB_LOG_H
 #define MRB_LOG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef enum mrb_log_level {
@@ -52,6 +53,12 @@ typedef struct mrb_ratelimit {
 /* Returns 1 if a line may be logged now (and sets *suppressed to the number
  * of events swallowed since the last line), 0 if this event is swallowed. */
 int mrb_ratelimit_allow(mrb_ratelimit *rl, int64_t now_ms, uint64_t *suppressed);
+
+/* Names from the network (Redis channels are any bytes) made safe to log:
+ * printable ASCII as is, other bytes as \xHH, cut to fit out with "...".
+ * Returns out. */
+#define MRB_LOG_ESCAPE_MAX 256
+const char *mrb_log_escape(const char *s, size_t len, char *out, size_t outlen);
 
 /* Monotonic clock in milliseconds. */
 int64_t mrb_now_ms(void);

@@ -19,8 +19,13 @@ typedef struct mrb_msg {
     size_t payload_len;
     int qos;
     int retain;
+    int64_t arrived_ms; /* monotonic time it was taken in (mrb_now_ms) */
     char data[];        /* name '\0' payload */
 } mrb_msg;
+
+/* Per-message overhead counted against a queue's byte cap, besides name and
+ * payload (the largest message costs MRB_MSG_OVERHEAD + 65535 + max_payload). */
+#define MRB_MSG_OVERHEAD (sizeof(mrb_msg) + 1)
 
 /* A new message (copies both); NULL when out of memory. Free with free(). */
 mrb_msg *mrb_msg_new(const char *name, size_t nlen, const void *payload,

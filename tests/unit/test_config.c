@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "mrb/config.h"
+#include "mrb/queue.h"
+#include <stdio.h>
 
 /* Load json as "cfg.json" and finish; return the error, message in msg. */
 static mrb_err load(const char *json, mrb_config *cfg, char *msg, size_t msglen)
@@ -62,7 +64,7 @@ static void test_full_file(void **state)
         "    {\"mqtt\": \"prices/+\", \"redis\": \"stock:*\", \"direction\": \"redis_to_mqtt\",\n"
         "     \"qos\": 0, \"retain\": true}\n"
         "  ],\n"
-        "  \"limits\": {\"max_payload\": 1000, \"queue_messages\": 5, \"queue_bytes\": 4096},\n"
+        "  \"limits\": {\"max_payload\": 1000, \"queue_messages\": 5, \"queue_bytes\": 100000},\n"
         "  \"reconnect\": {\"min_ms\": 100, \"max_ms\": 1000},\n"
         "  \"shutdown_timeout_ms\": 0\n"
         "}\n";
@@ -159,9 +161,13 @@ static void test_whole_config_errors(void **state)
                  "'-', '_' or '.')");
     expect_error("{\"reconnect\": {\"min_ms\": 5000, \"max_ms\": 1000}}",
                  "reconnect.min_ms (5000) must not exceed reconnect.max_ms (1000)");
-    expect_error("{\"limits\": {\"max_payload\": 5000, \"queue_bytes\": 4096}}",
-                 "limits.queue_bytes (4096) must be at least limits.max_payload "
-                 "(5000), or a largest message could never wait in the queue");
+    char want[256];
+    long need = 5000 + MRB_TOPIC_MAX + (long)MRB_MSG_OVERHEAD;
+    snprintf(want, sizeof(want), "limits.queue_bytes (70000) must be at least %ld "
+             "(limits.max_payload + %ld for the topic and bookkeeping), or a "
+             "largest message could not wait in the queue", need, need - 5000);
+    expect_error("{\"limits\": {\"max_payload\": 5000, \"queue_bytes\": 70000}}",
+                 want);
 }
 
 static mrb_err cli(int argc, char **argv, mrb_config *cfg, char *msg, size_t n)

@@ -130,6 +130,20 @@ static void test_ratelimit(void **state)
     assert_int_equal(sup, 2);
 }
 
+static void test_log_escape(void **state)
+{
+    char out[MRB_LOG_ESCAPE_MAX];
+    assert_string_equal(mrb_log_escape("user:a", 6, out, sizeof(out)), "user:a");
+    /* a forged log line stays on one line */
+    assert_string_equal(mrb_log_escape("a\n2026 error x\\\xff", 16, out, sizeof(out)),
+                        "a\\x0a2026 error x\\x5c\\xff");
+    char big[1000];
+    memset(big, 'z', sizeof(big));
+    mrb_log_escape(big, sizeof(big), out, 20);
+    assert_int_equal(strlen(out), 19);
+    assert_string_equal(out + 16, "...");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -140,6 +154,7 @@ int main(void)
         cmocka_unit_test(test_seen_is_bounded),
         cmocka_unit_test(test_backoff_grows_capped_with_jitter),
         cmocka_unit_test(test_ratelimit),
+        cmocka_unit_test(test_log_escape),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,107 @@
+#!/usr/bin/python3
+"""Shutdown while a side is down: the flush waits without burning CPU, gives
+up after shutdown_timeout_ms and counts what it could not deliver; a broker
+that comes back within the timeout still gets the queued messages."""
+
+import os
+import sys
+import time
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import harness  # noqa: E402
+from harness import BridgeTestCase, unique
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a running process, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+class ShutdownTest(BridgeTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.rs = self.start_redis()
+        self.mq = self.start_mosquitto()
+
+    def bridge(self, timeout_ms, min_ms=250):
+        cfg = self.write_config({
+            "id": "sd", "mqtt": {"url": self.mq.url}, "redis": {"url": self.rs.url},
+            "reconnect": {"min_ms": min_ms, "max_ms": 2000},
+            "shutdown_timeout_ms": timeout_ms})
+        return self.start_bridge(None, None, "-c", cfg)
+
+    def idle_while_flush_waits(self, b, n):
+        """SIGTERM with n messages that cannot be delivered: the bridge must
+        wait (not spin) until the timeout, then exit 0 and count them."""
+        b.proc.send_signal(harness.signal.SIGTERM)
+        b.stopped_by_test = True
+        time.sleep(0.3)
+        self.assertTrue(b.alive(), "exited before its shutdown timeout:\n"
+                        + b.tail())
+        before = cpu_seconds(b.proc.pid)
+        time.sleep(1.5)
+        used = cpu_seconds(b.proc.pid) - before
+        # a spinning poll() loop burns ~1.5 s here; waiting costs ~nothing
+        self.assertLess(used, 0.3, "CPU seconds used in 1.5 s of waiting "
+                        "to flush")
+        code, in_time = b.stop()
+        self.assertEqual((code, in_time), (0, True), b.tail())
+        line, c = self.exit_stats(b)
+        self.assertEqual(c["dropped_shutdown"], str(n), line)
+
+    def test_redis_down_flush_waits_without_spinning(self):
+        b = self.bridge(3000)
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        self.rs.stop()
+        self.assertTrue(b.wait_log(harness.LOST_RE, harness.DELIVERY_TIMEOUT))
+        for i in range(5):
+            pub.publish("news", unique("q%d" % i).encode())
+        time.sleep(0.3)
+        self.idle_while_flush_waits(b, 5)
+
+    def test_broker_down_flush_waits_without_spinning(self):
+        b = self.bridge(3000)
+        r = self.redis_client(self.rs.port)
+        self.mq.stop()
+        self.assertTrue(b.wait_log(harness.LOST_RE, harness.DELIVERY_TIMEOUT))
+        for i in range(4):
+            r.publish("news", unique("q%d" % i))
+        time.sleep(0.3)
+        self.idle_while_flush_waits(b, 4)
+
+    def test_broker_back_during_shutdown_gets_the_queue(self):
+        # reconnect no sooner than 1.5 s, so that the test's subscriber is on
+        # the restarted broker before the bridge flushes to it
+        b = self.bridge(8000, min_ms=1500)
+        r = self.redis_client(self.rs.port)
+        self.mq.stop()
+        self.assertTrue(b.wait_log(harness.LOST_RE, harness.DELIVERY_TIMEOUT))
+        sent = [unique("q%d" % i).encode() for i in range(3)]
+        for p in sent:
+            r.publish("news", p)
+        time.sleep(0.3)
+        b.proc.send_signal(harness.signal.SIGTERM)
+        b.stopped_by_test = True
+        self.mq.start()
+        sub = self.mqtt_client(self.mq.port, "news", "bridge/sd/status",
+                               name="sub")
+        harness.wait_until(lambda: all(sub.count("news", p) for p in sent),
+                           harness.RECOVERY_TIMEOUT)
+        code, in_time = b.stop()
+        self.assertEqual([sub.count("news", p) for p in sent], [1, 1, 1],
+                         "queued messages after the broker came back")
+        self.assertEqual((code, in_time), (0, True), b.tail())
+        line, c = self.exit_stats(b)
+        self.assertEqual(c["dropped_shutdown"], "0", line)
+        # no "online" while shutting down: the last status is "offline"
+        status = [m.payload for m in sub.snapshot() if m.topic == "bridge/sd/status"]
+        self.assertEqual(status[-1:], [b"offline"], status)
+
+
+if __name__ == "__main__":
+    harness.main()
