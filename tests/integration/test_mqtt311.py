@@ -134,6 +134,46 @@ class ProtocolTest(BridgeTestCase):
                 subscribers=[rsub])
             b.stop()
 
+    def test_mqtt_311_echo_recognised_after_long_redis_outage(self):
+        """With 3.1.1 the echo of a Redis message comes back from the broker
+        and waits in the MQTT->Redis queue while the bridge cannot PUBLISH;
+        it must still be recognised after longer than the 5 s fingerprint
+        lifetime (it is judged by its arrival time)."""
+        cfg = self.write_config({
+            "id": "echo311",
+            "mqtt": {"url": self.mq.url, "protocol": "3.1.1", "client_id": "echo311"},
+            "redis": {"url": self.rs.url},
+            "reconnect": {"min_ms": 100, "max_ms": 500}})
+        b = self.start_bridge(None, None, "-c", cfg)
+        rsub = self.redis_sub(self.rs.port, channels=["news"])
+        msub = self.mqtt_client(self.mq.port, "news", protocol=4, name="sub")
+        me = self.r.client_id()
+        # lock new connections out (this one stays authenticated), then drop
+        # the bridge's publisher: its subscriber keeps Redis->MQTT going
+        self.r.config_set("requirepass", "locked-out")
+        self.addCleanup(lambda: self.r.config_set("requirepass", ""))
+        pubs = [c for c in self.r.client_list() if int(c["id"]) != me
+                and c["sub"] == "0" and c["psub"] == "0"]
+        self.assertEqual(len(pubs), 1, "the bridge's publisher connection: %r"
+                         % self.r.client_list())
+        mark = b.mark()
+        self.r.client_kill_filter(_id=pubs[0]["id"])
+        self.assert_log(b, harness.LOST_RE, since=mark, what="publisher dropped")
+        p = unique("echo").encode()
+        self.r.publish("news", p)
+        self.assert_once_each({"mqtt news": lambda: msub.count("news", p)},
+                              "Redis PUBLISH news with the publisher down",
+                              subscribers=[msub])
+        time.sleep(6)  # longer than the fingerprint lifetime (5 s)
+        self.r.config_set("requirepass", "")
+        self.assert_log(b, "reconnected", since=mark,
+                        timeout=harness.RECOVERY_TIMEOUT, what="publisher back")
+        time.sleep(1)
+        self.assertEqual(rsub.count("news", p), 1,
+                         "copies in Redis: the original only, not the echo")
+        b.stop()
+        self.assertEqual(self.exit_stats(b)[1]["echoes"], "1")
+
     def test_auto_uses_mqtt_5_on_mosquitto_2(self):
         self.bridge("auto", "mrbauto")
         self.assert_broker_saw("mrbauto", "5")
