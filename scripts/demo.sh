@@ -25,26 +25,8 @@ if [[ -n ${DEMO_SECONDS:-} && ! ${DEMO_SECONDS} =~ ^[1-9][0-9]*$ ]]; then
   die "DEMO_SECONDS must be a positive integer, got '${DEMO_SECONDS}'"
 fi
 
-SUDO=()
-if (( EUID != 0 )); then
-  command -v sudo >/dev/null 2>&1 || die "not root and sudo is missing"
-  SUDO=(sudo)
-fi
-
-apt_install() {   # installs only the packages not installed yet
-  local missing=() p
-  command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: Debian/Ubuntu only"
-  for p in "$@"; do
-    if [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null) != ii* ]]; then
-      missing+=("$p")
-    fi
-  done
-  (( ${#missing[@]} )) || return 0
-  say "installing: ${missing[*]}"
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
-}
+# shellcheck source=scripts/apt.sh
+source "$ROOT/scripts/apt.sh"
 
 listening() {   # listening PORT : true if something accepts on 127.0.0.1:PORT
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null

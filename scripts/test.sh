@@ -20,31 +20,8 @@ DOCKERFILELINT_VERSION=1.8.0
 section() { printf '\n==== %s ====\n' "$*"; }
 die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
 
-SUDO=()
-if (( EUID != 0 )); then
-  command -v sudo >/dev/null 2>&1 || die "not root and sudo is missing: install the packages listed below by hand"
-  SUDO=(sudo)
-fi
-
-APT_UPDATED=0
-apt_install() {   # apt_install PKG... : installs only the packages not installed yet
-  local missing=() p
-  command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: this script supports Debian/Ubuntu only"
-  for p in "$@"; do
-    if [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null) != ii* ]]; then
-      missing+=("$p")
-    fi
-  done
-  (( ${#missing[@]} )) || return 0
-  [[ ${MRB_SKIP_INSTALL:-0} == 1 ]] && die "missing packages (MRB_SKIP_INSTALL=1): ${missing[*]}"
-  echo "installing: ${missing[*]}"
-  if (( ! APT_UPDATED )); then
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    APT_UPDATED=1
-  fi
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
-}
+# shellcheck source=scripts/apt.sh
+source "$ROOT/scripts/apt.sh"
 
 # ---------------------------------------------------------------------------
 section "Dependencies"
