@@ -66,7 +66,7 @@ static void log_stats(mrb_bridge *b)
              "queued_to_redis=%zu queued_to_mqtt=%zu echoes=%llu duplicates=%llu "
              "dropped_unmappable=%llu dropped_too_large=%llu "
              "dropped_queue_full=%llu dropped_send_failed=%llu "
-             "dropped_shutdown=%llu retained_skipped=%llu",
+             "dropped_shutdown=%llu retained_skipped=%llu echo_evicted=%llu",
              (unsigned long long)ic.mqtt_in, (unsigned long long)c->redis_out,
              (unsigned long long)c->redis_in, sent_ok, in_queued, b->out_q.count,
              (unsigned long long)c->echoes,
@@ -76,7 +76,8 @@ static void log_stats(mrb_bridge *b)
              (unsigned long long)(c->dropped_queue_full + ic.dropped_queue_full),
              (unsigned long long)(c->dropped_send_failed + sent_failed + ic.nomem),
              (unsigned long long)c->dropped_shutdown,
-             (unsigned long long)ic.retained_skipped);
+             (unsigned long long)ic.retained_skipped,
+             (unsigned long long)(b->redis_echo.evicted + b->mqtt_echo.evicted));
 }
 
 static void warn_unmappable(mrb_bridge *b, const char *side, const char *name,
