@@ -41,6 +41,7 @@
 #define MRB_CONNECT_TIMEOUT_MS 10000
 #define MRB_ECHO_CAPACITY 4096
 #define MRB_ECHO_TTL_MS 5000
+#define MRB_SHORT_SESSION_MS 5000
 
 typedef enum conn_state { CONN_DOWN = 0, CONN_CONNECTING, CONN_UP } conn_state;
 
@@ -86,6 +87,8 @@ typedef struct mrb_mqtt {
     mrb_backoff backoff;
     int64_t down_since_ms;
     int outage_logged;
+    int64_t up_since_ms;
+    int short_sessions;          /* consecutive sessions shorter than below */
     char uri[300];
     atomic_int inflight;         /* sends Paho has not completed yet */
     atomic_int inflight_acked;   /* of those, QoS 1/2 (await PUBACK/PUBCOMP) */

@@ -268,6 +268,18 @@ static void mqtt_failed(mrb_bridge *b, int64_t now, int was_up, const char *why)
     m->next_attempt_ms = now + delay;
     if (b->stopping)
         return;
+    /* A session that keeps ending right after it began is usually another
+     * client taking over our client id (mosquitto 2.0 closes the old
+     * connection without saying why). Say so once. */
+    if (was_up && now - m->up_since_ms < MRB_SHORT_SESSION_MS) {
+        if (++m->short_sessions == 3)
+            mrb_warn("mqtt: the connection to %s ended within %d s of being "
+                     "made 3 times in a row: is another client connected with "
+                     "client id '%s' (two bridges with the same --id)?", m->uri,
+                     MRB_SHORT_SESSION_MS / 1000, b->cfg->client_id);
+    } else if (was_up) {
+        m->short_sessions = 0;
+    }
     if (!m->outage_logged) {
         char url[300];
         mrb_url_format_redacted(&b->cfg->mqtt, MRB_URL_MQTT, url, sizeof(url));
@@ -394,6 +406,7 @@ static void mqtt_up(mrb_bridge *b, int64_t now)
     mrb_mqtt *m = &b->mqtt;
     m->state = CONN_UP;
     m->subacks = 0;
+    m->up_since_ms = now;
     mrb_backoff_reset(&m->backoff);
     mqtt_set_nodelay(b);
     if (m->outage_logged) {

@@ -128,6 +128,27 @@ class StatusTest(BridgeTestCase):
         self.assert_status("one", b"offline", "bridge one stopped")
         self.assert_status("two", b"online", "bridge two still running")
 
+    def test_same_id_twice_is_diagnosed(self):
+        """Two bridges with one id take the client id from each other in
+        turn; mosquitto says nothing to the one it drops, so the bridge
+        notices the run of short sessions and names the likely cause."""
+        cfg = self.write_config({"id": "twin", "mqtt": {"url": self.mq.url},
+                                 "redis": {"url": self.rs.url},
+                                 "reconnect": {"min_ms": 100, "max_ms": 500}})
+        b1 = self.start_bridge(None, None, "-c", cfg, name="twin1")
+        b2 = self.start_bridge(None, None, "-c", cfg, name="twin2", ready=False)
+        hint = re.compile(r"another client connected with client id "
+                          r"'mqtt-redis-bridge-twin'")
+        found = harness.wait_until(
+            lambda: b1.count(hint) + b2.count(hint) > 0, 20 * harness.SCALE, 0.1)
+        self.assertTrue(found, "no hint about the shared client id:\n%s\n%s"
+                        % (b1.tail(10), b2.tail(10)))
+        self.assertLessEqual(b1.count(hint), 1, "the hint is said once")
+        self.assertLessEqual(b2.count(hint), 1, "the hint is said once")
+        for b in (b1, b2):
+            rc, _ = b.stop()
+            self.assertEqual(rc, 0)
+
 
 if __name__ == "__main__":
     harness.main()
