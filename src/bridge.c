@@ -291,12 +291,10 @@ static void check_ready(mrb_bridge *b)
         !mrb_redis_sub_ready(b))
         return;
     b->ready = 1;
-    char murl[300], rurl[300];
-    mrb_url_format_redacted(&b->cfg->mqtt, MRB_URL_MQTT, murl, sizeof(murl));
-    mrb_url_format_redacted(&b->cfg->redis, MRB_URL_REDIS, rurl, sizeof(rurl));
     mrb_info("ready: MQTT %s (MQTT %s) and Redis %s connected; %zu MQTT "
-             "subscription(s), %zu Redis subscription(s), %zu route(s)", murl,
-             b->mqtt.version == MQTTVERSION_5 ? "5" : "3.1.1", rurl,
+             "subscription(s), %zu Redis subscription(s), %zu route(s)",
+             b->mqtt_url, b->mqtt.version == MQTTVERSION_5 ? "5" : "3.1.1",
+             b->redis_url,
              b->routes.n_mqtt_sub, b->routes.n_redis_sub, b->routes.n);
 }
 
@@ -414,6 +412,9 @@ int mrb_bridge_run(const mrb_config *cfg)
     }
     b->cfg = cfg;
     b->wake_fd[0] = b->wake_fd[1] = -1;
+    mrb_url_format_redacted(&cfg->mqtt, MRB_URL_MQTT, b->mqtt_url, sizeof(b->mqtt_url));
+    mrb_url_format_redacted(&cfg->redis, MRB_URL_REDIS, b->redis_url,
+                            sizeof(b->redis_url));
     if (mrb_routes_build(&b->routes, cfg->routes, cfg->n_routes) != MRB_OK ||
         mrb_seen_init(&b->redis_echo, MRB_ECHO_CAPACITY, MRB_ECHO_TTL_MS) != MRB_OK ||
         mrb_seen_init(&b->mqtt_echo, MRB_ECHO_CAPACITY, MRB_ECHO_TTL_MS) != MRB_OK) {
@@ -437,11 +438,8 @@ int mrb_bridge_run(const mrb_config *cfg)
         goto out;
     have_mqtt = 1;
 
-    char murl[300], rurl[300];
-    mrb_url_format_redacted(&cfg->mqtt, MRB_URL_MQTT, murl, sizeof(murl));
-    mrb_url_format_redacted(&cfg->redis, MRB_URL_REDIS, rurl, sizeof(rurl));
     mrb_info("mqtt-redis-bridge %s starting: id %s, MQTT %s, Redis %s, %zu route(s)",
-             MRB_VERSION, cfg->id, murl, rurl, cfg->n_routes);
+             MRB_VERSION, cfg->id, b->mqtt_url, b->redis_url, cfg->n_routes);
     for (size_t i = 0; i < cfg->n_routes; i++) {
         char line[600];
         mrb_route_format(&cfg->routes[i], line, sizeof(line));

@@ -121,6 +121,8 @@ typedef struct mrb_rconn {
 
 typedef struct mrb_bridge {
     const mrb_config *cfg;
+    char mqtt_url[300];          /* URLs for logs, passwords as "***" */
+    char redis_url[300];
     mrb_routes routes;
     int wake_fd[2];
     atomic_int wake_pending;

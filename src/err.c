@@ -10,7 +10,6 @@ const char *mrb_strerror(mrb_err err)
     case MRB_OK: return "success";
     case MRB_ERR_INVALID: return "invalid argument";
     case MRB_ERR_NOMEM: return "out of memory";
-    case MRB_ERR_IO: return "I/O error";
     case MRB_ERR_NOMATCH: return "no match";
     case MRB_ERR_FULL: return "full";
     case MRB_ERR_CONN: return "connection error";

@@ -11,7 +11,6 @@ static volatile int log_level = MRB_LOG_INFO;
 static const char *const level_names[] = {"error", "warning", "info", "debug"};
 
 void mrb_log_set_level(mrb_log_level level) { log_level = (int)level; }
-mrb_log_level mrb_log_get_level(void) { return (mrb_log_level)log_level; }
 int mrb_log_enabled(mrb_log_level level) { return (int)level <= log_level; }
 
 int mrb_log_level_parse(const char *s, mrb_log_level *out)

@@ -275,17 +275,15 @@ static void mqtt_failed(mrb_bridge *b, int64_t now, int was_up, const char *why)
         if (++m->short_sessions == 3)
             mrb_warn("mqtt: the connection to %s ended within %d s of being "
                      "made 3 times in a row: is another client connected with "
-                     "client id '%s' (two bridges with the same --id)?", m->uri,
+                     "client id '%s' (two bridges with the same --id)?", b->mqtt_url,
                      MRB_SHORT_SESSION_MS / 1000, b->cfg->client_id);
     } else if (was_up) {
         m->short_sessions = 0;
     }
     if (!m->outage_logged) {
-        char url[300];
-        mrb_url_format_redacted(&b->cfg->mqtt, MRB_URL_MQTT, url, sizeof(url));
         mrb_warn("mqtt: %s %s: %s; retrying with backoff (%ld ms to %ld ms), "
                  "logged once per outage", was_up ? "connection lost to" :
-                 "cannot connect to", url, why[0] ? why : "no reason given",
+                 "cannot connect to", b->mqtt_url, why[0] ? why : "no reason given",
                  b->cfg->reconnect_min_ms, b->cfg->reconnect_max_ms);
         m->outage_logged = 1;
         m->down_since_ms = now;
@@ -410,7 +408,7 @@ static void mqtt_up(mrb_bridge *b, int64_t now)
     mrb_backoff_reset(&m->backoff);
     mqtt_set_nodelay(b);
     if (m->outage_logged) {
-        mrb_info("mqtt: reconnected to %s after %.1f s", m->uri,
+        mrb_info("mqtt: reconnected to %s after %.1f s", b->mqtt_url,
                  (double)(now - m->down_since_ms) / 1000.0);
         m->outage_logged = 0;
     }

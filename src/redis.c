@@ -47,9 +47,7 @@ static void side_maybe_up(mrb_bridge *b)
 {
     if (!b->redis_outage_logged || !mrb_redis_pub_ready(b) || !mrb_redis_sub_ready(b))
         return;
-    char url[300];
-    mrb_url_format_redacted(&b->cfg->redis, MRB_URL_REDIS, url, sizeof(url));
-    mrb_info("redis: reconnected to %s after %.1f s", url,
+    mrb_info("redis: reconnected to %s after %.1f s", b->redis_url,
              (double)(mrb_now_ms() - b->redis_down_since_ms) / 1000.0);
     b->redis_outage_logged = 0;
 }
@@ -72,11 +70,9 @@ static void rconn_failed(mrb_rconn *rc, const char *why)
     if (b->stopping)
         return;
     if (!b->redis_outage_logged) {
-        char url[300];
-        mrb_url_format_redacted(&b->cfg->redis, MRB_URL_REDIS, url, sizeof(url));
         mrb_warn("redis: %s %s: %s; retrying with backoff (%ld ms to %ld ms), "
                  "logged once per outage", was_up ? "connection lost to" :
-                 "cannot connect to", url, why, b->cfg->reconnect_min_ms,
+                 "cannot connect to", b->redis_url, why, b->cfg->reconnect_min_ms,
                  b->cfg->reconnect_max_ms);
         b->redis_outage_logged = 1;
         b->redis_down_since_ms = now;

@@ -25,11 +25,6 @@ void mrb_seen_free(mrb_seen *s)
     s->nbuckets = 0;
 }
 
-void mrb_seen_clear(mrb_seen *s)
-{
-    memset(s->e, 0, s->nbuckets * MRB_SEEN_WAYS * sizeof(*s->e));
-}
-
 /* FNV-1a 64 over name, a separator byte and the payload. */
 uint64_t mrb_seen_key(const void *name, size_t nlen, const void *payload,
                       size_t plen)

@@ -14,7 +14,6 @@ typedef enum mrb_err {
     MRB_OK = 0,
     MRB_ERR_INVALID,   /* bad configuration, command line, URL or route */
     MRB_ERR_NOMEM,     /* allocation failed */
-    MRB_ERR_IO,        /* a system call or file operation failed */
     MRB_ERR_NOMATCH,   /* a topic/channel matched nothing or cannot be mapped */
     MRB_ERR_FULL,      /* a bounded container is full */
     MRB_ERR_CONN       /* a server connection failed or is not up */

@@ -22,7 +22,6 @@ typedef enum mrb_log_level {
 } mrb_log_level;
 
 void mrb_log_set_level(mrb_log_level level);
-mrb_log_level mrb_log_get_level(void);
 int mrb_log_enabled(mrb_log_level level);
 
 /* Parse "error" | "warning" | "info" | "debug"; returns 0 on success. */

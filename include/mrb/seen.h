@@ -35,7 +35,6 @@ typedef struct mrb_seen {
 /* capacity is rounded up to a power-of-two number of buckets. */
 mrb_err mrb_seen_init(mrb_seen *s, size_t capacity, int64_t ttl_ms);
 void mrb_seen_free(mrb_seen *s);
-void mrb_seen_clear(mrb_seen *s);
 
 /* Fingerprint of a (name, payload) pair. */
 uint64_t mrb_seen_key(const void *name, size_t nlen, const void *payload,
