@@ -6,10 +6,12 @@
  * one outstanding: wake_pending) when they hand something over. Each turn of
  * the loop: MQTT events and timers, Redis timers, then the two pumps:
  *
- *   in_q  (MQTT -> Redis): pop, map through the routes, PUBLISH pipelined;
- *                           waits while Redis is down or the window is full.
  *   out_q (Redis -> MQTT): messages that arrived while the broker was down
  *                           or Paho's window was full.
+ *   stream mode (Redis -> MQTT) is read and acknowledged in stream.c.
+ *
+ * MQTT -> Redis does not pass here: Paho's receive thread hands messages
+ * to the ingest thread (ingest.c), which has its own Redis connection.
  *
  * Loop prevention: with MQTT 5 the broker does not return our publishes (No
  * Local); Redis has no such option, so each PUBLISH to a channel that our own
@@ -21,6 +23,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,31 +60,65 @@ static void log_stats(mrb_bridge *b)
 {
     pthread_mutex_lock(&b->in_lock);
     mrb_in_counters ic = b->ic;
-    size_t in_queued = b->in_q.count;
+    size_t in_queued = b->ing.busy;
     pthread_mutex_unlock(&b->in_lock);
+    mrb_ingest *g = &b->ing;
+    pthread_mutex_lock(&b->echo_lock);
+    unsigned long long evicted = b->redis_echo.evicted + b->mqtt_echo.evicted;
+    pthread_mutex_unlock(&b->echo_lock);
     unsigned long long sent_ok = atomic_load(&b->mqtt.sent_ok);
     unsigned long long sent_failed = atomic_load(&b->mqtt.sent_failed);
     const mrb_counters *c = &b->c;
-    mrb_info("stats: mqtt_in=%llu redis_out=%llu redis_in=%llu mqtt_out=%llu "
+    mrb_info("stats: mqtt_in=%llu redis_out=%llu redis_in=%llu stream_in=%llu "
+             "mqtt_out=%llu stream_acked=%llu "
              "queued_to_redis=%zu queued_to_mqtt=%zu echoes=%llu duplicates=%llu "
+             "redelivered=%llu redis_resent=%llu stream_reread=%llu "
+             "left_with_broker=%llu stalls=%llu "
              "dropped_unmappable=%llu dropped_too_large=%llu "
              "dropped_queue_full=%llu dropped_send_failed=%llu "
+             "dropped_malformed=%llu "
              "dropped_shutdown=%llu retained_skipped=%llu echo_evicted=%llu",
-             (unsigned long long)ic.mqtt_in, (unsigned long long)c->redis_out,
-             (unsigned long long)c->redis_in, sent_ok, in_queued, b->out_q.count,
-             (unsigned long long)c->echoes,
+             (unsigned long long)ic.mqtt_in,
+             (unsigned long long)atomic_load(&g->redis_out),
+             (unsigned long long)c->redis_in, (unsigned long long)c->stream_in,
+             sent_ok, (unsigned long long)c->stream_acked,
+             in_queued, b->out_q.count + b->sx_q.count,
+             (unsigned long long)(c->echoes + atomic_load(&g->echoes)),
              (unsigned long long)(c->duplicates + ic.duplicates),
-             (unsigned long long)c->dropped_unmappable,
+             (unsigned long long)ic.redelivered,
+             (unsigned long long)atomic_load(&g->resent),
+             (unsigned long long)c->stream_reread,
+             (unsigned long long)ic.left_with_broker,
+             (unsigned long long)(c->stalls + atomic_load(&g->stalls)),
+             (unsigned long long)(c->dropped_unmappable +
+                                  atomic_load(&g->dropped_unmappable)),
              (unsigned long long)(c->dropped_too_large + ic.dropped_too_large),
              (unsigned long long)(c->dropped_queue_full + ic.dropped_queue_full),
-             (unsigned long long)(c->dropped_send_failed + sent_failed + ic.nomem),
-             (unsigned long long)c->dropped_shutdown,
+             (unsigned long long)(c->dropped_send_failed + sent_failed + ic.nomem +
+                                  atomic_load(&g->dropped_send_failed)),
+             (unsigned long long)c->dropped_malformed,
+             (unsigned long long)(c->dropped_shutdown + ic.dropped_shutdown),
              (unsigned long long)ic.retained_skipped,
-             (unsigned long long)(b->redis_echo.evicted + b->mqtt_echo.evicted));
+             evicted);
 }
 
-static void warn_unmappable(mrb_bridge *b, const char *side, const char *name,
-                            size_t len)
+void mrb_bridge_warn_too_large(mrb_bridge *b, const char *side,
+                               const char *name, size_t len, size_t plen)
+{
+    uint64_t sup;
+    char esc[MRB_LOG_ESCAPE_MAX];
+    b->c.dropped_too_large++;
+    if (mrb_ratelimit_allow(&b->rl_large, mrb_now_ms(), &sup))
+        mrb_warn("dropped message from %s '%s': too large (%zu bytes, "
+                 "limits.max_payload is %ld); dropped_too_large=%llu "
+                 "(%llu similar not logged)", side,
+                 mrb_log_escape(name, len, esc, sizeof(esc)), plen,
+                 b->cfg->max_payload, (unsigned long long)b->c.dropped_too_large,
+                 (unsigned long long)sup);
+}
+
+void mrb_bridge_warn_unmappable(mrb_bridge *b, const char *side,
+                                const char *name, size_t len)
 {
     uint64_t sup;
     char esc[MRB_LOG_ESCAPE_MAX];
@@ -137,11 +174,20 @@ static int mqtt_send(mrb_bridge *b, const char *topic, size_t tlen,
                      (unsigned long long)b->c.dropped_send_failed);
         return 1;
     }
+    mrb_bridge_note_mqtt_publish(b, topic, tlen, payload, plen);
+    return 1;
+}
+
+void mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
+                                  const char *payload, size_t plen)
+{
     if (b->mqtt.version != MQTTVERSION_5 &&
-        mrb_routes_mqtt_canonical(&b->routes, topic, tlen) != MRB_NO_SUB)
+        mrb_routes_mqtt_canonical(&b->routes, topic, tlen) != MRB_NO_SUB) {
+        pthread_mutex_lock(&b->echo_lock);
         mrb_seen_add(&b->mqtt_echo, mrb_seen_key(topic, tlen, payload, plen),
                      mrb_now_ms());
-    return 1;
+        pthread_mutex_unlock(&b->echo_lock);
+    }
 }
 
 void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
@@ -158,32 +204,25 @@ void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
         return;
     }
     b->c.redis_in++;
-    int64_t now = mrb_now_ms();
-    if (mrb_seen_take(&b->redis_echo, mrb_seen_key(channel, clen, payload, plen), now)) {
+    pthread_mutex_lock(&b->echo_lock);
+    int echo = mrb_seen_take(&b->redis_echo, mrb_seen_key(channel, clen, payload, plen),
+                             mrb_now_ms());
+    pthread_mutex_unlock(&b->echo_lock);
+    if (echo) {
         b->c.echoes++;
         return;
     }
     if ((long)plen > b->cfg->max_payload) {
-        uint64_t sup;
-        char esc[MRB_LOG_ESCAPE_MAX];
-        b->c.dropped_too_large++;
-        if (mrb_ratelimit_allow(&b->rl_large, now, &sup))
-            mrb_warn("dropped message from Redis channel '%s': too large (%zu "
-                     "bytes, limits.max_payload is %ld); dropped_too_large=%llu "
-                     "(%llu similar not logged)",
-                     mrb_log_escape(channel, clen, esc, sizeof(esc)), plen,
-                     b->cfg->max_payload,
-                     (unsigned long long)b->c.dropped_too_large,
-                     (unsigned long long)sup);
+        mrb_bridge_warn_too_large(b, "Redis channel", channel, clen, plen);
         return;
     }
     mrb_targets *tg = &b->tg;
-    if (mrb_routes_map_redis(&b->routes, channel, clen, tg) != MRB_OK) {
+    if (mrb_routes_map_redis(&b->routes, MRB_MODE_PUBSUB, channel, clen, tg) != MRB_OK) {
         b->c.dropped_send_failed++;
         return;
     }
     if (tg->n == 0) {
-        warn_unmappable(b, "Redis channel", channel, clen);
+        mrb_bridge_warn_unmappable(b, "Redis channel", channel, clen);
         return;
     }
     for (size_t i = 0; i < tg->n; i++) {
@@ -212,99 +251,30 @@ static void pump_out(mrb_bridge *b)
     }
 }
 
-/* ---- MQTT -> Redis ---- */
-
-/* Forward one message to every distinct channel it maps to. 0 if Redis
- * cannot take it now (the caller keeps it). With several targets, those
- * already sent are not sent again: *done counts them. */
-static int forward_to_redis(mrb_bridge *b, const mrb_msg *m, size_t *done)
-{
-    mrb_targets *tg = &b->tg;
-    if (mrb_routes_map_mqtt(&b->routes, mrb_msg_name(m), m->name_len, tg) != MRB_OK) {
-        b->c.dropped_send_failed++;
-        return 1;
-    }
-    if (tg->n == 0) {
-        warn_unmappable(b, "MQTT topic", mrb_msg_name(m), m->name_len);
-        return 1;
-    }
-    int64_t now = mrb_now_ms();
-    for (size_t i = *done; i < tg->n; i++) {
-        const char *ch = tg->buf + tg->v[i].off;
-        size_t clen = tg->v[i].len;
-        if (mrb_redis_publish(b, ch, clen, mrb_msg_payload(m), m->payload_len) != MRB_OK)
-            return 0;
-        (*done)++;
-        /* While the subscriber is (re)subscribing, Redis may already have
-         * taken its SUBSCRIBE before we saw the confirmation: fingerprint
-         * whenever a subscriber connection exists, not only once it is up.
-         * An unused fingerprint just expires. */
-        if (b->rsub.ac &&
-            mrb_routes_redis_canonical(&b->routes, ch, clen) != MRB_NO_SUB)
-            mrb_seen_add(&b->redis_echo,
-                         mrb_seen_key(ch, clen, mrb_msg_payload(m), m->payload_len),
-                         now);
-    }
-    return 1;
-}
-
-static void pump_in(mrb_bridge *b)
-{
-    for (int budget = 0; budget < 4096; budget++) {
-        if (!mrb_redis_pub_ready(b))
-            return;
-        mrb_msg *m = b->in_pending;
-        if (!m) {
-            pthread_mutex_lock(&b->in_lock);
-            m = mrb_queue_pop(&b->in_q);
-            pthread_mutex_unlock(&b->in_lock);
-            if (!m)
-                return;
-            b->in_done = 0;
-            /* judged at its arrival time: an echo that waited in in_q
-             * (Redis down) is still an echo */
-            if (b->mqtt.version != MQTTVERSION_5 &&
-                mrb_seen_take(&b->mqtt_echo,
-                              mrb_seen_key(mrb_msg_name(m), m->name_len,
-                                           mrb_msg_payload(m), m->payload_len),
-                              m->arrived_ms)) {
-                b->c.echoes++;
-                free(m);
-                continue;
-            }
-        }
-        if (!forward_to_redis(b, m, &b->in_done)) {
-            b->in_pending = m; /* Redis's window is full: resume here later */
-            return;
-        }
-        b->in_pending = NULL;
-        free(m);
-    }
-    mrb_bridge_wake(b); /* more to do: yield to I/O, then come back */
-}
-
 /* ---- the loop ---- */
 
 static void check_ready(mrb_bridge *b)
 {
     if (b->ready || b->stopping || !mrb_mqtt_ready(b) || !mrb_redis_pub_ready(b) ||
-        !mrb_redis_sub_ready(b))
+        !atomic_load(&b->ing.up) ||
+        !mrb_redis_sub_ready(b) || (mrb_stream_needed(b) && !b->scanned_once))
         return;
     b->ready = 1;
     mrb_info("ready: MQTT %s (MQTT %s) and Redis %s connected; %zu MQTT "
-             "subscription(s), %zu Redis subscription(s), %zu route(s)",
+             "subscription(s), %zu Redis subscription(s), %zu stream key(s), "
+             "%zu route(s)",
              b->mqtt_url, b->mqtt.version == MQTTVERSION_5 ? "5" : "3.1.1",
-             b->redis_url,
-             b->routes.n_mqtt_sub, b->routes.n_redis_sub, b->routes.n);
+             b->redis_url, b->routes.n_mqtt_sub, b->routes.n_redis_sub,
+             b->n_skeys, b->routes.n);
 }
 
 static int drained(mrb_bridge *b)
 {
     pthread_mutex_lock(&b->in_lock);
-    size_t inq = b->in_q.count;
+    size_t busy = b->ing.busy;
     pthread_mutex_unlock(&b->in_lock);
-    return inq == 0 && !b->in_pending && b->rpub.outstanding == 0 &&
-           b->out_q.count == 0 && atomic_load(&b->mqtt.inflight) == 0;
+    return busy == 0 && b->out_q.count == 0 && atomic_load(&b->mqtt.inflight) == 0 &&
+           mrb_stream_drained(b);
 }
 
 static int set_nonblock_cloexec(int fd)
@@ -327,6 +297,22 @@ static void install_signals(void)
     sigaction(SIGPIPE, &sa, NULL);
 }
 
+/* Free a queue's messages; QoS 0 ones are returned as lost, QoS > 0 ones
+ * added to *kept (unacknowledged: the broker still has them). */
+static size_t clear_counting(mrb_queue *q, size_t *kept)
+{
+    size_t lost = 0;
+    mrb_msg *m;
+    while ((m = mrb_queue_pop(q)) != NULL) {
+        if (m->qos > 0)
+            (*kept)++;
+        else
+            lost++;
+        free(m);
+    }
+    return lost;
+}
+
 /* Returns 0 after a clean stop, 1 after a fatal error (logged). */
 static int run_loop(mrb_bridge *b)
 {
@@ -339,20 +325,24 @@ static int run_loop(mrb_bridge *b)
         }
         if (got_stop && !b->stopping) {
             pthread_mutex_lock(&b->in_lock);
-            size_t inq = b->in_q.count;
+            size_t inq = b->ing.busy;
             pthread_mutex_unlock(&b->in_lock);
             mrb_info("shutdown: no longer taking messages; flushing %zu to Redis "
                      "and %zu to MQTT (at most %ld ms)", inq, b->out_q.count,
                      b->cfg->shutdown_timeout_ms);
             b->stopping = 1;
             deadline = now + b->cfg->shutdown_timeout_ms;
+            /* the MQTT subscriptions stay: the session keeps collecting
+             * for our return; the message callback takes no more */
+            atomic_store(&b->intake_stopped, 1);
             mrb_redis_close_sub(b);
-            mrb_mqtt_unsubscribe_all(b);
+            mrb_stream_on_reader_down(b);
         }
         mrb_mqtt_tick(b, now);
         mrb_redis_tick(b, now);
+        mrb_stream_tick(b, now);
         pump_out(b);
-        pump_in(b);
+        mrb_stream_pump(b);
         check_ready(b);
         if (b->fatal)
             return 1;
@@ -365,8 +355,8 @@ static int run_loop(mrb_bridge *b)
                 continue;
         }
 
-        struct pollfd pfd[3];
-        mrb_rconn *owner[2];
+        struct pollfd pfd[4];
+        mrb_rconn *owner[3];
         pfd[0].fd = b->wake_fd[0];
         pfd[0].events = POLLIN;
         pfd[0].revents = 0;
@@ -375,13 +365,18 @@ static int run_loop(mrb_bridge *b)
         int64_t rt = mrb_redis_next_timer(b);
         if (rt < next)
             next = rt;
+        rt = mrb_stream_next_timer(b);
+        if (rt < next)
+            next = rt;
         if (b->stopping && deadline < next)
             next = deadline;
-        int64_t wait = next == INT64_MAX ? 1000 : next - now;
+        /* asleep until there is work or a timer is due (the cap is only a
+         * safety net: every hand-over writes to the wake pipe) */
+        int64_t wait = next == INT64_MAX ? MRB_IDLE_CAP_MS : next - now;
         if (wait < 0)
             wait = 0;
-        if (wait > 1000)
-            wait = 1000;
+        if (wait > MRB_IDLE_CAP_MS)
+            wait = MRB_IDLE_CAP_MS;
         if (poll(pfd, (nfds_t)n, (int)wait) < 0 && errno != EINTR) {
             mrb_error("poll: %s", strerror(errno));
             return 1;
@@ -428,12 +423,28 @@ int mrb_bridge_run(const mrb_config *cfg)
     }
     if (pthread_mutex_init(&b->in_lock, NULL) != 0)
         goto out;
+    if (pthread_cond_init(&b->in_cond, NULL) != 0 ||
+        pthread_mutex_init(&b->sx_lock, NULL) != 0 ||
+        pthread_mutex_init(&b->echo_lock, NULL) != 0) {
+        pthread_mutex_destroy(&b->in_lock);
+        goto out;
+    }
     have_lock = 1;
+    atomic_init(&b->intake_stopped, 0);
+    atomic_init(&b->sub_alive, 0);
     mrb_queue_init(&b->in_q, (size_t)cfg->queue_messages, (size_t)cfg->queue_bytes);
     mrb_queue_init(&b->out_q, (size_t)cfg->queue_messages, (size_t)cfg->queue_bytes);
+    if (mrb_stream_init(b) != MRB_OK) {
+        mrb_error("out of memory");
+        goto out;
+    }
     signal_fd = b->wake_fd[1];
     install_signals();
     mrb_redis_init(b);
+    if (mrb_ingest_start(b) != MRB_OK) {
+        mrb_error("cannot start the ingest thread");
+        goto out;
+    }
     if (mrb_mqtt_init(b) != MRB_OK)
         goto out;
     have_mqtt = 1;
@@ -447,29 +458,50 @@ int mrb_bridge_run(const mrb_config *cfg)
     }
 
     status = run_loop(b);
+    atomic_store(&b->intake_stopped, 1);
+    /* No more sends to Redis. A message callback still waiting for its
+     * message (Redis down, or the timeout) must not let Paho send the
+     * PUBACK: close the broker connection under Paho first. */
+    mrb_ingest_stop(b);
+    pthread_mutex_lock(&b->in_lock);
+    int waiting = b->in_waiting;
+    pthread_mutex_unlock(&b->in_lock);
+    if (waiting && !mrb_mqtt_kill_socket(b))
+        mrb_warn("shutdown: cannot close the broker connection before "
+                 "releasing a waiting QoS 1 message: it may be acknowledged "
+                 "without having reached Redis");
+    mrb_mqtt_release_waiter(b);
     mrb_mqtt_shutdown(b, 2000);
 
 out:
+    mrb_ingest_stop(b); /* (again: a no-op after a clean stop) */
     if (have_mqtt) {
         mrb_redis_destroy(b);
         /* after this no Paho thread runs: what is left is counted below,
          * including publishes Paho failed while being destroyed */
         mrb_mqtt_destroy(b);
-        size_t left = mrb_queue_clear(&b->in_q) + mrb_queue_clear(&b->out_q) +
-                      (b->in_pending ? 1 : 0);
-        free(b->in_pending);
-        b->in_pending = NULL;
-        b->c.dropped_shutdown += left;
-        if (left)
+        size_t kept = 0, lost = 0;
+        mrb_ingest_clear(b, &lost, &kept);
+        lost += clear_counting(&b->in_q, &kept) + mrb_queue_clear(&b->out_q);
+        b->c.dropped_shutdown += lost;
+        if (lost)
             mrb_warn("shutdown: %zu queued message(s) could not be delivered "
-                     "in time and were dropped", left);
+                     "in time and were dropped", lost);
+        if (kept)
+            mrb_info("shutdown: %zu QoS 1 message(s) not yet in Redis stay "
+                     "unacknowledged with the broker, which sends them again",
+                     kept);
         log_stats(b);
     }
     signal_fd = -1;
     if (have_lock) {
         mrb_queue_clear(&b->in_q);
         pthread_mutex_destroy(&b->in_lock);
+        pthread_cond_destroy(&b->in_cond);
+        pthread_mutex_destroy(&b->sx_lock);
+        pthread_mutex_destroy(&b->echo_lock);
     }
+    mrb_stream_free(b);
     mrb_queue_clear(&b->out_q);
     mrb_targets_free(&b->tg);
     mrb_seen_free(&b->redis_echo);

@@ -4,14 +4,24 @@
  *
  * Thread ownership
  * ----------------
- * The main thread runs the poll() loop and owns everything here, with two
+ * The main thread runs the poll() loop and owns everything here, with these
  * exceptions that Paho's threads touch:
- *   - the MQTT->Redis hand-off: in_q and the counters marked [in_lock] are
- *     guarded by in_lock; Paho's receive thread pushes, main pops;
+ *   - MQTT->Redis is not main's at all: Paho's receive thread pushes into
+ *     in_q and the ingest thread (ingest.c, its own blocking hiredis
+ *     connection) pops and sends. in_q, in_acked_seq, in_release,
+ *     in_waiting, ing.busy/idle/work and the counters marked [in_lock] are
+ *     guarded by in_lock. For a QoS 1/2 message the receive thread waits on
+ *     in_cond until the ingest thread has seen Redis accept it (Paho sends
+ *     the PUBACK when the callback returns, and holds its global lock
+ *     meanwhile: so the ingest thread never calls Paho);
+ *   - the echo tables (redis_echo, mqtt_echo) are guarded by echo_lock:
+ *     written by the side that publishes, read by the side that receives;
  *   - mqtt.ev (connection events) guarded by mqtt.ev_lock, and
- *     mqtt.inflight (atomic), which Paho's completion callbacks decrement.
+ *     mqtt.inflight (atomic), which Paho's completion callbacks decrement;
+ *   - sx_done, guarded by sx_lock: stream entries whose MQTT publish Paho
+ *     completed, for main to XACK.
  * Paho callbacks never call into hiredis or Paho; they copy, post and wake
- * the main thread through wake_fd. Both hiredis contexts are only ever used
+ * the main thread through wake_fd. The hiredis contexts are only ever used
  * by the main thread. The route table is immutable after start and is read
  * by both.
  */
@@ -20,6 +30,7 @@
 
 #include <MQTTAsync.h>
 #include <hiredis/async.h>
+#include <hiredis/hiredis.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -33,7 +44,7 @@
 #include "mrb/seen.h"
 
 /* At most this many sends may be in flight inside Paho, and this many
- * PUBLISH replies outstanding on the Redis publisher: past that, messages
+ * PUBLISH/XADD replies outstanding on the ingest connection: past that, messages
  * wait in our bounded queues instead of in unbounded library buffers. */
 #define MRB_MQTT_WINDOW 1000
 #define MRB_REDIS_WINDOW 1000
@@ -42,6 +53,12 @@
 #define MRB_ECHO_CAPACITY 4096
 #define MRB_ECHO_TTL_MS 5000
 #define MRB_SHORT_SESSION_MS 5000
+#define MRB_IDLE_CAP_MS 60000
+/* Stream mode: entries read but not yet completed on MQTT, at most; keys
+ * followed at most; entries per XREADGROUP at most. */
+#define MRB_SX_WINDOW 512
+#define MRB_STREAM_KEYS_MAX 4096
+#define MRB_STREAM_COUNT 100
 
 typedef enum conn_state { CONN_DOWN = 0, CONN_CONNECTING, CONN_UP } conn_state;
 
@@ -58,7 +75,37 @@ typedef struct mrb_counters {
     uint64_t dropped_shutdown;   /* still queued when shutdown timed out */
     uint64_t echoes;             /* own messages recognised and not re-sent */
     uint64_t duplicates;         /* extra copies for overlapping subscriptions */
+    uint64_t stream_in;          /* stream entries read for MQTT */
+    uint64_t stream_acked;       /* of those, XACKed after MQTT took them */
+    uint64_t stream_reread;      /* pending entries read again (maybe dups) */
+    uint64_t dropped_malformed;  /* stream entries without a payload field */
+    uint64_t stalls;             /* Redis stopped answering: reconnected */
 } mrb_counters;
+
+/* MQTT -> Redis: the ingest thread's state (ingest.c). */
+typedef struct mrb_ingest {
+    pthread_t thread;
+    int started;
+    atomic_int quit;
+    atomic_int up;               /* connected (for "ready") */
+    pthread_cond_t work;         /* [in_lock] signalled on push when idle */
+    int idle;                    /* [in_lock] waiting on work */
+    size_t busy;                 /* [in_lock] in in_q or unacked */
+    /* the ingest thread's own */
+    redisContext *c;
+    mrb_queue unacked;           /* sent or to send, replies awaited, in order */
+    mrb_msg *unsent;             /* first of unacked not sent on this connection */
+    size_t outstanding, outstanding_bytes;
+    mrb_targets tg;
+    mrb_backoff backoff;
+    int64_t next_attempt_ms;
+    int outage_logged;
+    int64_t down_since_ms;
+    mrb_ratelimit rl_unmappable, rl_send;
+    /* counters, read by the stats line */
+    atomic_ullong redis_out, resent, echoes, stalls;
+    atomic_ullong dropped_unmappable, dropped_send_failed;
+} mrb_ingest;
 
 typedef struct mrb_in_counters { /* [in_lock] */
     uint64_t mqtt_in;            /* messages taken from MQTT */
@@ -66,6 +113,9 @@ typedef struct mrb_in_counters { /* [in_lock] */
     uint64_t dropped_queue_full; /* oldest dropped from the full MQTT->Redis queue */
     uint64_t duplicates;         /* extra copies for overlapping subscriptions */
     uint64_t retained_skipped;   /* stored retained messages replayed on subscribe */
+    uint64_t redelivered;        /* arrived with the DUP flag: a broker resend */
+    uint64_t left_with_broker;   /* QoS > 0, not acknowledged at shutdown */
+    uint64_t dropped_shutdown;   /* QoS 0 arriving after shutdown began */
     uint64_t nomem;              /* could not be copied */
 } mrb_in_counters;
 
@@ -96,6 +146,8 @@ typedef struct mrb_mqtt {
     atomic_ullong sent_ok;       /* publishes Paho completed */
     atomic_ullong sent_failed;   /* publishes Paho failed */
     atomic_int window_waiting;   /* main waits for inflight to drop */
+    atomic_int sock_fd;          /* the broker connection's socket, or -1 */
+    atomic_int killed;           /* closed under Paho at shutdown: stay down */
 
     pthread_mutex_t ev_lock;
     unsigned ev;                 /* [ev_lock] MQTT_EV_* */
@@ -105,7 +157,7 @@ typedef struct mrb_mqtt {
 } mrb_mqtt;
 
 typedef struct mrb_rconn {
-    const char *name;            /* "publisher" / "subscriber" */
+    const char *name;            /* "publisher" / "subscriber" / "reader" */
     struct mrb_bridge *b;
     redisAsyncContext *ac;       /* NULL when down; hiredis frees it */
     conn_state state;
@@ -114,10 +166,30 @@ typedef struct mrb_rconn {
     int64_t next_attempt_ms;     /* DOWN: try again then */
     mrb_backoff backoff;
     size_t confirmed;            /* subscriber: subscriptions confirmed */
-    size_t outstanding;          /* publisher: PUBLISH replies pending */
-    size_t outstanding_bytes;
+    size_t cmds;                 /* publisher, reader: any replies pending */
+    int64_t wait_since_ms;       /* ... awaited since (stall check) */
+    int64_t last_io_ms;          /* last reply or connect (keepalive PING) */
+    long long client_id;         /* reader: CLIENT ID, for CLIENT UNBLOCK */
+    int reading;                 /* reader: an XREADGROUP is outstanding */
+    int blocked;                 /* reader: ... and it may block */
     char last_error[200];
 } mrb_rconn;
+
+/* One stream key the reader follows. */
+typedef struct mrb_skey {
+    char *name;
+    int pending;                 /* re-reading our pending entries (PEL) */
+    char last_id[48];            /* PEL read position */
+} mrb_skey;
+
+/* A stream entry published to MQTT and not completed yet: Paho's context.
+ * Allocated by main, handed to Paho, put on sx_done by Paho's thread. */
+typedef struct mrb_sx {
+    struct mrb_sx *next;
+    struct mrb_bridge *b;
+    int ok;
+    char tag[];                  /* key '\0' id '\0' */
+} mrb_sx;
 
 typedef struct mrb_bridge {
     const mrb_config *cfg;
@@ -133,19 +205,45 @@ typedef struct mrb_bridge {
     mrb_ratelimit in_rl_large;   /* [in_lock] */
     mrb_ratelimit in_rl_full;    /* [in_lock] */
 
-    mrb_msg *in_pending;         /* popped from in_q, not fully forwarded */
-    size_t in_done;              /* its targets already sent */
+    pthread_cond_t in_cond;      /* [in_lock] in_acked_seq or in_release */
+    uint64_t in_seq;             /* [in_lock] last arrival number given */
+    uint64_t in_acked_seq;       /* [in_lock] a QoS > 0 message done */
+    int in_release;              /* [in_lock] MQTT disconnected: stop waiting */
+    int in_waiting;              /* [in_lock] a receive thread waits */
+    atomic_int intake_stopped;   /* shutdown: take no new messages */
+    mrb_ingest ing;
+
+    pthread_mutex_t echo_lock;
+    atomic_int sub_alive;        /* a subscriber connection exists */
     mrb_queue out_q;             /* Redis -> MQTT, waiting for the broker */
     mrb_mqtt mqtt;
-    mrb_rconn rpub, rsub;
+    mrb_rconn rpub, rsub, rread;
+
+    /* stream mode, Redis -> MQTT */
+    mrb_skey *skeys;
+    size_t n_skeys;
+    int scanned_once;            /* first scan done: later groups start at 0 */
+    int scan_busy;               /* SCAN/XGROUP replies outstanding */
+    int scan_full;               /* this scan re-creates known keys' groups */
+    size_t scan_sub;             /* stream_sub being scanned */
+    int64_t next_scan_ms;
+    mrb_queue sx_q;              /* entries read, waiting for the broker */
+    size_t sx_inflight;          /* handed to Paho, not on sx_done yet */
+    pthread_mutex_t sx_lock;
+    mrb_sx *sx_done;             /* [sx_lock] completed by Paho */
+    char group[96];              /* consumer group: mqtt-redis-bridge:<id> */
+    int keys_dirty;              /* keys added while a read was blocked */
+    int unblock_sent;            /* CLIENT UNBLOCK sent for this read */
+    int64_t read_after_ms;       /* after a refused read: wait until then */
     int redis_outage_logged;
     int64_t redis_down_since_ms;
 
-    mrb_seen redis_echo;         /* what we PUBLISHed where we subscribe */
-    mrb_seen mqtt_echo;          /* MQTT 3.1.1 only: no No Local there */
+    mrb_seen redis_echo;         /* [echo_lock] what we PUBLISHed where we
+                                    subscribe */
+    mrb_seen mqtt_echo;          /* [echo_lock] MQTT 3.1.1 only: no No Local */
     mrb_targets tg;
     mrb_counters c;
-    mrb_ratelimit rl_unmappable, rl_large, rl_full, rl_send;
+    mrb_ratelimit rl_unmappable, rl_large, rl_full, rl_send, rl_malformed;
 
     int ready;                   /* logged "ready" for the current up-phase */
     int stopping;
@@ -158,6 +256,15 @@ void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
                                  const char *channel, size_t clen,
                                  const char *payload, size_t plen);
 
+/* After each publish to the broker: MQTT 3.1.1 has no No Local, so note
+ * what may come back on our own subscriptions. */
+void mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
+                                  const char *payload, size_t plen);
+void mrb_bridge_warn_unmappable(mrb_bridge *b, const char *side,
+                                const char *name, size_t len);
+void mrb_bridge_warn_too_large(mrb_bridge *b, const char *side,
+                               const char *name, size_t len, size_t plen);
+
 /* mqtt.c: all main thread unless noted */
 mrb_err mrb_mqtt_init(mrb_bridge *b);
 void mrb_mqtt_destroy(mrb_bridge *b);
@@ -167,8 +274,17 @@ int64_t mrb_mqtt_next_timer(const mrb_bridge *b);
  * refused by Paho (dropped by the caller). */
 mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
                          size_t len, int qos, int retain);
+/* The same for a stream entry: sx (key and entry id, MQTT 5 user properties
+ * "stream" and "stream-id") is Paho's until it puts it on sx_done. */
+mrb_err mrb_mqtt_publish_sx(mrb_bridge *b, const char *topic, const void *payload,
+                            size_t len, int qos, int retain, mrb_sx *sx);
+/* Let a receive thread waiting in the message callback return (after the
+ * network connection is closed, so that its PUBACK is not sent). */
+void mrb_mqtt_release_waiter(mrb_bridge *b);
+/* Close the broker connection's socket under Paho (any thread): nothing
+ * more, a PUBACK included, reaches the broker. 0 if not known. */
+int mrb_mqtt_kill_socket(mrb_bridge *b);
 int mrb_mqtt_ready(const mrb_bridge *b);
-void mrb_mqtt_unsubscribe_all(mrb_bridge *b);
 /* Publish "offline", disconnect; waits at most timeout_ms. */
 void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms);
 
@@ -181,10 +297,32 @@ int mrb_redis_pollfds(mrb_bridge *b, struct pollfd *pfd, mrb_rconn **owner);
 void mrb_redis_handle(mrb_rconn *rc, short revents);
 int mrb_redis_pub_ready(const mrb_bridge *b);
 int mrb_redis_sub_ready(const mrb_bridge *b);
-/* PUBLISH channel payload, pipelined; MRB_ERR_FULL when the window is full. */
-mrb_err mrb_redis_publish(mrb_bridge *b, const char *channel, size_t clen,
-                          const char *payload, size_t plen);
 void mrb_redis_close_sub(mrb_bridge *b);
 void mrb_redis_destroy(mrb_bridge *b);
+/* Send cmd (argv form) on the publisher; fn gets the reply (or NULL). */
+mrb_err mrb_redis_command(mrb_rconn *rc, redisCallbackFn *fn, void *priv,
+                          int argc, const char **argv, const size_t *lens);
+/* A connection that stopped answering, or the whole server: reconnect. */
+void mrb_redis_reset(mrb_rconn *rc, const char *why);
+void mrb_redis_got_reply(mrb_rconn *rc);
+int64_t mrb_redis_connect_timeout_ms(const mrb_bridge *b);
+
+/* ingest.c */
+mrb_err mrb_ingest_start(mrb_bridge *b);
+void mrb_ingest_kick(mrb_bridge *b);         /* receive thread, in_lock held */
+void mrb_ingest_stop(mrb_bridge *b);         /* main: quit and join */
+void mrb_ingest_clear(mrb_bridge *b, size_t *lost, size_t *kept);
+
+/* stream.c: stream mode, Redis -> MQTT (main thread) */
+mrb_err mrb_stream_init(mrb_bridge *b);
+void mrb_stream_free(mrb_bridge *b);
+int mrb_stream_needed(const mrb_bridge *b);
+void mrb_stream_on_pub_up(mrb_bridge *b);     /* (re)discover keys */
+void mrb_stream_on_reader_up(mrb_bridge *b);  /* re-read our PEL */
+void mrb_stream_on_reader_down(mrb_bridge *b);
+void mrb_stream_tick(mrb_bridge *b, int64_t now);
+int64_t mrb_stream_next_timer(const mrb_bridge *b);
+void mrb_stream_pump(mrb_bridge *b);          /* publish, XACK, read */
+int mrb_stream_drained(mrb_bridge *b);
 
 #endif

@@ -42,6 +42,7 @@ static const char *const log_levels[] = {"error", "warning", "info", "debug", NU
 static const char *const protocols[] = {"auto", "5", "3.1.1", NULL};
 static const char *const directions[] = {"both", "mqtt_to_redis",
                                          "redis_to_mqtt", NULL};
+static const char *const modes[] = {"pubsub", "stream", NULL};
 
 #define C(m) offsetof(mrb_config, m)
 #define R(m) offsetof(mrb_route, m)
@@ -50,11 +51,14 @@ static const field mqtt_fields[] = {
     {"url", F_STRING, C(mqtt_url), 0, 0, NULL, NULL, 0, check_mqtt_url},
     {"client_id", F_STRING, C(client_id), 0, 0, NULL, NULL, 0, NULL},
     {"protocol", F_ENUM, C(protocol), 0, 0, protocols, NULL, 0, NULL},
-    {"keepalive", F_LONG, C(keepalive), 5, 3600, NULL, NULL, 0, NULL},
+    {"keepalive", F_LONG, C(keepalive), 1, 3600, NULL, NULL, 0, NULL},
+    {"session_expiry", F_LONG, C(session_expiry), 0, 4294967295L, NULL, NULL, 0, NULL},
     {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
 
 static const field redis_fields[] = {
     {"url", F_STRING, C(redis_url), 0, 0, NULL, NULL, 0, check_redis_url},
+    {"keepalive", F_LONG, C(redis_keepalive), 0, 3600, NULL, NULL, 0, NULL},
+    {"scan_interval", F_LONG, C(scan_interval), 0, 86400, NULL, NULL, 0, NULL},
     {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
 
 static const field limit_fields[] = {
@@ -74,6 +78,8 @@ static const field route_fields[] = {
     {"direction", F_ENUM, R(dir), 0, 0, directions, NULL, 0, NULL},
     {"qos", F_INT, R(qos), 0, 2, NULL, NULL, 0, NULL},
     {"retain", F_BOOL, R(retain), 0, 0, NULL, NULL, 0, NULL},
+    {"mode", F_ENUM, R(mode), 0, 0, modes, NULL, 0, NULL},
+    {"maxlen", F_LONG, R(maxlen), 1, 1000000000L, NULL, NULL, 0, NULL},
     {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
 
 static const field top_fields[] = {
@@ -142,6 +148,9 @@ void mrb_config_init(mrb_config *cfg)
     cfg->log_level = MRB_LOG_INFO;
     cfg->protocol = MRB_MQTT_AUTO;
     cfg->keepalive = 30;
+    cfg->session_expiry = 3600;
+    cfg->redis_keepalive = 30;
+    cfg->scan_interval = 10;
     cfg->max_payload = 1048576;
     cfg->queue_messages = 10000;
     cfg->queue_bytes = 16L * 1024 * 1024;
@@ -237,6 +246,7 @@ static mrb_err apply_routes(jctx *j, const cJSON *arr, mrb_config *cfg,
         snprintf(rpath, sizeof(rpath), "%s[%zu]", path, i);
         mrb_route *r = &routes[i++];
         r->qos = 1;
+        r->maxlen = MRB_MAXLEN_DEFAULT;
         if (!cJSON_IsObject(item)) {
             err = bad_value(j, rpath, item, "an object with \"mqtt\" and \"redis\"");
             break;
@@ -459,10 +469,13 @@ void mrb_cli_usage(FILE *out)
 "                      unix:/path/redis.sock (default redis://127.0.0.1:6379)\n"
 "      --id NAME       bridge id, used in the MQTT client id and in\n"
 "                      bridge/<id>/status (default: the host name)\n"
-"      --route SPEC    'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain]';\n"
-"                      ARROW is <> (both ways), > (MQTT to Redis) or\n"
-"                      < (Redis to MQTT). Repeatable; replaces the file's\n"
-"                      routes. Default: 'user/+ <> user:*' and 'news <> news'\n"
+"      --route SPEC    'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain]\n"
+"                      [stream] [maxlen=N]'; ARROW is <> (both ways),\n"
+"                      > (MQTT to Redis) or < (Redis to MQTT); 'stream'\n"
+"                      carries the route over Redis Streams (XADD, consumer\n"
+"                      group) instead of pub/sub. Repeatable; replaces the\n"
+"                      file's routes. Default: 'user/+ <> user:*' and\n"
+"                      'news <> news'\n"
 "      --check         validate the configuration, print it and exit\n"
 "  -v, --verbose       log debug messages too\n"
 "  -q, --quiet         log only warnings and errors\n"
@@ -668,10 +681,12 @@ void mrb_config_print(const mrb_config *cfg, FILE *out)
     fprintf(out, "id: %s\n", cfg->id);
     fprintf(out, "log_level: %s\n", mrb_log_level_name(cfg->log_level));
     mrb_url_format_redacted(&cfg->mqtt, MRB_URL_MQTT, url, sizeof(url));
-    fprintf(out, "mqtt: %s (protocol %s, client id %s, keepalive %ld s)\n", url,
-            protocols[cfg->protocol], cfg->client_id, cfg->keepalive);
+    fprintf(out, "mqtt: %s (protocol %s, client id %s, keepalive %ld s, "
+            "session expiry %ld s)\n", url, protocols[cfg->protocol],
+            cfg->client_id, cfg->keepalive, cfg->session_expiry);
     mrb_url_format_redacted(&cfg->redis, MRB_URL_REDIS, url, sizeof(url));
-    fprintf(out, "redis: %s\n", url);
+    fprintf(out, "redis: %s (keepalive %ld s, stream scan every %ld s)\n", url,
+            cfg->redis_keepalive, cfg->scan_interval);
     fprintf(out, "status topic: %s\n", cfg->status_topic);
     fprintf(out, "limits: max_payload %ld bytes; queue %ld messages / %ld bytes "
             "per direction\n", cfg->max_payload, cfg->queue_messages,

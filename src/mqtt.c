@@ -12,6 +12,15 @@
  * for overlapping filters the bridge forwards only the one that carries the
  * first matching filter's identifier. MQTT 3.1.1 has neither: own publishes
  * are recognised by fingerprint instead (bridge.c).
+ *
+ * At least once from MQTT: the session is persistent (clean start off, a
+ * session expiry), subscriptions are at most QoS 1, and Paho sends the
+ * PUBACK when the message callback returns (measured with 1.3.12, also
+ * when it returns 0). So for a QoS 1 message the callback queues it and
+ * waits until the main thread has seen Redis accept it; meanwhile the
+ * broker holds the rest of the stream. At shutdown the network connection
+ * is closed before a waiting callback is let go, so a message Redis has
+ * not accepted is never acknowledged: the broker sends it again.
  */
 #include <MQTTAsync.h>
 #include <netinet/in.h>
@@ -128,6 +137,17 @@ static void sent(mrb_bridge *b, int ok, int acked)
         mrb_bridge_wake(b);
 }
 
+/* A stream entry's publish completed: hand it to main for XACK. */
+static void sx_done(mrb_sx *sx, int ok)
+{
+    mrb_bridge *b = sx->b;
+    sx->ok = ok;
+    pthread_mutex_lock(&b->sx_lock); /* a stack: main reverses it */
+    sx->next = b->sx_done;
+    b->sx_done = sx;
+    pthread_mutex_unlock(&b->sx_lock);
+}
+
 /* QoS 0 completes when written; QoS 1/2 when acknowledged ("acked"). */
 static void on_sent(void *ctx, MQTTAsync_successData *r) { sent(ctx, 1, 0); }
 static void on_sent5(void *ctx, MQTTAsync_successData5 *r) { sent(ctx, 1, 0); }
@@ -138,13 +158,31 @@ static void on_acked5(void *ctx, MQTTAsync_successData5 *r) { sent(ctx, 1, 1); }
 static void on_ack_fail(void *ctx, MQTTAsync_failureData *r) { sent(ctx, 0, 1); }
 static void on_ack_fail5(void *ctx, MQTTAsync_failureData5 *r) { sent(ctx, 0, 1); }
 
-/* Paho's receive thread: copy the message into in_q and return 1 so that
- * Paho frees its copy. */
+/* Stream entries: the same, then wake main to XACK. */
+static void sx_sent(mrb_sx *sx, int ok, int acked)
+{
+    mrb_bridge *b = sx->b;
+    sx_done(sx, ok);
+    atomic_store(&b->mqtt.window_waiting, 1); /* always wake main */
+    sent(b, ok, acked);
+}
+static void on_sx_sent(void *ctx, MQTTAsync_successData *r) { sx_sent(ctx, 1, 0); }
+static void on_sx_sent5(void *ctx, MQTTAsync_successData5 *r) { sx_sent(ctx, 1, 0); }
+static void on_sx_send_fail(void *ctx, MQTTAsync_failureData *r) { sx_sent(ctx, 0, 0); }
+static void on_sx_send_fail5(void *ctx, MQTTAsync_failureData5 *r) { sx_sent(ctx, 0, 0); }
+static void on_sx_acked(void *ctx, MQTTAsync_successData *r) { sx_sent(ctx, 1, 1); }
+static void on_sx_acked5(void *ctx, MQTTAsync_successData5 *r) { sx_sent(ctx, 1, 1); }
+static void on_sx_ack_fail(void *ctx, MQTTAsync_failureData *r) { sx_sent(ctx, 0, 1); }
+static void on_sx_ack_fail5(void *ctx, MQTTAsync_failureData5 *r) { sx_sent(ctx, 0, 1); }
+
+/* Paho's receive thread: copy the message into in_q and, for QoS > 0,
+ * wait until Redis has it; return 1 so that Paho frees its copy (and
+ * acknowledges the message). */
 static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
 {
     mrb_bridge *b = ctx;
     size_t len = tlen > 0 ? (size_t)tlen : strlen(topic);
-    int duplicate = 0;
+    int duplicate = 0, queued = 0;
 
     if (b->mqtt.version == MQTTVERSION_5 && b->routes.n_mqtt_sub > 1) {
         int n = MQTTProperties_propertyCount(&msg->properties,
@@ -161,9 +199,28 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
     }
 
     int64_t now = mrb_now_ms();
-    uint64_t sup;
+    uint64_t sup, seq = 0;
     char esc[MRB_LOG_ESCAPE_MAX];
     pthread_mutex_lock(&b->in_lock);
+    if (atomic_load(&b->intake_stopped)) {
+        /* shutdown: a QoS > 0 message stays with the broker: close the
+         * connection under Paho so that no PUBACK goes out (the session
+         * keeps it for our return); a QoS 0 one is lost */
+        if (msg->qos > 0) {
+            b->ic.left_with_broker++;
+            if (!mrb_mqtt_kill_socket(b))
+                while (!b->in_release)
+                    pthread_cond_wait(&b->in_cond, &b->in_lock);
+        } else {
+            b->ic.dropped_shutdown++;
+        }
+        pthread_mutex_unlock(&b->in_lock);
+        MQTTAsync_freeMessage(&msg);
+        MQTTAsync_free(topic);
+        return 1;
+    }
+    if (msg->dup)
+        b->ic.redelivered++;
     if (duplicate) {
         b->ic.duplicates++;
     } else if (msg->retained) {
@@ -183,12 +240,16 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
     } else {
         mrb_msg *m = mrb_msg_new(topic, len, msg->payload, (size_t)msg->payloadlen,
                                  msg->qos, msg->retained);
-        if (m)
-            m->arrived_ms = now; /* for the echo check, however long it waits */
         if (!m) {
             b->ic.nomem++;
         } else {
+            m->arrived_ms = now; /* for the echo check, however long it waits */
+            m->seq = seq = ++b->in_seq;
+            queued = 1;
+            /* only QoS 0 messages can be dropped here: a QoS > 0 one is
+             * the newest until it is done (this thread waits for it) */
             size_t dropped = mrb_queue_push(&b->in_q, m);
+            b->ing.busy += 1 - dropped;
             if (dropped) {
                 b->ic.dropped_queue_full += dropped;
                 if (mrb_ratelimit_allow(&b->in_rl_full, now, &sup))
@@ -200,12 +261,28 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
             }
         }
     }
+    if (queued)
+        mrb_ingest_kick(b);
+    if (queued && msg->qos > 0) {
+        b->in_waiting = 1;
+        while (b->in_acked_seq < seq && !b->in_release)
+            pthread_cond_wait(&b->in_cond, &b->in_lock);
+        b->in_waiting = 0;
+        if (b->in_acked_seq < seq)
+            b->ic.left_with_broker++; /* released at shutdown, socket closed */
+    }
     pthread_mutex_unlock(&b->in_lock);
-    if (!duplicate && !msg->retained)
-        mrb_bridge_wake(b);
     MQTTAsync_freeMessage(&msg);
     MQTTAsync_free(topic);
     return 1;
+}
+
+void mrb_mqtt_release_waiter(mrb_bridge *b)
+{
+    pthread_mutex_lock(&b->in_lock);
+    b->in_release = 1;
+    pthread_cond_broadcast(&b->in_cond);
+    pthread_mutex_unlock(&b->in_lock);
 }
 
 /* ---- main thread ---- */
@@ -244,6 +321,8 @@ mrb_err mrb_mqtt_init(mrb_bridge *b)
     atomic_init(&m->window_waiting, 0);
     atomic_init(&m->sent_ok, 0);
     atomic_init(&m->sent_failed, 0);
+    atomic_init(&m->sock_fd, -1);
+    atomic_init(&m->killed, 0);
     mrb_backoff_init(&m->backoff, b->cfg->reconnect_min_ms,
                      b->cfg->reconnect_max_ms, (uint64_t)time(NULL) ^ 0xA5A5u);
     if (pthread_mutex_init(&m->ev_lock, NULL) != 0)
@@ -312,11 +391,23 @@ static void mqtt_connect(mrb_bridge *b, int64_t now)
     will.qos = STATUS_QOS;
     o.will = &will;
     o.keepAliveInterval = (int)cfg->keepalive;
-    if (v5)
-        o.cleanstart = 1;
-    else
-        o.cleansession = 1;
-    o.connectTimeout = MRB_CONNECT_TIMEOUT_MS / 1000;
+    /* persistent: what is published while we are away is kept for us */
+    MQTTProperties props = MQTTProperties_initializer;
+    if (v5) {
+        o.cleanstart = cfg->session_expiry == 0;
+        MQTTProperty p;
+        memset(&p, 0, sizeof(p));
+        p.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL;
+        p.value.integer4 = (unsigned)cfg->session_expiry;
+        MQTTProperties_add(&props, &p);
+        o.connectProperties = &props;
+    } else {
+        o.cleansession = cfg->session_expiry == 0;
+    }
+    /* a broker that accepts TCP but does not answer (stopped) is given up
+     * on after the keepalive, at most 10 s */
+    o.connectTimeout = cfg->keepalive < 2 ? 2 : cfg->keepalive < 10 ? (int)cfg->keepalive
+                                                                   : 10;
     o.maxInflight = MRB_MQTT_WINDOW;
     o.automaticReconnect = 0; /* ours has jitter and re-subscribes */
     o.username = cfg->mqtt.user;
@@ -330,6 +421,7 @@ static void mqtt_connect(mrb_bridge *b, int64_t now)
         o.onFailure = on_connect_fail;
     }
     int rc = MQTTAsync_connect(m->client, &o);
+    MQTTProperties_free(&props);
     if (rc != MQTTASYNC_SUCCESS) {
         mqtt_failed(b, now, 0, MQTTAsync_strerror(rc));
         return;
@@ -362,7 +454,10 @@ static void mqtt_subscribe_all(mrb_bridge *b)
             o.onSuccess = on_sub_ok;
             o.onFailure = on_sub_fail;
         }
-        int rc = MQTTAsync_subscribe(m->client, s->name, s->qos, &o);
+        /* QoS 2 is taken as QoS 1: Paho keeps a QoS 2 message only in
+         * memory between PUBREC and PUBREL, so a crash would lose it;
+         * with QoS 1 the broker sends it again instead */
+        int rc = MQTTAsync_subscribe(m->client, s->name, s->qos > 1 ? 1 : s->qos, &o);
         MQTTProperties_free(&o.properties);
         if (rc != MQTTASYNC_SUCCESS) {
             mrb_error("mqtt: cannot subscribe to '%s': %s", s->name,
@@ -372,31 +467,56 @@ static void mqtt_subscribe_all(mrb_bridge *b)
     }
 }
 
+/* Is fd a TCP socket connected to the broker's port? */
+static int is_broker_socket(const mrb_bridge *b, int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    int type;
+    socklen_t tlen = sizeof(type);
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0 ||
+        type != SOCK_STREAM || getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
+        return 0;
+    int port = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
+             : ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+             : -1;
+    return port == b->cfg->mqtt.port;
+}
+
 /* Paho C 1.3 neither sets TCP_NODELAY nor exposes its socket, and with
  * Nagle on, a small publish can wait for the ACK of the previous one. After
- * each connect, find our TCP socket whose peer is the broker's port (the
- * Redis sockets have another port and set it already) and set it. */
-static void mqtt_set_nodelay(const mrb_bridge *b)
+ * each connect, find our TCP socket whose peer is the broker's port (a
+ * Redis on the same port would be one of ours: those are skipped; the
+ * ingest thread's is not known here, so a Redis on the broker's port is
+ * not supported) and set it. The socket is remembered for
+ * mrb_mqtt_kill_socket(). */
+static void mqtt_find_socket(mrb_bridge *b)
 {
     long max = sysconf(_SC_OPEN_MAX);
     if (max < 0 || max > 4096)
         max = 4096;
+    atomic_store(&b->mqtt.sock_fd, -1);
     for (int fd = 0; fd < max; fd++) {
-        struct sockaddr_storage ss;
-        socklen_t len = sizeof(ss);
-        int type, one = 1;
-        socklen_t tlen = sizeof(type);
-        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0 ||
-            type != SOCK_STREAM || getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
-            continue;
-        int port = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
-                 : ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-                 : -1;
-        if (port == b->cfg->mqtt.port &&
+        int one = 1;
+        if (is_broker_socket(b, fd) &&
             (!b->rpub.ac || b->rpub.ac->c.fd != fd) &&
-            (!b->rsub.ac || b->rsub.ac->c.fd != fd))
+            (!b->rsub.ac || b->rsub.ac->c.fd != fd) &&
+            (!b->rread.ac || b->rread.ac->c.fd != fd)) {
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            atomic_store(&b->mqtt.sock_fd, fd);
+        }
     }
+}
+
+int mrb_mqtt_kill_socket(mrb_bridge *b)
+{
+    int fd = atomic_load(&b->mqtt.sock_fd);
+    /* re-checked: Paho may have closed it and the number been reused */
+    if (fd < 0 || !is_broker_socket(b, fd))
+        return 0;
+    atomic_store(&b->mqtt.killed, 1);
+    shutdown(fd, SHUT_RDWR);
+    return 1;
 }
 
 static void mqtt_up(mrb_bridge *b, int64_t now)
@@ -406,7 +526,7 @@ static void mqtt_up(mrb_bridge *b, int64_t now)
     m->subacks = 0;
     m->up_since_ms = now;
     mrb_backoff_reset(&m->backoff);
-    mqtt_set_nodelay(b);
+    mqtt_find_socket(b);
     if (m->outage_logged) {
         mrb_info("mqtt: reconnected to %s after %.1f s", b->mqtt_url,
                  (double)(now - m->down_since_ms) / 1000.0);
@@ -471,14 +591,16 @@ void mrb_mqtt_tick(mrb_bridge *b, int64_t now)
     }
     /* also while stopping: out_q may still be flushed if the broker
      * comes back before the shutdown timeout */
-    if (m->state == CONN_DOWN && m->client && now >= m->next_attempt_ms)
+    if (m->state == CONN_DOWN && m->client && now >= m->next_attempt_ms &&
+        !atomic_load(&m->killed))
         mqtt_connect(b, now);
 }
 
 int64_t mrb_mqtt_next_timer(const mrb_bridge *b)
 {
-    return b->mqtt.state == CONN_DOWN && b->mqtt.client ? b->mqtt.next_attempt_ms
-                                                       : INT64_MAX;
+    return b->mqtt.state == CONN_DOWN && b->mqtt.client &&
+                   !atomic_load(&b->mqtt.killed) ? b->mqtt.next_attempt_ms
+                                                 : INT64_MAX;
 }
 
 int mrb_mqtt_ready(const mrb_bridge *b)
@@ -486,8 +608,8 @@ int mrb_mqtt_ready(const mrb_bridge *b)
     return b->mqtt.state == CONN_UP && b->mqtt.subacks >= b->routes.n_mqtt_sub;
 }
 
-mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
-                         size_t len, int qos, int retain)
+static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
+                       size_t len, int qos, int retain, mrb_sx *sx)
 {
     mrb_mqtt *m = &b->mqtt;
     if (m->state != CONN_UP)
@@ -502,16 +624,42 @@ mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
             (acked && atomic_load(&m->inflight_acked) >= atomic_load(&m->receive_max)))
             return MRB_ERR_FULL; /* a completion will wake us */
     }
+    int v5 = m->version == MQTTVERSION_5;
     MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
+    MQTTAsync_message msg = MQTTAsync_message_initializer;
     o.context = b;
-    if (m->version == MQTTVERSION_5) {
+    if (sx) {
+        o.context = sx;
+        if (v5) {
+            o.onSuccess5 = acked ? on_sx_acked5 : on_sx_sent5;
+            o.onFailure5 = acked ? on_sx_ack_fail5 : on_sx_send_fail5;
+        } else {
+            o.onSuccess = acked ? on_sx_acked : on_sx_sent;
+            o.onFailure = acked ? on_sx_ack_fail : on_sx_send_fail;
+        }
+        if (v5) {
+            /* consumers drop redeliveries by entry id (README) */
+            const char *key = sx->tag, *id = sx->tag + strlen(sx->tag) + 1;
+            const char *names[2] = {"stream", "stream-id"};
+            const char *vals[2] = {key, id};
+            for (int i = 0; i < 2; i++) {
+                MQTTProperty p;
+                memset(&p, 0, sizeof(p));
+                p.identifier = MQTTPROPERTY_CODE_USER_PROPERTY;
+                p.value.data.data = (char *)names[i];
+                p.value.data.len = (int)strlen(names[i]);
+                p.value.value.data = (char *)vals[i];
+                p.value.value.len = (int)strlen(vals[i]);
+                MQTTProperties_add(&msg.properties, &p);
+            }
+        }
+    } else if (v5) {
         o.onSuccess5 = acked ? on_acked5 : on_sent5;
         o.onFailure5 = acked ? on_ack_fail5 : on_send_fail5;
     } else {
         o.onSuccess = acked ? on_acked : on_sent;
         o.onFailure = acked ? on_ack_fail : on_send_fail;
     }
-    MQTTAsync_message msg = MQTTAsync_message_initializer;
     msg.payload = (void *)payload; /* Paho copies it */
     msg.payloadlen = (int)len;
     msg.qos = qos;
@@ -520,6 +668,7 @@ mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
     if (acked)
         atomic_fetch_add(&m->inflight_acked, 1);
     int rc = MQTTAsync_sendMessage(m->client, topic, &msg, &o);
+    MQTTProperties_free(&msg.properties);
     if (rc == MQTTASYNC_SUCCESS)
         return MRB_OK;
     atomic_fetch_sub(&m->inflight, 1);
@@ -538,18 +687,16 @@ mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
     return MRB_ERR_INVALID;
 }
 
-void mrb_mqtt_unsubscribe_all(mrb_bridge *b)
+mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
+                         size_t len, int qos, int retain)
 {
-    mrb_mqtt *m = &b->mqtt;
-    if (m->state != CONN_UP || b->routes.n_mqtt_sub == 0)
-        return;
-    char **names = calloc(b->routes.n_mqtt_sub, sizeof(*names));
-    if (!names)
-        return;
-    for (size_t i = 0; i < b->routes.n_mqtt_sub; i++)
-        names[i] = b->routes.mqtt_sub[i].name;
-    MQTTAsync_unsubscribeMany(m->client, (int)b->routes.n_mqtt_sub, names, NULL);
-    free(names);
+    return publish(b, topic, payload, len, qos, retain, NULL);
+}
+
+mrb_err mrb_mqtt_publish_sx(mrb_bridge *b, const char *topic, const void *payload,
+                            size_t len, int qos, int retain, mrb_sx *sx)
+{
+    return publish(b, topic, payload, len, qos, retain, sx);
 }
 
 void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms)

@@ -4,23 +4,34 @@
 #include <stdlib.h>
 #include <string.h>
 
-mrb_msg *mrb_msg_new(const char *name, size_t nlen, const void *payload,
-                     size_t plen, int qos, int retain)
+mrb_msg *mrb_msg_new_tagged(const char *name, size_t nlen, const void *payload,
+                            size_t plen, const void *tag, size_t tlen, int qos,
+                            int retain)
 {
-    mrb_msg *m = malloc(sizeof(*m) + nlen + 1 + plen);
+    mrb_msg *m = malloc(sizeof(*m) + nlen + 1 + plen + (tlen ? tlen + 1 : 0));
     if (!m)
         return NULL;
-    m->next = NULL;
+    memset(m, 0, sizeof(*m));
     m->name_len = nlen;
     m->payload_len = plen;
+    m->tag_len = tlen;
     m->qos = qos;
     m->retain = retain;
-    m->arrived_ms = 0;
     memcpy(m->data, name, nlen);
     m->data[nlen] = '\0';
     if (plen)
         memcpy(m->data + nlen + 1, payload, plen);
+    if (tlen) {
+        memcpy(m->data + nlen + 1 + plen, tag, tlen);
+        m->data[nlen + 1 + plen + tlen] = '\0';
+    }
     return m;
+}
+
+mrb_msg *mrb_msg_new(const char *name, size_t nlen, const void *payload,
+                     size_t plen, int qos, int retain)
+{
+    return mrb_msg_new_tagged(name, nlen, payload, plen, NULL, 0, qos, retain);
 }
 
 void mrb_queue_init(mrb_queue *q, size_t max_count, size_t max_bytes)
@@ -71,6 +82,20 @@ void mrb_queue_push_front(mrb_queue *q, mrb_msg *m)
         q->tail = m;
     q->count++;
     q->bytes += mrb_msg_size(m);
+}
+
+void mrb_queue_prepend_all(mrb_queue *dst, mrb_queue *src)
+{
+    if (!src->head)
+        return;
+    src->tail->next = dst->head;
+    dst->head = src->head;
+    if (!dst->tail)
+        dst->tail = src->tail;
+    dst->count += src->count;
+    dst->bytes += src->bytes;
+    src->head = src->tail = NULL;
+    src->count = src->bytes = 0;
 }
 
 size_t mrb_queue_clear(mrb_queue *q)

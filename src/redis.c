@@ -3,10 +3,22 @@
  * thread's poll() loop (hiredis never owns the loop; the ev hooks below only
  * record whether it wants to read or write).
  *
- *   publisher  - AUTH/SELECT, then pipelined PUBLISHes; at most
- *                MRB_REDIS_WINDOW replies outstanding.
- *   subscriber - AUTH, then SUBSCRIBE/PSUBSCRIBE for every Redis-side
+ *   publisher  - AUTH/SELECT, then the stream bookkeeping (SCAN, XGROUP
+ *                CREATE, XACK, CLIENT UNBLOCK) and the keepalive PING.
+ *                (MQTT -> Redis messages go out on the ingest thread's own
+ *                connection: ingest.c.)
+ *   subscriber - AUTH, then SUBSCRIBE/PSUBSCRIBE for every pub/sub
  *                subscription of the route table, in table order.
+ *   reader     - stream routes only: AUTH/SELECT, CLIENT ID, then one
+ *                XREADGROUP at a time (stream.c).
+ *
+ * Stalls: hiredis 0.14 has no command timeouts. With redis.keepalive K > 0
+ * the publisher sends PING after K s without a reply, and a reply awaited
+ * for more than K s (on the publisher, or past the reader's BLOCK time)
+ * means the server stopped answering: all connections are closed and made
+ * again, and what was sent without a reply is sent again. The subscriber
+ * cannot PING in subscribed mode with hiredis 0.14; it shares the server,
+ * so it is reset with the others.
  *
  * Each context is created and freed here on the main thread only. hiredis
  * frees a context itself after a connection error; ev_cleanup clears our
@@ -28,19 +40,42 @@ static void ev_cleanup(void *p)
     mrb_rconn *rc = p;
     rc->want_read = rc->want_write = 0;
     rc->ac = NULL;
+    if (rc == &rc->b->rsub)
+        atomic_store(&rc->b->sub_alive, 0);
 }
 
 static int rconn_needed(const mrb_rconn *rc)
 {
-    /* no Redis-to-MQTT route: no subscriber connection at all */
-    return rc != &rc->b->rsub || rc->b->routes.n_redis_sub > 0;
+    /* no pub/sub (stream) route to MQTT: no subscriber (reader) at all */
+    if (rc == &rc->b->rsub)
+        return rc->b->routes.n_redis_sub > 0;
+    if (rc == &rc->b->rread)
+        return rc->b->routes.n_stream_sub > 0;
+    return 1;
 }
 
 int mrb_redis_pub_ready(const mrb_bridge *b) { return b->rpub.state == CONN_UP; }
 
 int mrb_redis_sub_ready(const mrb_bridge *b)
 {
-    return !rconn_needed(&b->rsub) || b->rsub.state == CONN_UP;
+    return (!rconn_needed(&b->rsub) || b->rsub.state == CONN_UP) &&
+           (!rconn_needed(&b->rread) || b->rread.state == CONN_UP);
+}
+
+/* Every reply on the publisher and the reader passes here first. */
+static void got_reply(mrb_rconn *rc)
+{
+    int64_t now = mrb_now_ms();
+    if (rc->cmds > 0)
+        rc->cmds--;
+    rc->last_io_ms = now;
+    rc->wait_since_ms = now;
+}
+
+static void sent_cmd(mrb_rconn *rc)
+{
+    if (rc->cmds++ == 0)
+        rc->wait_since_ms = mrb_now_ms();
 }
 
 static void side_maybe_up(mrb_bridge *b)
@@ -63,7 +98,10 @@ static void rconn_failed(mrb_rconn *rc, const char *why)
     int64_t now = mrb_now_ms();
     rc->state = CONN_DOWN;
     rc->confirmed = 0;
+    rc->reading = rc->blocked = 0;
     b->ready = 0;
+    if (rc == &b->rread)
+        mrb_stream_on_reader_down(b);
     snprintf(rc->last_error, sizeof(rc->last_error), "%s", why);
     int64_t delay = mrb_backoff_next(&rc->backoff);
     rc->next_attempt_ms = now + delay;
@@ -85,9 +123,14 @@ static void rconn_failed(mrb_rconn *rc, const char *why)
 static void rconn_up(mrb_rconn *rc)
 {
     rc->state = CONN_UP;
+    rc->last_io_ms = rc->wait_since_ms = mrb_now_ms();
     mrb_backoff_reset(&rc->backoff);
     mrb_debug("redis %s: up", rc->name);
     side_maybe_up(rc->b);
+    if (rc == &rc->b->rpub)
+        mrb_stream_on_pub_up(rc->b);
+    else if (rc == &rc->b->rread)
+        mrb_stream_on_reader_up(rc->b);
 }
 
 static void on_connect(const redisAsyncContext *ac, int status)
@@ -109,6 +152,8 @@ static void on_setup_reply(redisAsyncContext *ac, void *r, void *priv)
 {
     redisReply *reply = r;
     mrb_rconn *rc = ac->data;
+    if (rc != &rc->b->rsub)
+        got_reply(rc);
     if (reply && reply->type == REDIS_REPLY_ERROR) {
         char why[240];
         snprintf(why, sizeof(why), "%s refused: %s", (const char *)priv,
@@ -118,41 +163,23 @@ static void on_setup_reply(redisAsyncContext *ac, void *r, void *priv)
     }
 }
 
+/* The handshake's last reply (PING on the publisher, CLIENT ID on the
+ * reader); later, a keepalive PING's. */
 static void on_ping_reply(redisAsyncContext *ac, void *r, void *priv)
 {
     redisReply *reply = r;
     mrb_rconn *rc = ac->data;
+    got_reply(rc);
     if (!reply || rc->state != CONN_CONNECTING)
         return;
     if (reply->type == REDIS_REPLY_ERROR) {
         /* NOAUTH, LOADING, MISCONF...: say so instead of timing out */
-        on_setup_reply(ac, r, "PING");
+        on_setup_reply(ac, r, priv ? priv : "PING");
         return;
     }
+    if (reply->type == REDIS_REPLY_INTEGER)
+        rc->client_id = reply->integer;
     rconn_up(rc);
-}
-
-static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
-{
-    redisReply *reply = r;
-    mrb_rconn *rc = ac->data;
-    mrb_bridge *b = rc->b;
-    rc->outstanding--;
-    rc->outstanding_bytes -= (size_t)(uintptr_t)priv;
-    if (reply && reply->type == REDIS_REPLY_INTEGER) {
-        b->c.redis_out++;
-        return;
-    }
-    /* NULL: the connection went away before Redis answered; whether the
-     * message got through is unknown, so it counts as lost. */
-    b->c.dropped_send_failed++;
-    uint64_t sup;
-    if (mrb_ratelimit_allow(&b->rl_send, mrb_now_ms(), &sup))
-        mrb_warn("redis: PUBLISH %s (%llu similar not logged); "
-                 "dropped_send_failed=%llu",
-                 reply ? reply->str : "lost with the connection",
-                 (unsigned long long)sup,
-                 (unsigned long long)b->c.dropped_send_failed);
 }
 
 static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv)
@@ -195,6 +222,8 @@ static void rconn_start(mrb_rconn *rc, int64_t now)
                                     : redisAsyncConnect(u->host, u->port);
     rc->state = CONN_CONNECTING;
     rc->confirmed = 0;
+    rc->cmds = 0;
+    rc->reading = rc->blocked = 0;
     if (!ac || ac->err) {
         char why[200];
         snprintf(why, sizeof(why), "%s", ac ? ac->errstr : "out of memory");
@@ -213,18 +242,38 @@ static void rconn_start(mrb_rconn *rc, int64_t now)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     rc->ac = ac;
+    if (rc == &b->rsub)
+        atomic_store(&b->sub_alive, 1);
     rc->want_write = 1; /* the first writable event completes connect() */
-    rc->deadline_ms = now + MRB_CONNECT_TIMEOUT_MS;
+    rc->deadline_ms = now + mrb_redis_connect_timeout_ms(b);
+    /* a peer that vanishes without a FIN is found by TCP keepalive too
+     * (hiredis 0.14: probes after 15 s idle) */
+    if (!u->path)
+        redisEnableKeepAlive(&ac->c);
 
+    int counted = rc != &b->rsub;
     if (u->password && u->user)
         redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s %s", u->user,
                           u->password);
     else if (u->password)
         redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s", u->password);
-    if (rc == &b->rpub) {
-        if (u->db)
+    if (u->password && counted)
+        sent_cmd(rc);
+    /* CLIENT LIST tells operators (and tests) which connection is which */
+    redisAsyncCommand(ac, on_setup_reply, "CLIENT SETNAME",
+                      "CLIENT SETNAME mrb:%s:%s", b->cfg->id, rc->name);
+    if (counted)
+        sent_cmd(rc);
+    if (rc == &b->rpub || rc == &b->rread) {
+        if (u->db) {
             redisAsyncCommand(ac, on_setup_reply, "SELECT", "SELECT %d", u->db);
-        redisAsyncCommand(ac, on_ping_reply, NULL, "PING");
+            sent_cmd(rc);
+        }
+        if (rc == &b->rpub)
+            redisAsyncCommand(ac, on_ping_reply, NULL, "PING");
+        else
+            redisAsyncCommand(ac, on_ping_reply, "CLIENT ID", "CLIENT ID");
+        sent_cmd(rc);
         return;
     }
     /* Subscribe in table order: exact channels, then patterns. The bridge
@@ -238,11 +287,18 @@ static void rconn_start(mrb_rconn *rc, int64_t now)
     }
 }
 
+int64_t mrb_redis_connect_timeout_ms(const mrb_bridge *b)
+{
+    long ka = b->cfg->redis_keepalive;
+    return ka > 0 && ka * 1000 < MRB_CONNECT_TIMEOUT_MS ? (ka < 2 ? 2000 : ka * 1000)
+                                                        : MRB_CONNECT_TIMEOUT_MS;
+}
+
 void mrb_redis_init(mrb_bridge *b)
 {
-    mrb_rconn *rcs[2] = {&b->rpub, &b->rsub};
-    const char *names[2] = {"publisher", "subscriber"};
-    for (int i = 0; i < 2; i++) {
+    mrb_rconn *rcs[3] = {&b->rpub, &b->rsub, &b->rread};
+    const char *names[3] = {"publisher", "subscriber", "reader"};
+    for (int i = 0; i < 3; i++) {
         memset(rcs[i], 0, sizeof(*rcs[i]));
         rcs[i]->name = names[i];
         rcs[i]->b = b;
@@ -252,12 +308,57 @@ void mrb_redis_init(mrb_bridge *b)
     }
 }
 
+/* When a reply awaited on rc counts as overdue (INT64_MAX: never). */
+static int64_t stall_deadline(const mrb_bridge *b, const mrb_rconn *rc)
+{
+    long ka = b->cfg->redis_keepalive;
+    if (ka <= 0 || rc->state != CONN_UP || rc->cmds == 0)
+        return INT64_MAX;
+    /* a blocking XREADGROUP answers by itself after its BLOCK time */
+    return rc->wait_since_ms + ka * 1000 * (rc->blocked ? 2 : 1);
+}
+
+static int64_t ping_due(const mrb_bridge *b)
+{
+    long ka = b->cfg->redis_keepalive;
+    const mrb_rconn *rc = &b->rpub;
+    if (ka <= 0 || rc->state != CONN_UP || rc->cmds > 0 || b->stopping)
+        return INT64_MAX;
+    return rc->last_io_ms + ka * 1000;
+}
+
+void mrb_redis_reset(mrb_rconn *rc, const char *why)
+{
+    if (!rc->ac)
+        return;
+    rconn_failed(rc, why); /* first: the reason logged is this one */
+    redisAsyncFree(rc->ac);
+}
+
+static int is_stopped(const mrb_bridge *b, const mrb_rconn *rc)
+{
+    /* while stopping, only the publisher is kept (flush, XACK) */
+    return b->stopping && rc != &b->rpub;
+}
+
 void mrb_redis_tick(mrb_bridge *b, int64_t now)
 {
-    mrb_rconn *rcs[2] = {&b->rpub, &b->rsub};
-    for (int i = 0; i < 2; i++) {
+    mrb_rconn *rcs[3] = {&b->rpub, &b->rsub, &b->rread};
+    if (stall_deadline(b, &b->rpub) <= now || stall_deadline(b, &b->rread) <= now) {
+        char why[160];
+        snprintf(why, sizeof(why), "no reply for %ld s (redis.keepalive): the "
+                 "server stopped answering", b->cfg->redis_keepalive);
+        b->c.stalls++;
+        for (int i = 0; i < 3; i++)
+            mrb_redis_reset(rcs[i], why);
+    }
+    if (ping_due(b) <= now) {
+        redisAsyncCommand(b->rpub.ac, on_ping_reply, NULL, "PING");
+        sent_cmd(&b->rpub);
+    }
+    for (int i = 0; i < 3; i++) {
         mrb_rconn *rc = rcs[i];
-        if (!rconn_needed(rc) || (b->stopping && rc == &b->rsub))
+        if (!rconn_needed(rc) || is_stopped(b, rc))
             continue;
         if (rc->state == CONN_DOWN && !rc->ac && now >= rc->next_attempt_ms) {
             rconn_start(rc, now);
@@ -272,13 +373,17 @@ void mrb_redis_tick(mrb_bridge *b, int64_t now)
 
 int64_t mrb_redis_next_timer(const mrb_bridge *b)
 {
-    const mrb_rconn *rcs[2] = {&b->rpub, &b->rsub};
-    int64_t t = INT64_MAX;
-    for (int i = 0; i < 2; i++) {
+    const mrb_rconn *rcs[3] = {&b->rpub, &b->rsub, &b->rread};
+    int64_t t = ping_due(b);
+    if (stall_deadline(b, &b->rpub) < t)
+        t = stall_deadline(b, &b->rpub);
+    if (stall_deadline(b, &b->rread) < t)
+        t = stall_deadline(b, &b->rread);
+    for (int i = 0; i < 3; i++) {
         const mrb_rconn *rc = rcs[i];
         /* the same conditions as mrb_redis_tick: a timer it would not act
          * on would make poll() spin */
-        if (!rconn_needed(rc) || (b->stopping && rc == &b->rsub))
+        if (!rconn_needed(rc) || is_stopped(b, rc))
             continue;
         if (rc->state == CONN_DOWN && !rc->ac && rc->next_attempt_ms < t)
             t = rc->next_attempt_ms;
@@ -290,9 +395,9 @@ int64_t mrb_redis_next_timer(const mrb_bridge *b)
 
 int mrb_redis_pollfds(mrb_bridge *b, struct pollfd *pfd, mrb_rconn **owner)
 {
-    mrb_rconn *rcs[2] = {&b->rpub, &b->rsub};
+    mrb_rconn *rcs[3] = {&b->rpub, &b->rsub, &b->rread};
     int n = 0;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         mrb_rconn *rc = rcs[i];
         if (!rc->ac || (!rc->want_read && !rc->want_write))
             continue;
@@ -314,35 +419,34 @@ void mrb_redis_handle(mrb_rconn *rc, short revents)
         redisAsyncHandleWrite(rc->ac);
 }
 
-mrb_err mrb_redis_publish(mrb_bridge *b, const char *channel, size_t clen,
-                          const char *payload, size_t plen)
+mrb_err mrb_redis_command(mrb_rconn *rc, redisCallbackFn *fn, void *priv,
+                          int argc, const char **argv, const size_t *lens)
 {
-    mrb_rconn *rc = &b->rpub;
     if (rc->state != CONN_UP || !rc->ac)
         return MRB_ERR_CONN;
-    if (rc->outstanding >= MRB_REDIS_WINDOW ||
-        rc->outstanding_bytes >= MRB_REDIS_WINDOW_BYTES)
-        return MRB_ERR_FULL;
-    size_t bytes = clen + plen;
-    if (redisAsyncCommand(rc->ac, on_publish_reply, (void *)(uintptr_t)bytes,
-                          "PUBLISH %b %b", channel, clen, payload, plen) != REDIS_OK)
+    if (redisAsyncCommandArgv(rc->ac, fn, priv, argc, argv, lens) != REDIS_OK)
         return MRB_ERR_CONN;
-    rc->outstanding++;
-    rc->outstanding_bytes += bytes;
+    sent_cmd(rc);
     return MRB_OK;
 }
 
+/* For stream.c's reply callbacks. */
+void mrb_redis_got_reply(mrb_rconn *rc) { got_reply(rc); }
+
 void mrb_redis_close_sub(mrb_bridge *b)
 {
-    if (b->rsub.ac)
-        redisAsyncFree(b->rsub.ac);
-    b->rsub.state = CONN_DOWN;
+    mrb_rconn *rcs[2] = {&b->rsub, &b->rread};
+    for (int i = 0; i < 2; i++) {
+        if (rcs[i]->ac)
+            redisAsyncFree(rcs[i]->ac);
+        rcs[i]->state = CONN_DOWN;
+    }
 }
 
 void mrb_redis_destroy(mrb_bridge *b)
 {
-    if (b->rsub.ac)
-        redisAsyncFree(b->rsub.ac);
-    if (b->rpub.ac)
-        redisAsyncFree(b->rpub.ac);
+    mrb_rconn *rcs[3] = {&b->rsub, &b->rread, &b->rpub};
+    for (int i = 0; i < 3; i++)
+        if (rcs[i]->ac)
+            redisAsyncFree(rcs[i]->ac);
 }

@@ -17,6 +17,9 @@ static const char *const dir_names[] = {"both", "mqtt_to_redis",
                                         "redis_to_mqtt"};
 static const char *const dir_arrows[] = {"<>", ">", "<"};
 
+static const char *const mode_names[] = {"pubsub", "stream"};
+
+const char *mrb_mode_name(mrb_mode mode) { return mode_names[mode]; }
 const char *mrb_direction_name(mrb_direction dir) { return dir_names[dir]; }
 const char *mrb_direction_arrow(mrb_direction dir) { return dir_arrows[dir]; }
 
@@ -234,6 +237,9 @@ mrb_err mrb_route_check(const mrb_route *r, char *msg, size_t msglen)
     if (r->qos < 0 || r->qos > 2)
         return mrb_fail(E, msg, msglen, "qos %d is out of range (allowed: 0, 1, 2)",
                         r->qos);
+    if (r->mode == MRB_MODE_STREAM && r->maxlen < 1)
+        return mrb_fail(E, msg, msglen, "maxlen %ld is out of range (a stream "
+                        "must be bounded: 1 or more entries)", r->maxlen);
     return MRB_OK;
 }
 
@@ -262,11 +268,12 @@ mrb_err mrb_route_parse_spec(const char *spec, mrb_route *out, char *msg,
     }
     memset(out, 0, sizeof(*out));
     out->qos = 1;
+    out->maxlen = MRB_MAXLEN_DEFAULT;
     mrb_err err = MRB_OK;
     if (n < 3) {
         err = mrb_fail(E, msg, msglen,
                        "expected 'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] "
-                       "[retain]' with ARROW one of <>, >, <");
+                       "[retain] [stream] [maxlen=N]' with ARROW one of <>, >, <");
         goto out;
     }
     if (strcmp(tok[1], "<>") == 0)
@@ -282,15 +289,23 @@ mrb_err mrb_route_parse_spec(const char *spec, mrb_route *out, char *msg,
         goto out;
     }
     for (int i = 3; i < n; i++) {
+        char *end = NULL;
         if (strcmp(tok[i], "retain") == 0) {
             out->retain = 1;
+        } else if (strcmp(tok[i], "stream") == 0) {
+            out->mode = MRB_MODE_STREAM;
         } else if (strncmp(tok[i], "qos=", 4) == 0 && tok[i][4] >= '0' &&
                    tok[i][4] <= '9' && tok[i][5] == '\0') {
             out->qos = tok[i][4] - '0';
+        } else if (strncmp(tok[i], "maxlen=", 7) == 0 && tok[i][7] >= '0' &&
+                   tok[i][7] <= '9' &&
+                   (errno = 0, out->maxlen = strtol(tok[i] + 7, &end, 10),
+                    errno == 0 && *end == '\0')) {
+            /* range checked below */
         } else {
             err = mrb_fail(E, msg, msglen,
                            "unknown option \"%s\" (allowed: qos=0, qos=1, "
-                           "qos=2, retain)", tok[i]);
+                           "qos=2, retain, stream, maxlen=N)", tok[i]);
             goto out;
         }
     }
@@ -309,9 +324,14 @@ out:
 
 void mrb_route_format(const mrb_route *r, char *buf, size_t buflen)
 {
-    snprintf(buf, buflen, "%s %s %s qos=%d%s", r->mqtt,
-             mrb_direction_arrow(r->dir), r->redis, r->qos,
-             r->retain ? " retain" : "");
+    if (r->mode == MRB_MODE_STREAM)
+        snprintf(buf, buflen, "%s %s %s qos=%d%s stream maxlen=%ld", r->mqtt,
+                 mrb_direction_arrow(r->dir), r->redis, r->qos,
+                 r->retain ? " retain" : "", r->maxlen);
+    else
+        snprintf(buf, buflen, "%s %s %s qos=%d%s", r->mqtt,
+                 mrb_direction_arrow(r->dir), r->redis, r->qos,
+                 r->retain ? " retain" : "");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -455,6 +475,7 @@ void mrb_routes_free(mrb_routes *t)
     free(t->route);
     subs_free(t->mqtt_sub, t->n_mqtt_sub);
     subs_free(t->redis_sub, t->n_redis_sub);
+    subs_free(t->stream_sub, t->n_stream_sub);
     memset(t, 0, sizeof(*t));
 }
 
@@ -482,7 +503,8 @@ mrb_err mrb_routes_build(mrb_routes *t, const mrb_route *routes, size_t n)
     t->route = calloc(n ? n : 1, sizeof(*t->route));
     t->mqtt_sub = calloc(n ? n : 1, sizeof(*t->mqtt_sub));
     t->redis_sub = calloc(n ? n : 1, sizeof(*t->redis_sub));
-    if (!t->route || !t->mqtt_sub || !t->redis_sub)
+    t->stream_sub = calloc(n ? n : 1, sizeof(*t->stream_sub));
+    if (!t->route || !t->mqtt_sub || !t->redis_sub || !t->stream_sub)
         goto nomem;
     for (size_t i = 0; i < n; i++) {
         t->route[i] = routes[i];
@@ -505,8 +527,11 @@ mrb_err mrb_routes_build(mrb_routes *t, const mrb_route *routes, size_t n)
         for (size_t i = 0; i < n; i++) {
             const mrb_route *r = &t->route[i];
             int exact = strchr(r->redis, '*') == NULL;
-            if (r->dir != MRB_DIR_MQTT_TO_REDIS && exact == (pass == 0) &&
-                sub_add(t->redis_sub, &t->n_redis_sub, r->redis, 0, exact))
+            if (r->dir == MRB_DIR_MQTT_TO_REDIS || exact != (pass == 0))
+                continue;
+            if (r->mode == MRB_MODE_STREAM
+                    ? sub_add(t->stream_sub, &t->n_stream_sub, r->redis, 0, exact)
+                    : sub_add(t->redis_sub, &t->n_redis_sub, r->redis, 0, exact))
                 goto nomem;
         }
     }
@@ -578,12 +603,15 @@ static mrb_err targets_reserve(mrb_targets *tg, size_t need)
     return MRB_OK;
 }
 
-/* Keep the name just written at buf+used unless an earlier target has it. */
-static void targets_commit(mrb_targets *tg, size_t len, size_t route)
+/* Keep the name just written at buf+used unless an earlier target of the
+ * same mode has it. */
+static void targets_commit(const mrb_routes *t, mrb_targets *tg, size_t len,
+                           size_t route)
 {
     const char *name = tg->buf + tg->used;
     for (size_t i = 0; i < tg->n; i++)
-        if (tg->v[i].len == len && memcmp(tg->buf + tg->v[i].off, name, len) == 0)
+        if (tg->v[i].len == len && memcmp(tg->buf + tg->v[i].off, name, len) == 0 &&
+            t->route[tg->v[i].route].mode == t->route[route].mode)
             return;
     tg->v[tg->n].off = tg->used;
     tg->v[tg->n].len = len;
@@ -592,8 +620,9 @@ static void targets_commit(mrb_targets *tg, size_t len, size_t route)
     tg->used += len;
 }
 
+/* mode: only routes of this mode, or -1 for all */
 static mrb_err map_all(const mrb_routes *t, const char *name, size_t len,
-                       mrb_targets *tg, mrb_direction skip,
+                       mrb_targets *tg, mrb_direction skip, int mode,
                        mrb_err (*map)(const mrb_route *, const char *, size_t,
                                       char *, size_t, size_t *),
                        int (*matches)(const mrb_route *, const char *, size_t))
@@ -601,7 +630,8 @@ static mrb_err map_all(const mrb_routes *t, const char *name, size_t len,
     tg->n = tg->used = tg->unmappable = 0;
     for (size_t i = 0; i < t->n; i++) {
         const mrb_route *r = &t->route[i];
-        if (r->dir == skip || !matches(r, name, len))
+        if (r->dir == skip || (mode >= 0 && (int)r->mode != mode) ||
+            !matches(r, name, len))
             continue;
         /* a mapped name is the pattern's literals plus the captures, and a
          * '#' capture only changes separators, so this bound is exact */
@@ -613,7 +643,7 @@ static mrb_err map_all(const mrb_routes *t, const char *name, size_t len,
             tg->unmappable++;
             continue;
         }
-        targets_commit(tg, n, i);
+        targets_commit(t, tg, n, i);
     }
     return MRB_OK;
 }
@@ -631,13 +661,13 @@ static int route_matches_redis(const mrb_route *r, const char *s, size_t len)
 mrb_err mrb_routes_map_mqtt(const mrb_routes *t, const char *topic, size_t len,
                             mrb_targets *tg)
 {
-    return map_all(t, topic, len, tg, MRB_DIR_REDIS_TO_MQTT,
+    return map_all(t, topic, len, tg, MRB_DIR_REDIS_TO_MQTT, -1,
                    mrb_route_map_to_redis, route_matches_mqtt);
 }
 
-mrb_err mrb_routes_map_redis(const mrb_routes *t, const char *channel,
-                             size_t len, mrb_targets *tg)
+mrb_err mrb_routes_map_redis(const mrb_routes *t, mrb_mode mode,
+                             const char *name, size_t len, mrb_targets *tg)
 {
-    return map_all(t, channel, len, tg, MRB_DIR_MQTT_TO_REDIS,
+    return map_all(t, name, len, tg, MRB_DIR_MQTT_TO_REDIS, (int)mode,
                    mrb_route_map_to_mqtt, route_matches_redis);
 }

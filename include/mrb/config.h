@@ -34,7 +34,10 @@ typedef struct mrb_config {
     char *client_id;          /* default "mqtt-redis-bridge-<id>" */
     mrb_mqtt_protocol protocol;
     long keepalive;           /* seconds */
+    long session_expiry;      /* seconds the broker keeps our session; 0: clean */
     char *redis_url;
+    long redis_keepalive;     /* seconds: PING when idle, stall after; 0: off */
+    long scan_interval;       /* seconds between stream key scans; 0: on connect */
     mrb_route *routes;        /* owned */
     size_t n_routes;
     long max_payload;         /* bytes; larger messages are dropped */

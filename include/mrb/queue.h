@@ -17,10 +17,14 @@ typedef struct mrb_msg {
     struct mrb_msg *next;
     size_t name_len;
     size_t payload_len;
+    size_t tag_len;     /* optional owner's note after the payload (0: none) */
     int qos;
     int retain;
     int64_t arrived_ms; /* monotonic time it was taken in (mrb_now_ms) */
-    char data[];        /* name '\0' payload */
+    uint64_t seq;       /* owner's bookkeeping: arrival number */
+    unsigned pending;   /* owner's bookkeeping: replies still awaited */
+    int failed;         /* owner's bookkeeping: a reply said "not done" */
+    char data[];        /* name '\0' payload tag '\0' */
 } mrb_msg;
 
 /* Per-message overhead counted against a queue's byte cap, besides name and
@@ -30,14 +34,23 @@ typedef struct mrb_msg {
 /* A new message (copies both); NULL when out of memory. Free with free(). */
 mrb_msg *mrb_msg_new(const char *name, size_t nlen, const void *payload,
                      size_t plen, int qos, int retain);
+/* The same with a tag (any bytes, kept NUL-terminated after the payload). */
+mrb_msg *mrb_msg_new_tagged(const char *name, size_t nlen, const void *payload,
+                            size_t plen, const void *tag, size_t tlen, int qos,
+                            int retain);
 static inline const char *mrb_msg_name(const mrb_msg *m) { return m->data; }
 static inline const char *mrb_msg_payload(const mrb_msg *m)
 {
     return m->data + m->name_len + 1;
 }
+static inline const char *mrb_msg_tag(const mrb_msg *m)
+{
+    return m->data + m->name_len + 1 + m->payload_len;
+}
 static inline size_t mrb_msg_size(const mrb_msg *m)
 {
-    return sizeof(*m) + m->name_len + 1 + m->payload_len;
+    return sizeof(*m) + m->name_len + 1 + m->payload_len +
+           (m->tag_len ? m->tag_len + 1 : 0);
 }
 
 typedef struct mrb_queue {
@@ -54,6 +67,9 @@ size_t mrb_queue_push(mrb_queue *q, mrb_msg *m);
 void mrb_queue_push_front(mrb_queue *q, mrb_msg *m);
 /* The oldest message, now the caller's; NULL when empty. */
 mrb_msg *mrb_queue_pop(mrb_queue *q);
+/* Moves all of src, in order, in front of dst's head (src ends empty); no
+ * drop: the caller bounds what it moves. */
+void mrb_queue_prepend_all(mrb_queue *dst, mrb_queue *src);
 /* Frees all queued messages; returns how many there were. */
 size_t mrb_queue_clear(mrb_queue *q);
 

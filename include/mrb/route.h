@@ -28,28 +28,39 @@ typedef enum mrb_direction {
     MRB_DIR_REDIS_TO_MQTT
 } mrb_direction;
 
+/* How a route carries messages on the Redis side. */
+typedef enum mrb_mode {
+    MRB_MODE_PUBSUB = 0, /* PUBLISH / (P)SUBSCRIBE: at most once in Redis */
+    MRB_MODE_STREAM      /* XADD / XREADGROUP + XACK: a durable log per key */
+} mrb_mode;
+
+#define MRB_MAXLEN_DEFAULT 10000
+
 typedef struct mrb_route {
     char *mqtt;         /* MQTT topic filter (owned) */
-    char *redis;        /* Redis channel or pattern (owned) */
+    char *redis;        /* Redis channel or pattern, or stream key (owned) */
     mrb_direction dir;
     int qos;            /* 0..2: subscription QoS and QoS of MQTT publishes */
     int retain;         /* publish to MQTT with the retain flag */
+    mrb_mode mode;
+    long maxlen;        /* stream mode: XADD MAXLEN ~ maxlen */
 } mrb_route;
 
 const char *mrb_direction_name(mrb_direction dir);
 const char *mrb_direction_arrow(mrb_direction dir);
+const char *mrb_mode_name(mrb_mode mode);
 
 /* Check a route's filter, pattern and options; message says what is wrong
  * (without the key path or source, which the caller prepends). */
 mrb_err mrb_route_check(const mrb_route *r, char *msg, size_t msglen);
 
-/* Parse "FILTER ARROW PATTERN [qos=N] [retain]" into *out (strings owned by
+/* Parse "FILTER ARROW PATTERN [qos=N] [retain] [stream] [maxlen=N]" into *out (strings owned by
  * *out; free with mrb_route_free). Checks the route as mrb_route_check. */
 mrb_err mrb_route_parse_spec(const char *spec, mrb_route *out, char *msg,
                              size_t msglen);
 void mrb_route_free(mrb_route *r);
 
-/* "user/+ <> user:* qos=1 retain" */
+/* "user/+ <> user:* qos=1 retain", "... stream maxlen=1000" */
 void mrb_route_format(const mrb_route *r, char *buf, size_t buflen);
 
 /* --- name checks -------------------------------------------------------- */
@@ -92,9 +103,12 @@ typedef struct mrb_routes {
     size_t n;
     mrb_sub *mqtt_sub; /* distinct filters of routes that carry MQTT->Redis */
     size_t n_mqtt_sub;
-    mrb_sub *redis_sub;/* distinct patterns of routes that carry Redis->MQTT;
-                          exact channels first, then patterns */
+    mrb_sub *redis_sub;/* distinct patterns of pub/sub routes that carry
+                          Redis->MQTT; exact channels first, then patterns */
     size_t n_redis_sub;
+    mrb_sub *stream_sub;/* distinct keys/patterns of stream routes that carry
+                          Redis->MQTT (read through a consumer group) */
+    size_t n_stream_sub;
 } mrb_routes;
 
 #define MRB_NO_SUB ((size_t)-1)
@@ -132,11 +146,15 @@ typedef struct mrb_targets {
 
 void mrb_targets_free(mrb_targets *tg);
 
-/* Fill tg with the distinct Redis channels an MQTT topic maps to. */
+/* Fill tg with the distinct Redis names an MQTT topic maps to, through
+ * routes of both modes: a channel and a stream key of the same name are two
+ * targets (the route of each tells its mode). */
 mrb_err mrb_routes_map_mqtt(const mrb_routes *t, const char *topic, size_t len,
                             mrb_targets *tg);
-/* Fill tg with the distinct MQTT topics a Redis channel maps to. */
-mrb_err mrb_routes_map_redis(const mrb_routes *t, const char *channel,
-                             size_t len, mrb_targets *tg);
+/* Fill tg with the distinct MQTT topics a Redis name maps to, through the
+ * routes of one mode only: a channel message (MRB_MODE_PUBSUB) or a stream
+ * entry (MRB_MODE_STREAM). */
+mrb_err mrb_routes_map_redis(const mrb_routes *t, mrb_mode mode,
+                             const char *name, size_t len, mrb_targets *tg);
 
 #endif

@@ -156,12 +156,15 @@ class ProtocolTest(BridgeTestCase):
         # the bridge's publisher: its subscriber keeps Redis->MQTT going
         self.r.config_set("requirepass", "locked-out")
         self.addCleanup(lambda: self.r.config_set("requirepass", ""))
+        # the connections that write: the publisher (its loss is logged)
+        # and the ingest connection (MQTT -> Redis)
         pubs = [c for c in self.r.client_list() if int(c["id"]) != me
-                and c["sub"] == "0" and c["psub"] == "0"]
-        self.assertEqual(len(pubs), 1, "the bridge's publisher connection: %r"
+                and c["name"] in ("mrb:echo311:publisher", "mrb:echo311:ingest")]
+        self.assertEqual(len(pubs), 2, "the bridge's writing connections: %r"
                          % self.r.client_list())
         mark = b.mark()
-        self.r.client_kill_filter(_id=pubs[0]["id"])
+        for c in pubs:
+            self.r.client_kill_filter(_id=c["id"])
         self.assert_log(b, harness.LOST_RE, since=mark, what="publisher dropped")
         p = unique("echo").encode()
         self.r.publish("news", p)

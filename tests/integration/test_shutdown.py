@@ -35,9 +35,10 @@ class ShutdownTest(BridgeTestCase):
             "shutdown_timeout_ms": timeout_ms})
         return self.start_bridge(None, None, "-c", cfg)
 
-    def idle_while_flush_waits(self, b, n):
+    def idle_while_flush_waits(self, b, n, left=0):
         """SIGTERM with n messages that cannot be delivered: the bridge must
-        wait (not spin) until the timeout, then exit 0 and count them."""
+        wait (not spin) until the timeout, then exit 0 and count them (and
+        `left` QoS 1 messages it left unacknowledged with the broker)."""
         b.proc.send_signal(harness.signal.SIGTERM)
         b.stopped_by_test = True
         time.sleep(0.3)
@@ -52,17 +53,42 @@ class ShutdownTest(BridgeTestCase):
         code, in_time = b.stop()
         self.assertEqual((code, in_time), (0, True), b.tail())
         line, c = self.exit_stats(b)
-        self.assertEqual(c["dropped_shutdown"], str(n), line)
+        self.assertEqual((c["dropped_shutdown"], c["left_with_broker"]),
+                         (str(n), str(left)), line)
 
     def test_redis_down_flush_waits_without_spinning(self):
+        # QoS 0: taken into the queue, lost (and counted) at the timeout
         b = self.bridge(3000)
         pub = self.mqtt_client(self.mq.port, name="pub")
         self.rs.stop()
         self.assertTrue(b.wait_log(harness.LOST_RE, harness.DELIVERY_TIMEOUT))
         for i in range(5):
-            pub.publish("news", unique("q%d" % i).encode())
+            pub.publish("news", unique("q%d" % i).encode(), qos=0)
         time.sleep(0.3)
         self.idle_while_flush_waits(b, 5)
+
+    def test_redis_down_qos1_stays_with_the_broker(self):
+        """QoS 1 while Redis is down: the bridge takes one message and does
+        not acknowledge it (the broker holds the rest: backpressure); at
+        shutdown nothing is dropped, and after a restart every message
+        reaches Redis."""
+        b = self.bridge(3000)
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        self.rs.stop()
+        self.assertTrue(b.wait_log(harness.LOST_RE, harness.DELIVERY_TIMEOUT))
+        sent = [unique("k%d" % i).encode() for i in range(5)]
+        for p in sent:
+            pub.c.publish("news", p, qos=1)
+        time.sleep(0.5)
+        self.idle_while_flush_waits(b, 0, left=1)
+        self.rs.start()
+        rsub = self.redis_sub(self.rs.port, channels=["news"])
+        b2 = self.bridge(3000)
+        self.assertTrue(b2.wait_log("ready", harness.DELIVERY_TIMEOUT), b2.tail())
+        self.assert_once_each(
+            {"redis %s" % p.decode(): (lambda p=p: rsub.count("news", p)) for p in sent},
+            "5 QoS 1 messages published while Redis was down, after restarting "
+            "Redis and the bridge", subscribers=[rsub])
 
     def test_broker_down_flush_waits_without_spinning(self):
         b = self.bridge(3000)

@@ -113,7 +113,7 @@ static void test_value_errors_name_the_key(void **state)
                  "(allowed: both, mqtt_to_redis, redis_to_mqtt)");
     expect_error("{\"mqtt\": {\"hots\": \"x\"}}",
                  "cfg.json: mqtt.hots: unknown key (known keys here: url, "
-                 "client_id, protocol, keepalive)");
+                 "client_id, protocol, keepalive, session_expiry)");
     expect_error("{\"colour\": 1}",
                  "cfg.json: colour: unknown key (known keys here: id, log_level, "
                  "mqtt, redis, routes, limits, reconnect, shutdown_timeout_ms)");
@@ -138,9 +138,19 @@ static void test_value_errors_name_the_key(void **state)
     expect_error("{\"routes\": [{\"mqtt\": \"user/+\", \"redis\": \"user:?\"}]}",
                  "cfg.json: routes[0]: Redis pattern \"user:?\" contains '?': only "
                  "'*' is supported as a wildcard");
-    expect_error("{\"mqtt\": {\"keepalive\": 1}}",
-                 "cfg.json: mqtt.keepalive: invalid value 1 (allowed: an integer "
-                 "from 5 to 3600)");
+    expect_error("{\"mqtt\": {\"keepalive\": 0}}",
+                 "cfg.json: mqtt.keepalive: invalid value 0 (allowed: an integer "
+                 "from 1 to 3600)");
+    expect_error("{\"routes\": [{\"mqtt\": \"a\", \"redis\": \"a\", \"mode\": \"log\"}]}",
+                 "cfg.json: routes[0].mode: invalid value \"log\" (allowed: "
+                 "pubsub, stream)");
+    expect_error("{\"routes\": [{\"mqtt\": \"a\", \"redis\": \"a\", \"mode\": "
+                 "\"stream\", \"maxlen\": 0}]}",
+                 "cfg.json: routes[0].maxlen: invalid value 0 (allowed: an "
+                 "integer from 1 to 1000000000)");
+    expect_error("{\"redis\": {\"keepalive\": -1}}",
+                 "cfg.json: redis.keepalive: invalid value -1 (allowed: an "
+                 "integer from 0 to 3600)");
     expect_error("{\"mqtt\": 5}",
                  "cfg.json: mqtt: invalid value 5 (allowed: an object)");
     expect_error("{\"id\": \"a\", \"id\": \"b\"}", "cfg.json: id: duplicate key");

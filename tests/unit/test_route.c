@@ -150,9 +150,9 @@ static void test_bad_specs(void **state)
               "Redis, < Redis to MQTT)");
     check_bad("a > a qos=3", "qos 3 is out of range (allowed: 0, 1, 2)");
     check_bad("a > a fast", "unknown option \"fast\" (allowed: qos=0, qos=1, "
-              "qos=2, retain)");
-    check_bad("a", "expected 'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain]' "
-              "with ARROW one of <>, >, <");
+              "qos=2, retain, stream, maxlen=N)");
+    check_bad("a", "expected 'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain] "
+              "[stream] [maxlen=N]' with ARROW one of <>, >, <");
 }
 
 static void test_spec_options(void **state)
@@ -232,11 +232,55 @@ static void test_targets_are_distinct(void **state)
 
     const char *back[] = {"user/+ < user:*", "user/# < user:*"};
     t = table(back, 2);
-    assert_int_equal(mrb_routes_map_redis(&t, "user:x", 6, &tg), MRB_OK);
+    assert_int_equal(mrb_routes_map_redis(&t, MRB_MODE_PUBSUB, "user:x", 6, &tg), MRB_OK);
     assert_int_equal(tg.n, 1);
-    assert_int_equal(mrb_routes_map_redis(&t, "user:a/b", 8, &tg), MRB_OK);
+    assert_int_equal(mrb_routes_map_redis(&t, MRB_MODE_PUBSUB, "user:a/b", 8, &tg), MRB_OK);
     assert_int_equal(tg.n, 0);
     assert_int_equal(tg.unmappable, 2); /* '/' inside a capture, both routes */
+    mrb_targets_free(&tg);
+    mrb_routes_free(&t);
+}
+
+static void test_stream_routes(void **state)
+{
+    mrb_route r = mk("user/+ <> user:* stream maxlen=500 qos=0");
+    assert_int_equal(r.mode, MRB_MODE_STREAM);
+    assert_int_equal(r.maxlen, 500);
+    char line[128];
+    mrb_route_format(&r, line, sizeof(line));
+    assert_string_equal(line, "user/+ <> user:* qos=0 stream maxlen=500");
+    mrb_route_free(&r);
+    r = mk("news > news");
+    assert_int_equal(r.mode, MRB_MODE_PUBSUB);
+    assert_int_equal(r.maxlen, MRB_MAXLEN_DEFAULT);
+    mrb_route_free(&r);
+    check_bad("a > a stream maxlen=0", "maxlen 0 is out of range (a stream must "
+              "be bounded: 1 or more entries)");
+    check_bad("a > a maxlen=x", "unknown option \"maxlen=x\" (allowed: qos=0, "
+              "qos=1, qos=2, retain, stream, maxlen=N)");
+
+    /* A stream route and a pub/sub route to the same name are two targets;
+     * the Redis-side lists keep the modes apart. */
+    const char *specs[] = {"user/+ <> user:*", "user/+ <> user:* stream",
+                           "dev/+ < dev:*:in stream", "alerts < alerts stream"};
+    mrb_routes t = table(specs, 4);
+    assert_int_equal(t.n_redis_sub, 1);
+    assert_string_equal(t.redis_sub[0].name, "user:*");
+    assert_int_equal(t.n_stream_sub, 3);
+    assert_string_equal(t.stream_sub[0].name, "alerts"); /* exact first */
+    assert_true(t.stream_sub[0].exact);
+    mrb_targets tg = {0};
+    assert_int_equal(mrb_routes_map_mqtt(&t, "user/x", 6, &tg), MRB_OK);
+    assert_int_equal(tg.n, 2);
+    assert_int_equal(t.route[tg.v[0].route].mode, MRB_MODE_PUBSUB);
+    assert_int_equal(t.route[tg.v[1].route].mode, MRB_MODE_STREAM);
+    assert_int_equal(mrb_routes_map_redis(&t, MRB_MODE_STREAM, "dev:7:in", 8, &tg),
+                     MRB_OK);
+    assert_int_equal(tg.n, 1);
+    assert_memory_equal(tg.buf + tg.v[0].off, "dev/7", 5);
+    assert_int_equal(mrb_routes_map_redis(&t, MRB_MODE_PUBSUB, "dev:7:in", 8, &tg),
+                     MRB_OK);
+    assert_int_equal(tg.n, 0); /* no pub/sub route carries dev:* */
     mrb_targets_free(&tg);
     mrb_routes_free(&t);
 }
@@ -255,6 +299,7 @@ int main(void)
         cmocka_unit_test(test_matchers),
         cmocka_unit_test(test_table_subscriptions),
         cmocka_unit_test(test_targets_are_distinct),
+        cmocka_unit_test(test_stream_routes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,498 @@
+/*
+ * ingest.c - MQTT -> Redis: the ingest thread and its own blocking hiredis
+ * connection.
+ *
+ * Why a thread of its own: Paho sends a QoS 1 message's PUBACK when the
+ * message callback returns, and it holds its global lock while the callback
+ * runs, so no other thread can call Paho meanwhile (measured with 1.3.12).
+ * For "acknowledged only once Redis has it" the callback must wait, and what
+ * it waits for must not need Paho: that is this thread. It never calls Paho;
+ * the main thread, which does, never waits for it.
+ *
+ * Flow: Paho's receive thread pushes each message into in_q (bounded, drop
+ * oldest: only QoS 0 messages can be dropped, since a QoS > 0 one is the
+ * newest until it is done) and, for QoS > 0, waits on in_cond until
+ * in_acked_seq reaches it. This thread pops in_q in order, maps each message
+ * through the routes and appends PUBLISH or XADD commands (pipelined, at most
+ * MRB_REDIS_WINDOW messages / MRB_REDIS_WINDOW_BYTES unanswered); messages
+ * wait in `unacked`, in order, until all their replies are in. When the
+ * connection fails or a reply is overdue (redis.keepalive), every unanswered
+ * message is sent again, in order, after the reconnect: at least once, and
+ * in order as first seen by a reader.
+ *
+ * Ownership: ing (but for the [in_lock] fields of the bridge) belongs to
+ * this thread; its counters are atomics read by the stats line.
+ */
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include "bridge_int.h"
+
+#define BATCH 64
+
+static int64_t io_timeout_ms(const mrb_bridge *b)
+{
+    return b->cfg->redis_keepalive > 0 ? b->cfg->redis_keepalive * 1000 : 0;
+}
+
+/* ---- finishing messages ---- */
+
+/* m is finished with: Redis accepted it, or it was dropped (counted). Paho's
+ * receive thread may be waiting for exactly this (a QoS > 0 message). */
+static void finish(mrb_bridge *b, mrb_msg *m)
+{
+    pthread_mutex_lock(&b->in_lock);
+    b->ing.busy--;
+    if (m->qos > 0) {
+        if (m->seq > b->in_acked_seq)
+            b->in_acked_seq = m->seq;
+        pthread_cond_broadcast(&b->in_cond);
+    }
+    pthread_mutex_unlock(&b->in_lock);
+    free(m);
+}
+
+static void warn_unmappable(mrb_bridge *b, const mrb_msg *m)
+{
+    mrb_ingest *g = &b->ing;
+    uint64_t sup, n = atomic_fetch_add(&g->dropped_unmappable, 1) + 1;
+    char esc[MRB_LOG_ESCAPE_MAX];
+    if (mrb_ratelimit_allow(&g->rl_unmappable, mrb_now_ms(), &sup))
+        mrb_warn("dropped message from MQTT topic '%s': unmappable (it matches "
+                 "a route on this side, but the name it maps to is not valid "
+                 "or not matched on the other side); dropped_unmappable=%llu "
+                 "(%llu similar not logged)",
+                 mrb_log_escape(mrb_msg_name(m), m->name_len, esc, sizeof(esc)),
+                 (unsigned long long)n, (unsigned long long)sup);
+}
+
+/* ---- the connection ---- */
+
+static void conn_lost(mrb_bridge *b, const char *why)
+{
+    mrb_ingest *g = &b->ing;
+    if (g->c) {
+        redisFree(g->c);
+        g->c = NULL;
+    }
+    atomic_store(&g->up, 0);
+    g->unsent = g->unacked.head; /* all of them go again */
+    g->outstanding = 0;
+    g->outstanding_bytes = 0;
+    for (mrb_msg *m = g->unacked.head; m; m = m->next)
+        m->pending = 0;
+    int64_t now = mrb_now_ms();
+    g->next_attempt_ms = now + mrb_backoff_next(&g->backoff);
+    /* the main thread's connections log the outage itself (once); this
+     * one only says what it will send again */
+    if (!g->outage_logged) {
+        mrb_debug("redis ingest: %s; %zu message(s) to send again", why,
+                  g->unacked.count);
+        g->outage_logged = 1;
+        g->down_since_ms = now;
+    }
+}
+
+static int try_connect(mrb_bridge *b)
+{
+    mrb_ingest *g = &b->ing;
+    const mrb_url *u = &b->cfg->redis;
+    int64_t cto = mrb_redis_connect_timeout_ms(b);
+    struct timeval tv = {(time_t)(cto / 1000), (suseconds_t)(cto % 1000) * 1000};
+    redisContext *c = u->path ? redisConnectUnixWithTimeout(u->path, tv)
+                              : redisConnectWithTimeout(u->host, u->port, tv);
+    char why[240];
+    if (!c || c->err) {
+        snprintf(why, sizeof(why), "cannot connect: %s", c ? c->errstr : "out of memory");
+        goto fail;
+    }
+    /* the handshake within the connect timeout, then the stall timeout */
+    redisSetTimeout(c, tv);
+    if (!u->path)
+        redisEnableKeepAlive(c);
+    redisReply *r = NULL;
+    if (u->password)
+        r = u->user ? redisCommand(c, "AUTH %s %s", u->user, u->password)
+                    : redisCommand(c, "AUTH %s", u->password);
+    if (u->password && (!r || r->type == REDIS_REPLY_ERROR)) {
+        snprintf(why, sizeof(why), "AUTH refused: %s", r ? r->str : c->errstr);
+        goto fail_reply;
+    }
+    freeReplyObject(r);
+    r = NULL;
+    if (u->db) {
+        r = redisCommand(c, "SELECT %d", u->db);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(why, sizeof(why), "SELECT refused: %s", r ? r->str : c->errstr);
+            goto fail_reply;
+        }
+        freeReplyObject(r);
+    }
+    r = redisCommand(c, "CLIENT SETNAME mrb:%s:ingest", b->cfg->id);
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        snprintf(why, sizeof(why), "CLIENT SETNAME: %s", r ? r->str : c->errstr);
+        goto fail_reply;
+    }
+    freeReplyObject(r);
+    r = redisCommand(c, "PING");
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        snprintf(why, sizeof(why), "PING: %s", r ? r->str : c->errstr);
+        goto fail_reply;
+    }
+    freeReplyObject(r);
+    /* from here on every wait is a poll() in slices (wait_fd) */
+    redisSetTimeout(c, (struct timeval){0, 0});
+    g->c = c;
+    atomic_store(&g->up, 1);
+    mrb_backoff_reset(&g->backoff);
+    if (g->outage_logged) {
+        if (g->unacked.count)
+            mrb_info("redis: sending %zu message(s) from MQTT again that were "
+                     "not confirmed before the connection was lost (duplicates "
+                     "are possible, losses are not)", g->unacked.count);
+        g->outage_logged = 0;
+    }
+    mrb_bridge_wake(b); /* "ready" may be due */
+    return 1;
+fail_reply:
+    freeReplyObject(r);
+fail:
+    if (c)
+        redisFree(c);
+    conn_lost(b, why);
+    return 0;
+}
+
+/* ---- sending ---- */
+
+/* Append m's commands. 0 if it has no target (finished here). */
+static int append(mrb_bridge *b, mrb_msg *m)
+{
+    mrb_ingest *g = &b->ing;
+    mrb_targets *tg = &g->tg;
+    if (mrb_routes_map_mqtt(&b->routes, mrb_msg_name(m), m->name_len, tg) != MRB_OK ||
+        tg->n == 0) {
+        warn_unmappable(b, m);
+        return 0;
+    }
+    int64_t now = mrb_now_ms();
+    m->pending = 0;
+    for (size_t i = 0; i < tg->n; i++) {
+        const mrb_route *r = &b->routes.route[tg->v[i].route];
+        const char *name = tg->buf + tg->v[i].off;
+        size_t nlen = tg->v[i].len;
+        if (r->mode == MRB_MODE_STREAM) {
+            char maxlen[24];
+            snprintf(maxlen, sizeof(maxlen), "%ld", r->maxlen);
+            const char *argv[] = {"XADD", name, "MAXLEN", "~", maxlen, "*",
+                                  "payload", mrb_msg_payload(m), "origin",
+                                  b->cfg->id};
+            size_t lens[] = {4, nlen, 6, 1, strlen(maxlen), 1, 7, m->payload_len,
+                             6, strlen(b->cfg->id)};
+            redisAppendCommandArgv(g->c, 10, argv, lens);
+        } else {
+            const char *argv[] = {"PUBLISH", name, mrb_msg_payload(m)};
+            size_t lens[] = {7, nlen, m->payload_len};
+            redisAppendCommandArgv(g->c, 3, argv, lens);
+            /* our copy will come back where we subscribe: note it */
+            if (atomic_load(&b->sub_alive) &&
+                mrb_routes_redis_canonical(&b->routes, name, nlen) != MRB_NO_SUB) {
+                pthread_mutex_lock(&b->echo_lock);
+                mrb_seen_add(&b->redis_echo,
+                             mrb_seen_key(name, nlen, mrb_msg_payload(m), m->payload_len),
+                             now);
+                pthread_mutex_unlock(&b->echo_lock);
+            }
+        }
+        m->pending++;
+    }
+    g->outstanding++;
+    g->outstanding_bytes += m->name_len + m->payload_len;
+    return 1;
+}
+
+static int window_full(const mrb_ingest *g)
+{
+    return g->outstanding >= MRB_REDIS_WINDOW ||
+           g->outstanding_bytes >= MRB_REDIS_WINDOW_BYTES;
+}
+
+/* Send what was not sent on this connection yet, then new messages. */
+static void send_some(mrb_bridge *b)
+{
+    mrb_ingest *g = &b->ing;
+    for (; g->unsent && !window_full(g); g->unsent = g->unsent->next) {
+        if (append(b, g->unsent))
+            atomic_fetch_add(&g->resent, 1);
+    }
+    if (g->unsent)
+        return;
+    mrb_msg *batch[BATCH];
+    size_t n = 0;
+    pthread_mutex_lock(&b->in_lock);
+    while (n < BATCH && n + g->outstanding < MRB_REDIS_WINDOW &&
+           (batch[n] = mrb_queue_pop(&b->in_q)) != NULL)
+        n++;
+    pthread_mutex_unlock(&b->in_lock);
+    for (size_t i = 0; i < n; i++) {
+        mrb_msg *m = batch[i];
+        /* MQTT 3.1.1 has no No Local: our own publishes come back; judged
+         * at arrival time, however long the message waited */
+        if (b->mqtt.version != MQTTVERSION_5) {
+            pthread_mutex_lock(&b->echo_lock);
+            int echo = mrb_seen_take(&b->mqtt_echo,
+                                     mrb_seen_key(mrb_msg_name(m), m->name_len,
+                                                  mrb_msg_payload(m), m->payload_len),
+                                     m->arrived_ms);
+            pthread_mutex_unlock(&b->echo_lock);
+            if (echo) {
+                atomic_fetch_add(&g->echoes, 1);
+                finish(b, m);
+                continue;
+            }
+        }
+        if (!append(b, m)) {
+            finish(b, m);
+            continue;
+        }
+        mrb_queue_push(&g->unacked, m);
+    }
+}
+
+/* One reply: it belongs to the oldest message with replies pending. */
+static void take_reply(mrb_bridge *b, redisReply *r)
+{
+    mrb_ingest *g = &b->ing;
+    mrb_msg *m = g->unacked.head;
+    if (!m || m->pending == 0) {
+        freeReplyObject(r); /* not ours (cannot happen) */
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        /* refused (a key of another type, OOM...): sending again would not
+         * help; dropped and counted */
+        uint64_t sup, n = atomic_fetch_add(&g->dropped_send_failed, 1) + 1;
+        char esc[MRB_LOG_ESCAPE_MAX];
+        if (mrb_ratelimit_allow(&g->rl_send, mrb_now_ms(), &sup))
+            mrb_warn("redis: refused a message from MQTT topic '%s': %s (%llu "
+                     "similar not logged); dropped_send_failed=%llu",
+                     mrb_log_escape(mrb_msg_name(m), m->name_len, esc, sizeof(esc)),
+                     r->str, (unsigned long long)sup, (unsigned long long)n);
+    } else {
+        atomic_fetch_add(&g->redis_out, 1);
+    }
+    freeReplyObject(r);
+    if (--m->pending > 0)
+        return;
+    g->outstanding--;
+    g->outstanding_bytes -= m->name_len + m->payload_len;
+    finish(b, mrb_queue_pop(&g->unacked));
+}
+
+/* Wait until fd is ready for events, in slices so that a stop is seen.
+ * 1 ready, 0 overdue (redis.keepalive), -1 stopping, -2 poll error. */
+static int wait_fd(mrb_bridge *b, short events)
+{
+    int64_t ka = io_timeout_ms(b), waited = 0;
+    for (;;) {
+        if (atomic_load(&b->ing.quit))
+            return -1;
+        struct pollfd p = {.fd = b->ing.c->fd, .events = events};
+        int n = poll(&p, 1, 500);
+        if (n > 0)
+            return 1;
+        if (n < 0 && errno != EINTR)
+            return -2;
+        waited += 500;
+        if (ka > 0 && waited >= ka)
+            return 0;
+    }
+}
+
+/* Read replies: all that are there; if block, wait for at least one.
+ * 0 fine, -1 connection failed, -2 overdue or stopping. */
+static int read_replies(mrb_bridge *b, int block)
+{
+    mrb_ingest *g = &b->ing;
+    void *r;
+    int got = 0;
+    for (;;) {
+        if (redisGetReplyFromReader(g->c, &r) != REDIS_OK)
+            return -1;
+        if (r) {
+            take_reply(b, r);
+            got = 1;
+            continue;
+        }
+        if (g->outstanding == 0)
+            return 0;
+        if (!block || got) {
+            struct pollfd p = {.fd = g->c->fd, .events = POLLIN};
+            if (poll(&p, 1, 0) <= 0)
+                return 0;
+        } else {
+            int w = wait_fd(b, POLLIN);
+            if (w == -2)
+                return -1;
+            if (w <= 0)
+                return -2;
+        }
+        if (redisBufferRead(g->c) != REDIS_OK)
+            return -1;
+    }
+}
+
+/* Write all that is buffered. 0 fine, -1 failed, -2 overdue or stopping. */
+static int flush_writes(mrb_bridge *b)
+{
+    int done = 0;
+    while (!done) {
+        int w = wait_fd(b, POLLOUT);
+        if (w == -2)
+            return -1;
+        if (w <= 0)
+            return -2;
+        if (redisBufferWrite(b->ing.c, &done) != REDIS_OK)
+            return -1;
+    }
+    return 0;
+}
+
+static void io_failed(mrb_bridge *b, int rc)
+{
+    mrb_ingest *g = &b->ing;
+    char why[200];
+    if (rc == -2 && !atomic_load(&g->quit)) {
+        atomic_fetch_add(&g->stalls, 1);
+        snprintf(why, sizeof(why), "no reply for %ld s (redis.keepalive): the "
+                 "server stopped answering", b->cfg->redis_keepalive);
+    } else {
+        snprintf(why, sizeof(why), "%s",
+                 g->c->errstr[0] ? g->c->errstr : "connection lost");
+    }
+    conn_lost(b, why);
+}
+
+/* ---- the thread ---- */
+
+static void *ingest_main(void *arg)
+{
+    mrb_bridge *b = arg;
+    mrb_ingest *g = &b->ing;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are main's */
+
+    for (;;) {
+        pthread_mutex_lock(&b->in_lock);
+        for (;;) {
+            if (atomic_load(&g->quit)) {
+                pthread_mutex_unlock(&b->in_lock);
+                return NULL;
+            }
+            if (g->c && (g->unsent || g->outstanding ||
+                         (b->in_q.count > 0 && !window_full(g))))
+                break;
+            /* connect even when idle: "ready" waits for it */
+            if (!g->c && mrb_now_ms() >= g->next_attempt_ms)
+                break;
+            g->idle = 1;
+            if (g->c) {
+                pthread_cond_wait(&g->work, &b->in_lock);
+            } else {
+                int64_t t = g->next_attempt_ms;
+                struct timespec ts = {(time_t)(t / 1000), (long)(t % 1000) * 1000000};
+                pthread_cond_timedwait(&g->work, &b->in_lock, &ts);
+            }
+            g->idle = 0;
+        }
+        pthread_mutex_unlock(&b->in_lock);
+
+        if (!g->c) {
+            try_connect(b);
+            continue;
+        }
+        send_some(b);
+        int rc = flush_writes(b);
+        if (rc != 0) {
+            io_failed(b, rc);
+            continue;
+        }
+        /* wait for a reply when there is nothing new to send meanwhile */
+        pthread_mutex_lock(&b->in_lock);
+        int more = b->in_q.count > 0 && !window_full(g);
+        pthread_mutex_unlock(&b->in_lock);
+        rc = read_replies(b, !more);
+        if (rc != 0)
+            io_failed(b, rc);
+    }
+}
+
+/* The condvar waits use CLOCK_MONOTONIC, like mrb_now_ms(). */
+mrb_err mrb_ingest_start(mrb_bridge *b)
+{
+    mrb_ingest *g = &b->ing;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&g->work, &ca);
+    pthread_condattr_destroy(&ca);
+    if (rc != 0)
+        return MRB_ERR_NOMEM;
+    mrb_queue_init(&g->unacked, SIZE_MAX, SIZE_MAX); /* bounded by the window */
+    mrb_backoff_init(&g->backoff, b->cfg->reconnect_min_ms, b->cfg->reconnect_max_ms,
+                     (uint64_t)mrb_now_ms() * 2654435761u + 7u);
+    if (pthread_create(&g->thread, NULL, ingest_main, b) != 0) {
+        pthread_cond_destroy(&g->work);
+        return MRB_ERR_NOMEM;
+    }
+    g->started = 1;
+    return MRB_OK;
+}
+
+/* Called by Paho's receive thread with in_lock held, after a push. */
+void mrb_ingest_kick(mrb_bridge *b)
+{
+    if (b->ing.idle)
+        pthread_cond_signal(&b->ing.work);
+}
+
+void mrb_ingest_stop(mrb_bridge *b)
+{
+    mrb_ingest *g = &b->ing;
+    if (!g->started)
+        return;
+    pthread_mutex_lock(&b->in_lock);
+    atomic_store(&g->quit, 1);
+    pthread_cond_signal(&g->work);
+    pthread_mutex_unlock(&b->in_lock);
+    pthread_join(g->thread, NULL);
+    g->started = 0;
+    pthread_cond_destroy(&g->work);
+    if (g->c)
+        redisFree(g->c);
+    g->c = NULL;
+    atomic_store(&g->up, 0);
+}
+
+/* After mrb_ingest_stop: what is left unanswered; QoS > 0 ones are still
+ * the broker's (unacknowledged), QoS 0 ones are lost. */
+void mrb_ingest_clear(mrb_bridge *b, size_t *lost, size_t *kept)
+{
+    mrb_msg *m;
+    while ((m = mrb_queue_pop(&b->ing.unacked)) != NULL) {
+        if (m->qos > 0)
+            (*kept)++;
+        else
+            (*lost)++;
+        free(m);
+    }
+    mrb_targets_free(&b->ing.tg);
+}
