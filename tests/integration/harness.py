@@ -123,7 +123,11 @@ def describe_payload(p):
 class RedisServer:
     """A redis-server on 127.0.0.1:port, restartable on the same port."""
 
-    def __init__(self, workdir, port=None, password=None, unixsocket=False):
+    def __init__(self, workdir, port=None, password=None, unixsocket=False,
+                 aof=False):
+        """aof: append-only file with appendfsync always (a reply means the
+        write is on disk), so a SIGKILL loses nothing acknowledged."""
+        self.aof = aof
         self.port = port or free_port()
         self.dir = os.path.join(workdir, "redis-%d" % self.port)
         os.makedirs(self.dir, exist_ok=True)
@@ -141,7 +145,9 @@ class RedisServer:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 ["redis-server", "--port", str(self.port),
-                 "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "yes" if self.aof else "no",
+                 "--appendfsync", "always",
                  "--dir", self.dir, "--daemonize", "no"] + self._extra(),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         ok = wait_until(lambda: self.proc.poll() is not None or self.ping(),
@@ -188,8 +194,13 @@ class RedisServer:
 class Mosquitto:
     """A mosquitto broker on 127.0.0.1:port, restartable on the same port."""
 
-    def __init__(self, workdir, port=None, users=None):
-        """users: {name: password}; when given, anonymous access is off."""
+    def __init__(self, workdir, port=None, users=None, persistence=False,
+                 max_queued=None):
+        """users: {name: password}; when given, anonymous access is off.
+        persistence: keep sessions and queued messages across a restart.
+        max_queued: messages queued per client (mosquitto's default: 1000)."""
+        self.persistence = persistence
+        self.max_queued = max_queued
         self.port = port or free_port()
         self.dir = os.path.join(workdir, "mosquitto-%d" % self.port)
         os.makedirs(self.dir, exist_ok=True)
@@ -218,7 +229,13 @@ class Mosquitto:
             else:
                 f.write("allow_anonymous true\n")
             f.write("set_tcp_nodelay true\n")
-            f.write("persistence false\n")
+            if self.persistence:
+                f.write("persistence true\n")
+                f.write("persistence_location %s/\n" % self.dir)
+            else:
+                f.write("persistence false\n")
+            if self.max_queued is not None:
+                f.write("max_queued_messages %d\n" % self.max_queued)
             # As root mosquitto would switch to user "mosquitto", which
             # cannot write into our private temp dir; as non-root it is ignored.
             f.write("user root\n")
@@ -259,7 +276,9 @@ class Mosquitto:
 # --------------------------------------------------------------------------
 # clients
 
-MqttMsg = collections.namedtuple("MqttMsg", "topic payload qos retain t")
+# props: the MQTT 5 user properties, as a dict
+MqttMsg = collections.namedtuple("MqttMsg", "topic payload qos retain t props",
+                                 defaults=(None,))
 RedisMsg = collections.namedtuple("RedisMsg", "channel data pattern t")
 
 
@@ -310,8 +329,10 @@ class MqttClient:
             self.cond.notify_all()
 
     def _on_message(self, client, userdata, msg):
+        props = getattr(msg, "properties", None)
+        user = dict(getattr(props, "UserProperty", None) or [])
         m = MqttMsg(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain),
-                    time.monotonic())
+                    time.monotonic(), user)
         with self.cond:
             self.messages.append(m)
             self.cond.notify_all()

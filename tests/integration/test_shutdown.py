@@ -128,6 +128,41 @@ class ShutdownTest(BridgeTestCase):
         status = [m.payload for m in sub.snapshot() if m.topic == "bridge/sd/status"]
         self.assertEqual(status[-1:], [b"offline"], status)
 
+    def stalled_shutdown(self, server, qos1_in_flight):
+        """SIGTERM while a server is stopped (SIGSTOP: its sockets stay open
+        and silent) must not hang: exit 0 within the shutdown timeout plus
+        the MQTT disconnect's own bounded waits."""
+        cfg = self.write_config({
+            "id": "stall", "mqtt": {"url": self.mq.url, "keepalive": 2},
+            "redis": {"url": self.rs.url, "keepalive": 2},
+            "reconnect": {"min_ms": 100, "max_ms": 500},
+            "shutdown_timeout_ms": 1000})
+        b = self.start_bridge(None, None, "-c", cfg)
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        proc = server.proc
+        proc.send_signal(harness.signal.SIGSTOP)
+        self.addCleanup(lambda: proc.poll() is None and
+                        proc.send_signal(harness.signal.SIGCONT))
+        if qos1_in_flight:
+            # a QoS 1 message that waits for the stopped Redis
+            pub.c.publish("news", b"waits", qos=1)
+            time.sleep(0.5)
+        t0 = time.monotonic()
+        code, in_time = b.stop(timeout=15)
+        took = time.monotonic() - t0
+        self.assertEqual((code, in_time), (0, True), b.tail())
+        self.assertLess(took, 8.0, "shutdown with a stopped server took "
+                        "%.1f s:\n%s" % (took, b.tail()))
+        return b
+
+    def test_shutdown_with_redis_stopped(self):
+        b = self.stalled_shutdown(self.rs, True)
+        line, c = self.exit_stats(b)
+        self.assertEqual(c["left_with_broker"], "1", line)
+
+    def test_shutdown_with_broker_stopped(self):
+        self.stalled_shutdown(self.mq, False)
+
 
 if __name__ == "__main__":
     harness.main()

@@ -1,0 +1,514 @@
+#!/usr/bin/python3
+"""The fault matrix: for each direction and Redis mode, a stream of
+sequence-numbered QoS 1 messages crosses the bridge while one fault is
+injected mid-stream; the receiver counts what arrived.
+
+Faults: Redis SIGKILL + restart (AOF, appendfsync always), mosquitto restart
+(persistence on), bridge SIGKILL + restart, Redis SIGSTOP for 10 s,
+mosquitto SIGSTOP for 10 s. Each cell reports sent, received, lost,
+duplicated, out of order (a first copy arriving after a higher number), the
+time until messages flow again after the fault ends, and the bridge's peak
+memory (VmHWM, the highest of its runs).
+
+Columns: flow = seconds from the fault's end (restart done, or SIGCONT)
+to the first message after it; gap = the receiver's longest silence from
+the fault's start on; HWM = the bridge's peak VmHWM. For MQTT -> Redis the
+same stream is also received directly on the broker (no bridge), as a
+control: its numbers are in the JSON ("direct").
+
+Targets (asserted; exit status 1 if one is missed):
+  - lost = 0 and out of order = 0 in every stream-mode cell, and in every
+    MQTT -> Redis pub/sub cell whose fault is at the bridge or at mosquitto;
+  - in every cell: messages flow again after the fault, and the bridge's
+    peak memory stays under --max-hwm-mb.
+Elsewhere Redis pub/sub itself cannot deliver (nobody is subscribed while
+Redis restarts, or the bridge is): the loss is reported, not asserted.
+
+Usage:
+  fault_matrix.py --bridge PATH [--direction mqtt_to_redis|redis_to_mqtt]
+                  [--mode pubsub|stream] [--fault NAME] [--messages N]
+                  [--rate R] [--json FILE]
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "integration"))
+import harness  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
+import redis  # noqa: E402
+
+FAULTS = ["redis_kill", "mosquitto_restart", "bridge_kill", "redis_stop",
+          "mosquitto_stop"]
+STALL_S = 10
+WINDOW = 500           # MQTT publisher: unacknowledged messages at most
+BATCH = 50             # Redis publisher: commands per pipeline
+DRAIN_IDLE_S = 15      # after the last send: give up after this long without progress
+DRAIN_MAX_S = 90
+
+
+def must_hold(direction, mode, fault):
+    """Is lost = 0 / out of order = 0 a target for this cell?"""
+    if mode == "stream":
+        return True
+    return direction == "mqtt_to_redis" and fault in (
+        "bridge_kill", "mosquitto_restart", "mosquitto_stop")
+
+
+def vm_hwm_kb(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Received:
+    """Arrivals (seq, monotonic time), from any thread."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.items = []
+
+    def add(self, payload):
+        seq = int(payload.split(b":", 1)[0])
+        with self.lock:
+            self.items.append((seq, time.monotonic()))
+
+    def snapshot(self):
+        with self.lock:
+            return list(self.items)
+
+    def distinct(self):
+        with self.lock:
+            return len({s for s, _ in self.items})
+
+
+# ---- receivers ------------------------------------------------------------
+
+class RedisChannelReceiver(threading.Thread):
+    def __init__(self, port, channel, got):
+        super().__init__(daemon=True)
+        self.port, self.channel, self.got = port, channel, got
+        self.running = True
+        self.subscribed = threading.Event()
+
+    def run(self):
+        while self.running:
+            try:
+                r = redis.Redis(host="127.0.0.1", port=self.port,
+                                socket_timeout=2, socket_connect_timeout=1)
+                ps = r.pubsub()
+                ps.subscribe(self.channel)
+                while self.running:
+                    m = ps.get_message(timeout=0.2)
+                    if m and m["type"] == "subscribe":
+                        self.subscribed.set()
+                    elif m and m["type"] == "message":
+                        self.got.add(m["data"])
+            except (redis.exceptions.RedisError, OSError):
+                time.sleep(0.05)
+
+
+class RedisStreamReceiver(threading.Thread):
+    def __init__(self, port, key, got):
+        super().__init__(daemon=True)
+        self.port, self.key, self.got = port, key, got
+        self.running = True
+        self.subscribed = threading.Event()
+        self.subscribed.set()
+        self.last = "0-0"
+
+    def run(self):
+        while self.running:
+            try:
+                r = redis.Redis(host="127.0.0.1", port=self.port,
+                                socket_timeout=2, socket_connect_timeout=1)
+                while self.running:
+                    res = r.xread({self.key: self.last}, count=1000, block=200)
+                    for _key, entries in res or []:
+                        for eid, fields in entries:
+                            self.got.add(fields[b"payload"])
+                            self.last = eid
+            except (redis.exceptions.RedisError, OSError):
+                time.sleep(0.05)
+
+
+class MqttReceiver:
+    def __init__(self, port, topic, got, client_id):
+        self.got = got
+        self.subscribed = threading.Event()
+        self.c = mqtt.Client(client_id=client_id, clean_session=False,
+                             protocol=mqtt.MQTTv311)
+        self.c.reconnect_delay_set(0.05, 0.5)
+        self.c.on_connect = lambda c, u, f, rc: (c.subscribe(topic, 1)
+                                                 if rc == 0 else None)
+        self.c.on_subscribe = lambda *a: self.subscribed.set()
+        self.c.on_message = lambda c, u, m: self.got.add(m.payload)
+        self.c.connect("127.0.0.1", port, keepalive=5)
+        self.c.loop_start()
+
+    def close(self):
+        self.c.loop_stop()
+        try:
+            self.c.disconnect()
+        except Exception:
+            pass
+
+
+# ---- publishers -----------------------------------------------------------
+
+class MqttPublisher:
+    """QoS 1, persistent session: paho queues while disconnected and sends
+    unacknowledged messages again after reconnecting."""
+
+    def __init__(self, port, topic, client_id):
+        self.topic = topic
+        self.acked = 0
+        self.lock = threading.Lock()
+        self.c = mqtt.Client(client_id=client_id, clean_session=False,
+                             protocol=mqtt.MQTTv311)
+        # paho's default; with more in flight, this paho re-sends out of
+        # order after a broker restart (seen on the direct path too)
+        self.c.max_inflight_messages_set(20)
+        self.c.max_queued_messages_set(0)
+        self.c.reconnect_delay_set(0.05, 0.5)
+        self.c.on_publish = self._on_publish
+        self.c.connect("127.0.0.1", port, keepalive=5)
+        self.c.loop_start()
+
+    def _on_publish(self, c, u, mid):
+        with self.lock:
+            self.acked += 1
+
+    def send(self, seq, deadline):
+        for _ in range(100000):  # bounded: the window drains or we give up
+            with self.lock:
+                if seq - self.acked < WINDOW:
+                    break
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        self.c.publish(self.topic, b"%d:%f" % (seq, time.time()), qos=1)
+        return True
+
+    def close(self):
+        self.c.loop_stop()
+        try:
+            self.c.disconnect()
+        except Exception:
+            pass
+
+
+class RedisPublisher:
+    """PUBLISH or XADD in pipelines of BATCH; a batch that fails is sent
+    again after reconnecting (duplicates possible, as with any client)."""
+
+    def __init__(self, port, name, mode):
+        self.port, self.name, self.mode = port, name, mode
+        self.pending = []
+        self.r = None
+
+    def send(self, seq, deadline):
+        self.pending.append(b"%d:%f" % (seq, time.time()))
+        if len(self.pending) >= BATCH:
+            return self.flush(deadline)
+        return True
+
+    def flush(self, deadline):
+        while self.pending:
+            if time.monotonic() > deadline:
+                return False
+            try:
+                if self.r is None:
+                    self.r = redis.Redis(host="127.0.0.1", port=self.port,
+                                         socket_timeout=2, socket_connect_timeout=1)
+                p = self.r.pipeline(transaction=False)
+                for m in self.pending:
+                    if self.mode == "stream":
+                        p.xadd(self.name, {"payload": m})
+                    else:
+                        p.publish(self.name, m)
+                p.execute()
+                self.pending = []
+            except (redis.exceptions.RedisError, OSError):
+                self.r = None
+                time.sleep(0.05)
+        return True
+
+    def close(self):
+        pass
+
+
+# ---- one cell -------------------------------------------------------------
+
+def analyse(items):
+    """(distinct seqs, out of order count, examples): a message is out of
+    order when its first copy arrives after a higher number's."""
+    seen, maxseq, ooo, examples = set(), -1, 0, []
+    for s, _t in items:
+        if s in seen:
+            continue
+        seen.add(s)
+        if s < maxseq:
+            ooo += 1
+            if len(examples) < 5:
+                examples.append("%d after %d" % (s, maxseq))
+        maxseq = max(maxseq, s)
+    return seen, ooo, examples
+
+
+def run_cell(bridge_path, direction, mode, fault, n, rate, max_hwm_kb):
+    harness.BRIDGE = bridge_path
+    work = tempfile.mkdtemp(prefix="mrb-faults-")
+    rs = harness.RedisServer(work, aof=True)
+    mq = harness.Mosquitto(work, persistence=True, max_queued=100000)
+    procs = []
+    receiver = publisher = None
+    bridges = []
+    try:
+        rs.start()
+        mq.start()
+        tag = "%s-%s-%s" % (direction[0], mode[0], fault)
+        topic, name = "f/%s" % tag, "f:%s" % tag
+        cfg = {
+            "id": "fm-%s" % tag,
+            "log_level": "info",
+            "mqtt": {"url": mq.url, "keepalive": 2},
+            "redis": {"url": rs.url, "keepalive": 2},
+            "reconnect": {"min_ms": 100, "max_ms": 1000},
+            "limits": {"max_payload": 65536, "queue_bytes": 4 * 1024 * 1024},
+            "routes": [{"mqtt": topic, "redis": name, "direction": direction,
+                        "mode": mode, "qos": 1, "maxlen": 1000000}],
+        }
+        cfg_path = os.path.join(work, "cfg.json")
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f)
+
+        def start_bridge():
+            b = harness.Bridge(work, ["-c", cfg_path], "bridge%d" % len(bridges))
+            bridges.append(b)
+            b.wait_ready(30)
+            return b
+
+        bridge = start_bridge()
+        got = Received()
+        direct_got = Received()
+        direct = None
+        if direction == "mqtt_to_redis":
+            receiver = (RedisStreamReceiver(rs.port, name, got) if mode == "stream"
+                        else RedisChannelReceiver(rs.port, name, got))
+            receiver.start()
+            # the direct path on the same broker, for comparison: what a
+            # subscriber of the publisher's topic saw without the bridge
+            direct = MqttReceiver(mq.port, topic, direct_got, "fm-direct-" + tag)
+            direct.subscribed.wait(10)
+            publisher = MqttPublisher(mq.port, topic, "fm-pub-" + tag)
+        else:
+            receiver = MqttReceiver(mq.port, topic, got, "fm-recv-" + tag)
+            publisher = RedisPublisher(rs.port, name, mode)
+        if not receiver.subscribed.wait(10):
+            raise RuntimeError("receiver did not subscribe")
+        time.sleep(0.3)
+
+        hwm = [0]
+        t_fault = {}
+
+        def inject():
+            t_fault["start"] = time.monotonic()
+            if fault == "redis_kill":
+                rs.stop(signal.SIGKILL)
+                rs.start()
+            elif fault == "mosquitto_restart":
+                mq.stop(signal.SIGTERM)
+                mq.start()
+            elif fault == "bridge_kill":
+                hwm[0] = max(hwm[0], vm_hwm_kb(bridges[-1].proc.pid))
+                bridges[-1].proc.kill()
+                bridges[-1].proc.wait(10)
+                bridges[-1].stopped_by_test = True
+                start_bridge()
+            elif fault in ("redis_stop", "mosquitto_stop"):
+                proc = rs.proc if fault == "redis_stop" else mq.proc
+                os.kill(proc.pid, signal.SIGSTOP)
+                time.sleep(STALL_S)
+                os.kill(proc.pid, signal.SIGCONT)
+            t_fault["end"] = time.monotonic()
+
+        injector = threading.Thread(target=inject, daemon=True)
+        t0 = time.monotonic()
+        send_deadline = t0 + n / rate + STALL_S + 120
+        sent = 0
+        rebased = False
+        for seq in range(n):
+            if seq == n // 2:
+                injector.start()
+            if not rebased and "end" in t_fault:
+                # offer the rest at the nominal rate from the fault's end,
+                # not as one burst to catch up (which would measure only
+                # how fast the bridge resubscribes)
+                rebased = True
+                t0 = t_fault["end"] - seq / rate
+            delay = t0 + seq / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if not publisher.send(seq, send_deadline):
+                break
+            sent += 1
+        if isinstance(publisher, RedisPublisher):
+            publisher.flush(send_deadline)
+        injector.join(STALL_S + 60)
+        if injector.is_alive():
+            raise RuntimeError("fault injection did not finish")
+
+        # drain: until all arrived, or no progress for DRAIN_IDLE_S
+        last_count, last_change = -1, time.monotonic()
+        drain_end = time.monotonic() + DRAIN_MAX_S
+        while time.monotonic() < drain_end:
+            c = got.distinct()
+            if c >= sent:
+                break
+            if c != last_count:
+                last_count, last_change = c, time.monotonic()
+            elif time.monotonic() - last_change > DRAIN_IDLE_S:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)  # late duplicates
+        for b in bridges:
+            if b.alive():
+                hwm[0] = max(hwm[0], vm_hwm_kb(b.proc.pid))
+
+        items = got.snapshot()
+        seen, ooo, ooo_examples = analyse(items)
+        direct_items = direct_got.snapshot()
+        dseen, dooo, _ = analyse(direct_items)
+        after = [t for _s, t in items if t > t_fault["end"]]
+        recovery = (min(after) - t_fault["end"]) if after else None
+        # the receiver's longest silence from the fault's start on: the
+        # outage as a subscriber saw it
+        times = sorted(t for _s, t in items if t >= t_fault["start"])
+        edges = [t_fault["start"]] + times
+        gap = max((b - a for a, b in zip(edges, edges[1:])), default=None)
+        res = {
+            "direction": direction, "mode": mode, "fault": fault,
+            "sent": sent, "received": len(items), "distinct": len(seen),
+            "lost": sent - len(seen & set(range(sent))),
+            "duplicated": len(items) - len(seen), "out_of_order": ooo,
+            "recovery_s": None if recovery is None else round(recovery, 3),
+            "max_gap_s": None if gap is None else round(gap, 3),
+            "flowed_after": len(after),
+            "peak_hwm_kb": hwm[0],
+            "out_of_order_examples": ooo_examples,
+            "direct": None if direct is None else {
+                "received": len(direct_items), "lost": sent - len(dseen & set(range(sent))),
+                "duplicated": len(direct_items) - len(dseen), "out_of_order": dooo},
+            "target": "lost=0, out_of_order=0" if must_hold(direction, mode, fault)
+                      else "reported",
+        }
+        problems = []
+        if must_hold(direction, mode, fault) and (res["lost"] or ooo):
+            problems.append("lost %d / out of order %d (target 0) %s"
+                            % (res["lost"], ooo, ", ".join(ooo_examples)))
+        if not after and res["distinct"] < sent:
+            problems.append("messages did not flow again after the fault")
+        if hwm[0] > max_hwm_kb:
+            problems.append("peak memory %d kB over %d kB" % (hwm[0], max_hwm_kb))
+        for b in bridges:
+            if not b.stopped_by_test and not b.alive():
+                problems.append("bridge exited by itself:\n" + harness.tail(b.log()))
+        res["problems"] = problems
+        if problems:
+            res["bridge_log"] = harness.tail(bridges[-1].log(), 30)
+        return res
+    finally:
+        if direct is not None:
+            direct.close()
+        if publisher:
+            publisher.close()
+        if receiver is not None:
+            if hasattr(receiver, "running"):
+                receiver.running = False
+            if hasattr(receiver, "close"):
+                receiver.close()
+        for b in bridges:
+            b._stop(signal.SIGTERM, 20)
+        for p in procs:
+            harness.stop_process(p)
+        for s in (rs, mq):
+            if s.proc is not None and s.proc.poll() is None:
+                try:
+                    os.kill(s.proc.pid, signal.SIGCONT)
+                except OSError:
+                    pass
+            s.stop()
+        if not os.environ.get("MRB_KEEP_TMP"):
+            import shutil
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def fmt_row(r):
+    rec = "-" if r["recovery_s"] is None else "%.2f" % r["recovery_s"]
+    gap = "-" if r["max_gap_s"] is None else "%.2f" % r["max_gap_s"]
+    ok = "FAIL" if r["problems"] else "ok"
+    return ("| %-13s | %-6s | %-17s | %6d | %8d | %5d | %5d | %5d | %8s | %7s | %7.1f | %-22s | %-4s |"
+            % (r["direction"], r["mode"], r["fault"], r["sent"], r["received"],
+               r["lost"], r["duplicated"], r["out_of_order"], rec, gap,
+               r["peak_hwm_kb"] / 1024.0, r["target"], ok))
+
+
+HEADER = ("| direction     | mode   | fault             |   sent | received |  lost |  dups | order | flow (s) | gap (s) | HWM MiB | target                 | ok   |\n"
+          "|---------------|--------|-------------------|--------|----------|-------|-------|-------|----------|---------|---------|------------------------|------|")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bridge", default=os.environ.get("MRB_BRIDGE", harness.DEFAULT_BRIDGE))
+    ap.add_argument("--direction", choices=["mqtt_to_redis", "redis_to_mqtt"], action="append")
+    ap.add_argument("--mode", choices=["pubsub", "stream"], action="append")
+    ap.add_argument("--fault", choices=FAULTS, action="append")
+    ap.add_argument("--messages", type=int, default=10000)
+    ap.add_argument("--rate", type=float, default=4000.0, help="messages/s offered")
+    # the bridge idles at ~2.5 MB; its queues are capped at 4 MiB per
+    # direction in this test (limits.queue_bytes), and at most 8 MiB is
+    # unconfirmed towards Redis: 16 MB leaves room for the allocator
+    ap.add_argument("--max-hwm-mb", type=float, default=16.0)
+    ap.add_argument("--json", help="append the results (JSON lines) to this file")
+    a = ap.parse_args()
+    bridge = os.path.abspath(a.bridge)
+    results = []
+    print(HEADER, flush=True)
+    for d in a.direction or ["mqtt_to_redis", "redis_to_mqtt"]:
+        for m in a.mode or ["pubsub", "stream"]:
+            for f in a.fault or FAULTS:
+                r = run_cell(bridge, d, m, f, a.messages, a.rate,
+                             int(a.max_hwm_mb * 1024))
+                results.append(r)
+                print(fmt_row(r), flush=True)
+                for p in r["problems"]:
+                    print("    problem: %s" % p, flush=True)
+                if r["problems"] and "bridge_log" in r:
+                    print("    bridge log:\n" + "\n".join(
+                        "      " + l for l in r["bridge_log"].splitlines()), flush=True)
+                if a.json:
+                    with open(a.json, "a") as out:
+                        out.write(json.dumps({k: v for k, v in r.items()
+                                              if k != "bridge_log"}) + "\n")
+    bad = [r for r in results if r["problems"]]
+    print("%d cell(s), %d missed a target" % (len(results), len(bad)), flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
