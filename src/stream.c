@@ -131,12 +131,19 @@ static void xack(mrb_bridge *b, const char *key, size_t klen, const char *id,
 
 static void scan_next(mrb_bridge *b, const char *cursor);
 
+/* Only patterns need scanning again: exact keys are set up on connect. */
+static int has_patterns(const mrb_bridge *b)
+{
+    const mrb_routes *t = &b->routes;
+    return t->n_stream_sub > 0 && !t->stream_sub[t->n_stream_sub - 1].exact;
+}
+
 static void scan_done_one(mrb_bridge *b)
 {
     if (--b->scan_busy > 0)
         return;
     b->scanned_once = 1;
-    b->next_scan_ms = b->cfg->scan_interval > 0
+    b->next_scan_ms = b->cfg->scan_interval > 0 && has_patterns(b)
                           ? mrb_now_ms() + b->cfg->scan_interval * 1000
                           : INT64_MAX;
     mrb_bridge_wake(b); /* ready may now be logged, reads may start */
@@ -225,7 +232,8 @@ static void scan_next(mrb_bridge *b, const char *cursor)
     const mrb_routes *t = &b->routes;
     while (b->scan_sub < t->n_stream_sub && t->stream_sub[b->scan_sub].exact) {
         const char *k = t->stream_sub[b->scan_sub].name;
-        group_create(b, k, strlen(k), 1);
+        if (b->scan_full || !key_find(b, k, strlen(k)))
+            group_create(b, k, strlen(k), 1);
         b->scan_sub++;
     }
     if (b->scan_sub >= t->n_stream_sub)
