@@ -3,10 +3,12 @@
 
 For each binary given as NAME=PATH[@EMULATOR] it prints:
   - the stripped size of the binary;
-  - for native binaries (no emulator): idle VmRSS, VmHWM and private memory
-    (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) with one
-    subscription each side connected; thread count; wake-ups per second over
-    --idle seconds (voluntary_ctxt_switches of all threads, per thread too);
+  - for native binaries (no emulator), with one subscription each side
+    connected: wake-ups per second over --idle seconds (voluntary and
+    involuntary context switches of all threads, per thread too), then
+    VmRSS, VmHWM, private memory (Private_Clean + Private_Dirty of
+    /proc/PID/smaps_rollup; Private_Dirty alone in parentheses) and the
+    thread count at the end of that idle window;
     the peak private memory while forwarding --rate msg/s each way for --load
     seconds, and private memory --settle seconds after the load stopped.
 Under an emulator (qemu-user) the process is qemu's: its memory, threads and
@@ -55,13 +57,21 @@ def status_kb(pid, key):
     return None
 
 
-def private_kb(pid):
+def private_kb(pid, keys=("Private_Clean:", "Private_Dirty:")):
+    """Private memory, kB. Private_Clean counts file pages (code of the
+    binary and of shared libraries) that no other process maps right now, so
+    it drops when another process maps the same libraries; Private_Dirty
+    (heap, stacks, written data) does not depend on other processes."""
     total = 0
     with open("/proc/%d/smaps_rollup" % pid) as f:
         for line in f:
-            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            if line.startswith(keys):
                 total += int(line.split()[1])
     return total
+
+
+def dirty_kb(pid):
+    return private_kb(pid, ("Private_Dirty:",))
 
 
 def threads(pid):
@@ -152,13 +162,15 @@ def measure(name, path, emulator, strip, args, work):
         bridge.wait_ready(timeout=15)
         pid = bridge.proc.pid
         time.sleep(2)  # let start-up settle
-        row["threads"] = len(threads(pid))
-        row["rss"] = status_kb(pid, "VmRSS")
-        row["hwm"] = status_kb(pid, "VmHWM")
-        row["private"] = private_kb(pid)
         t0 = threads(pid)
         time.sleep(args.idle)
         t1 = threads(pid)
+        # Idle memory: at the end of the idle window.
+        row["threads"] = len(t1)
+        row["rss"] = status_kb(pid, "VmRSS")
+        row["hwm"] = status_kb(pid, "VmHWM")
+        row["private"] = private_kb(pid)
+        row["dirty"] = dirty_kb(pid)
         per = []
         total = 0
         for tid, (tname, vol, invol) in t1.items():
@@ -171,7 +183,7 @@ def measure(name, path, emulator, strip, args, work):
         row["per_thread"] = " ".join(sorted(per))
 
         load = Load(mq.port, rs.port, args.rate, args.load)
-        peak = [0]
+        peak = [0, 0]
         stop = threading.Event()
 
         def sample():
@@ -179,6 +191,7 @@ def measure(name, path, emulator, strip, args, work):
                 if stop.is_set():
                     return
                 peak[0] = max(peak[0], private_kb(pid))
+                peak[1] = max(peak[1], dirty_kb(pid))
                 time.sleep(0.1)
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -187,11 +200,13 @@ def measure(name, path, emulator, strip, args, work):
         sampler.join(5)
         load.close()
         row["load_private"] = peak[0]
+        row["load_dirty"] = peak[1]
         row["load_hwm"] = status_kb(pid, "VmHWM")
         row["achieved"] = (load.sent_mqtt / load.elapsed,
                            load.sent_redis / load.elapsed)
         time.sleep(args.settle)
         row["after_private"] = private_kb(pid)
+        row["after_dirty"] = dirty_kb(pid)
         row["stats"] = stats(bridge)
         row["sent"] = (load.sent_mqtt, load.sent_redis)
         rc, in_time = bridge.stop()
@@ -235,9 +250,10 @@ def main():
         subprocess.run(["rm", "-rf", work], check=False)
 
     print()
-    print("| build | stripped binary | idle VmRSS | idle VmHWM | idle private | "
-          "threads | idle wake-ups/s | private under load (peak) | "
-          "private %g s after | VmHWM after load |" % args.settle)
+    print("| build | stripped binary | idle VmRSS | idle VmHWM | idle private "
+          "(dirty) | threads | idle wake-ups/s | private under load, peak "
+          "(dirty) | private %g s after (dirty) | VmHWM after load |"
+          % args.settle)
     print("|---|---|---|---|---|---|---|---|---|---|")
     kb = lambda v: "%.2f MB" % (v / 1024.0) if isinstance(v, int) else "-"
     for r in rows:
@@ -245,10 +261,11 @@ def main():
         if "rss" not in r:
             print("| %s | %s | - | - | - | - | - | - | - | - |" % (r["name"], size))
             continue
-        print("| %s | %s | %s | %s | %s | %d | %.2f | %s | %s | %s |" % (
+        print("| %s | %s | %s | %s | %s (%s) | %d | %.2f | %s (%s) | %s (%s) | %s |" % (
             r["name"], size, kb(r["rss"]), kb(r["hwm"]), kb(r["private"]),
-            r["threads"], r["wakeups"], kb(r["load_private"]),
-            kb(r["after_private"]), kb(r["load_hwm"])))
+            kb(r["dirty"]), r["threads"], r["wakeups"], kb(r["load_private"]),
+            kb(r["load_dirty"]), kb(r["after_private"]), kb(r["after_dirty"]),
+            kb(r["load_hwm"])))
     print()
     for r in rows:
         if "rss" in r:
