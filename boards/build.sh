@@ -26,7 +26,9 @@ source "$ROOT/scripts/apt.sh"
 
 usage() {
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
-  printf 'boards: %s\n' "$(cd "$ROOT/boards" && ls -d -- */ | tr -d / | tr '\n' ' ')"
+  local f boards=()
+  for f in "$ROOT"/boards/*/board.conf; do boards+=("$(basename "$(dirname "$f")")"); done
+  printf 'boards: %s\n' "${boards[*]}"
 }
 (( $# )) || { usage; exit 2; }
 [[ $1 == -h || $1 == --help ]] && { usage; exit 0; }
@@ -40,7 +42,7 @@ for a in "$@"; do
 done
 BDIR="$ROOT/boards/$BOARD"
 [[ -f $BDIR/board.conf ]] || die "no board '$BOARD' (no boards/$BOARD/board.conf)"
-DEB_ARCH= TOOLCHAIN= QEMU= CROSS_PKGS=()
+DEB_ARCH='' TOOLCHAIN='' QEMU='' CROSS_PKGS=()
 # shellcheck source=/dev/null
 source "$BDIR/board.conf"
 
@@ -63,10 +65,10 @@ fi
 apt_install "${PKGS[@]}"
 
 # --------------------------------------------------------------- sysroot
+onoff() { if (( $1 )); then echo ON; else echo OFF; fi; }
 CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=MinSizeRel -DCMAKE_INSTALL_PREFIX=/usr
             -DMRB_BOARD="$BOARD" -DMRB_WERROR=ON -DMRB_TESTS=ON
-            -DWITH_TLS=$( ((TLS)) && echo ON || echo OFF )
-            -DMRB_STATIC=$( ((STATIC)) && echo ON || echo OFF ))
+            "-DWITH_TLS=$(onoff "$TLS")" "-DMRB_STATIC=$(onoff "$STATIC")")
 SYSROOT=
 if [[ -n $TOOLCHAIN ]]; then
   say "$BOARD: sysroot ($DEB_ARCH)"

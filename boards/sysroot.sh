@@ -66,6 +66,7 @@ mkdir -p "$APTDIR/lists/partial" "$APTDIR/archives/partial" "$APTDIR/prefs.d" "$
 
 # The host's own Debian repositories for this release (whatever mirror the
 # machine uses), main component only.
+# shellcheck disable=SC2016  # $(...) are apt's format fields, not shell
 mapfile -t REPOS < <(apt-get indextargets --no-release-info \
     --format '$(REPO_URI) $(RELEASE)' 'Created-By: Packages' 2>/dev/null \
   | awk -v c="$CODENAME" '$2 == c || $2 == c "-updates" || $2 == c "-security"' | sort -u)
