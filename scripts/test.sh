@@ -6,6 +6,7 @@
 # Env knobs (all optional):
 #   MRB_SKIP_INSTALL=1   never call apt-get/npm (fail later if a tool is missing)
 #   MRB_SKIP_ASAN=1      skip the sanitizer build and run
+#   MRB_SKIP_BOARDS=1    skip the cross builds (rpi-arm64, rpi-armhf) under qemu
 #   CTEST_ARGS="..."     extra arguments for both ctest runs (e.g. "-R unit")
 set -euo pipefail
 
@@ -110,6 +111,28 @@ if [[ ${MRB_SKIP_ASAN:-0} != 1 ]]; then
   run_suite "asan+ubsan" "$ASAN_DIR"
 else
   section "ASan+UBSan skipped (MRB_SKIP_ASAN=1)"
+fi
+
+# ---------------------------------------------------------------------------
+# Boards: cross-build rpi-arm64 and rpi-armhf, run the unit tests and the qemu
+# subset of the integration tests under qemu-user, build and check the Debian
+# packages (boards/build.sh; boards/README.md). The package check counts as
+# one test per board.
+if [[ ${MRB_SKIP_BOARDS:-0} != 1 ]]; then
+  for board in rpi-arm64 rpi-armhf; do
+    section "Board $board (cross build, package, qemu tests)"
+    if bash "$ROOT/boards/build.sh" "$board" --package; then
+      PASSED=$(( PASSED + 1 ))
+    else
+      FAILED=$(( FAILED + 1 ))
+      FAILED_SUITES+=("$board (build or package check)")
+      continue
+    fi
+    CTEST_ARGS="-L ^(unit|qemu)\$ -j2 ${CTEST_ARGS:-}" \
+      run_suite "$board (qemu)" "$ROOT/build/boards/$board"
+  done
+else
+  section "Boards skipped (MRB_SKIP_BOARDS=1)"
 fi
 
 # ---------------------------------------------------------------------------
