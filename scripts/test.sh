@@ -8,6 +8,7 @@
 #   MRB_SKIP_ASAN=1      skip the sanitizer build and run
 #   MRB_SKIP_BOARDS=1    skip the cross builds (rpi-arm64, rpi-armhf) under qemu
 #   CTEST_ARGS="..."     extra arguments for both ctest runs (e.g. "-R unit")
+#   MRB_TEST_JOBS=N      tests run in parallel (default 2)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -75,7 +76,10 @@ run_suite() {   # run_suite NAME BUILD_DIR
   local name=$1 dir=$2 log rc=0 line total nfail
   log="$dir/ctest-summary.log"
   # shellcheck disable=SC2086  # CTEST_ARGS is a word list on purpose
+  # -j: the tests use private servers on free ports and temp dirs, and most
+  # of their time is waiting (reconnects, the fault matrix's 10 s stalls)
   ctest --test-dir "$dir" --output-on-failure --no-tests=error --timeout 600 \
+    -j "${MRB_TEST_JOBS:-2}" \
     ${CTEST_ARGS:-} 2>&1 | tee "$log" || rc=$?
   line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n1 || true)
   if [[ -n $line ]]; then
@@ -128,7 +132,7 @@ if [[ ${MRB_SKIP_BOARDS:-0} != 1 ]]; then
       FAILED_SUITES+=("$board (build or package check)")
       continue
     fi
-    CTEST_ARGS="-L ^(unit|qemu)\$ -j2 ${CTEST_ARGS:-}" \
+    CTEST_ARGS="-L ^(unit|qemu)\$ ${CTEST_ARGS:-}" \
       run_suite "$board (qemu)" "$ROOT/build/boards/$board"
   done
 else
