@@ -47,6 +47,7 @@ DEB_ARCH='' TOOLCHAIN='' QEMU='' CROSS_PKGS=()
 source "$BDIR/board.conf"
 
 OUT=${MRB_BOARDS_DIR:-$ROOT/build/boards}
+mkdir -p "$OUT"
 NAME=$BOARD
 (( TLS )) && NAME+=-tls
 (( STATIC )) && NAME+=-static
