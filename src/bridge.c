@@ -117,20 +117,25 @@ void mrb_bridge_warn_too_large(mrb_bridge *b, const char *side,
                  (unsigned long long)sup);
 }
 
-void mrb_bridge_warn_unmappable(mrb_bridge *b, const char *side,
-                                const char *name, size_t len)
+void mrb_warn_unmappable(mrb_ratelimit *rl, uint64_t count, const char *side,
+                         const char *name, size_t len)
 {
     uint64_t sup;
     char esc[MRB_LOG_ESCAPE_MAX];
-    b->c.dropped_unmappable++;
-    if (mrb_ratelimit_allow(&b->rl_unmappable, mrb_now_ms(), &sup))
+    if (mrb_ratelimit_allow(rl, mrb_now_ms(), &sup))
         mrb_warn("dropped message from %s '%s': unmappable (it matches a "
                  "route on this side, but the name it maps to is not valid or "
                  "not matched on the other side); dropped_unmappable=%llu "
                  "(%llu similar not logged)", side,
                  mrb_log_escape(name, len, esc, sizeof(esc)),
-                 (unsigned long long)b->c.dropped_unmappable,
-                 (unsigned long long)sup);
+                 (unsigned long long)count, (unsigned long long)sup);
+}
+
+void mrb_bridge_warn_unmappable(mrb_bridge *b, const char *side,
+                                const char *name, size_t len)
+{
+    b->c.dropped_unmappable++;
+    mrb_warn_unmappable(&b->rl_unmappable, b->c.dropped_unmappable, side, name, len);
 }
 
 /* ---- Redis -> MQTT ---- */

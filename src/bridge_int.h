@@ -260,6 +260,10 @@ void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
  * what may come back on our own subscriptions. */
 void mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
                                   const char *payload, size_t plen);
+/* One rate-limited line for a message no route can map (any thread, with
+ * its own rl and counter). */
+void mrb_warn_unmappable(mrb_ratelimit *rl, uint64_t count, const char *side,
+                         const char *name, size_t len);
 void mrb_bridge_warn_unmappable(mrb_bridge *b, const char *side,
                                 const char *name, size_t len);
 void mrb_bridge_warn_too_large(mrb_bridge *b, const char *side,

@@ -62,15 +62,9 @@ static void finish(mrb_bridge *b, mrb_msg *m)
 static void warn_unmappable(mrb_bridge *b, const mrb_msg *m)
 {
     mrb_ingest *g = &b->ing;
-    uint64_t sup, n = atomic_fetch_add(&g->dropped_unmappable, 1) + 1;
-    char esc[MRB_LOG_ESCAPE_MAX];
-    if (mrb_ratelimit_allow(&g->rl_unmappable, mrb_now_ms(), &sup))
-        mrb_warn("dropped message from MQTT topic '%s': unmappable (it matches "
-                 "a route on this side, but the name it maps to is not valid "
-                 "or not matched on the other side); dropped_unmappable=%llu "
-                 "(%llu similar not logged)",
-                 mrb_log_escape(mrb_msg_name(m), m->name_len, esc, sizeof(esc)),
-                 (unsigned long long)n, (unsigned long long)sup);
+    uint64_t n = atomic_fetch_add(&g->dropped_unmappable, 1) + 1;
+    mrb_warn_unmappable(&g->rl_unmappable, n, "MQTT topic", mrb_msg_name(m),
+                        m->name_len);
 }
 
 /* ---- the connection ---- */
