@@ -91,6 +91,8 @@ typedef struct mrb_ingest {
     pthread_cond_t work;         /* [in_lock] signalled on push when idle */
     int idle;                    /* [in_lock] waiting on work */
     size_t busy;                 /* [in_lock] in in_q or unacked */
+    pthread_mutex_t fd_lock;
+    int io_fd;                   /* [fd_lock] socket of c, or -1 */
     /* the ingest thread's own */
     redisContext *c;
     mrb_queue unacked;           /* sent or to send, replies awaited, in order */

@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -69,11 +70,27 @@ static void warn_unmappable(mrb_bridge *b, const mrb_msg *m)
 
 /* ---- the connection ---- */
 
+/* The socket of the context being set up or used, for mrb_ingest_stop() to
+ * shut down so that a blocking handshake returns at once. fd_lock keeps it
+ * from being closed (and its number reused) meanwhile. */
+static void set_io_fd(mrb_ingest *g, int fd)
+{
+    pthread_mutex_lock(&g->fd_lock);
+    g->io_fd = fd;
+    pthread_mutex_unlock(&g->fd_lock);
+}
+
+static void free_context(mrb_ingest *g, redisContext *c)
+{
+    set_io_fd(g, -1);
+    redisFree(c);
+}
+
 static void conn_lost(mrb_bridge *b, const char *why)
 {
     mrb_ingest *g = &b->ing;
     if (g->c) {
-        redisFree(g->c);
+        free_context(g, g->c);
         g->c = NULL;
     }
     atomic_store(&g->up, 0);
@@ -103,6 +120,8 @@ static int try_connect(mrb_bridge *b)
     redisContext *c = u->path ? redisConnectUnixWithTimeout(u->path, tv)
                               : redisConnectWithTimeout(u->host, u->port, tv);
     char why[240];
+    if (c && !c->err)
+        set_io_fd(g, c->fd);
     if (!c || c->err) {
         snprintf(why, sizeof(why), "cannot connect: %s", c ? c->errstr : "out of memory");
         goto fail;
@@ -159,7 +178,7 @@ fail_reply:
     freeReplyObject(r);
 fail:
     if (c)
-        redisFree(c);
+        free_context(g, c);
     conn_lost(b, why);
     return 0;
 }
@@ -440,11 +459,17 @@ mrb_err mrb_ingest_start(mrb_bridge *b)
     pthread_condattr_destroy(&ca);
     if (rc != 0)
         return MRB_ERR_NOMEM;
+    if (pthread_mutex_init(&g->fd_lock, NULL) != 0) {
+        pthread_cond_destroy(&g->work);
+        return MRB_ERR_NOMEM;
+    }
+    g->io_fd = -1;
     mrb_queue_init(&g->unacked, SIZE_MAX, SIZE_MAX); /* bounded by the window */
     mrb_backoff_init(&g->backoff, b->cfg->reconnect_min_ms, b->cfg->reconnect_max_ms,
                      (uint64_t)mrb_now_ms() * 2654435761u + 7u);
     if (pthread_create(&g->thread, NULL, ingest_main, b) != 0) {
         pthread_cond_destroy(&g->work);
+        pthread_mutex_destroy(&g->fd_lock);
         return MRB_ERR_NOMEM;
     }
     g->started = 1;
@@ -467,7 +492,15 @@ void mrb_ingest_stop(mrb_bridge *b)
     atomic_store(&g->quit, 1);
     pthread_cond_signal(&g->work);
     pthread_mutex_unlock(&b->in_lock);
+    /* a handshake blocked on a silent server returns now; other waits are
+     * poll() slices that see quit (a connect() itself still takes up to
+     * its timeout) */
+    pthread_mutex_lock(&g->fd_lock);
+    if (g->io_fd >= 0)
+        shutdown(g->io_fd, SHUT_RDWR);
+    pthread_mutex_unlock(&g->fd_lock);
     pthread_join(g->thread, NULL);
+    pthread_mutex_destroy(&g->fd_lock);
     g->started = 0;
     pthread_cond_destroy(&g->work);
     if (g->c)

@@ -163,6 +163,23 @@ class ShutdownTest(BridgeTestCase):
     def test_shutdown_with_broker_stopped(self):
         self.stalled_shutdown(self.mq, False)
 
+    def test_shutdown_while_the_handshake_waits_for_a_stopped_redis(self):
+        """Redis accepts TCP (the kernel does) but never answers: the
+        connection handshakes wait up to their timeout (10 s with the
+        default keepalive); a SIGTERM must not wait for them."""
+        self.rs.proc.send_signal(harness.signal.SIGSTOP)
+        proc = self.rs.proc
+        self.addCleanup(lambda: proc.poll() is None and
+                        proc.send_signal(harness.signal.SIGCONT))
+        b = self.start_bridge(self.mq.port, self.rs.port, "--id", "hs", ready=False)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        code, in_time = b.stop(timeout=15)
+        took = time.monotonic() - t0
+        self.assertEqual((code, in_time), (0, True), b.tail())
+        self.assertLess(took, 4.0, "shutdown during a stuck handshake took "
+                        "%.1f s:\n%s" % (took, b.tail()))
+
 
 if __name__ == "__main__":
     harness.main()
