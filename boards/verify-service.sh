@@ -114,9 +114,12 @@ halt_container() {   # orderly poweroff via SIGTERM to systemd-nspawn; SIGKILL a
   TPID='' NSPAWN='' LEADER=''
 }
 
+exec 3>&1 4>&2   # the script's own output, for the traps (a signal may come
+                 # while a function's output goes to a log)
 cleanup() {
   local rc=$?
   set +e
+  exec 1>&3 2>&4
   trap - EXIT INT TERM
   if [[ -n $WATCHDOG ]]; then kill -TERM "$WATCHDOG" 2>/dev/null; wait "$WATCHDOG" 2>/dev/null; fi
   halt_container
@@ -140,12 +143,12 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'echo "verify-service.sh: interrupted"; exit 2' INT TERM
+trap 'echo "verify-service.sh: interrupted" >&4; exit 2' INT TERM
 # Watchdog: TERM to this script after LIMIT s (bash acts on it once the
 # running step ends; every step has its own time limit too).
 ( trap 'kill -TERM $sp 2>/dev/null; exit 0' TERM
   sleep "$LIMIT" & sp=$!; wait $sp
-  echo "verify-service.sh: time limit of $LIMIT s reached"; kill -TERM $$ ) &
+  echo "verify-service.sh: time limit of $LIMIT s reached" >&4; kill -TERM $$ ) &
 WATCHDOG=$!
 
 # ------------------------------------------------------------------- package
