@@ -146,7 +146,7 @@ fi
 # systemd-nspawn; the service must run, be ready, pass a message each way,
 # stop cleanly, start at boot and purge (boards/verify-service.sh; needs root
 # and the Debian mirror). The root file system is cached in build/boards/
-# (the first run downloads it: about 2 more minutes; then about 40 s).
+# (the first run downloads it: about 2 more minutes; then 40 to 60 s).
 if [[ ${MRB_SKIP_SERVICE:-0} != 1 ]]; then
   section "Service under systemd (amd64 package, Debian 12 container)"
   if bash "$ROOT/boards/verify-service.sh" --cache "$ROOT/build/boards/rootfs-cache"; then
