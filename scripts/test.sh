@@ -7,6 +7,8 @@
 #   MRB_SKIP_INSTALL=1   never call apt-get/npm (fail later if a tool is missing)
 #   MRB_SKIP_ASAN=1      skip the sanitizer build and run
 #   MRB_SKIP_BOARDS=1    skip the cross builds (rpi-arm64, rpi-armhf) under qemu
+#   MRB_SKIP_SERVICE=1   skip the amd64 package's service under systemd in a
+#                        Debian 12 container (boards/verify-service.sh)
 #   CTEST_ARGS="..."     extra arguments for both ctest runs (e.g. "-R unit")
 #   MRB_TEST_JOBS=N      tests run in parallel (default 2)
 set -euo pipefail
@@ -137,6 +139,24 @@ if [[ ${MRB_SKIP_BOARDS:-0} != 1 ]]; then
   done
 else
   section "Boards skipped (MRB_SKIP_BOARDS=1)"
+fi
+
+# ---------------------------------------------------------------------------
+# Service: the amd64 package installed in a Debian 12 container booted with
+# systemd-nspawn; the service must run, be ready, pass a message each way,
+# stop cleanly, start at boot and purge (boards/verify-service.sh; needs root
+# and the Debian mirror). The root file system is cached in build/boards/
+# (the first run downloads it: about 2 more minutes; then 40 to 60 s).
+if [[ ${MRB_SKIP_SERVICE:-0} != 1 ]]; then
+  section "Service under systemd (amd64 package, Debian 12 container)"
+  if bash "$ROOT/boards/verify-service.sh" --cache "$ROOT/build/boards/rootfs-cache"; then
+    PASSED=$(( PASSED + 1 ))
+  else
+    FAILED=$(( FAILED + 1 ))
+    FAILED_SUITES+=("service under systemd (boards/verify-service.sh)")
+  fi
+else
+  section "Service under systemd skipped (MRB_SKIP_SERVICE=1)"
 fi
 
 # ---------------------------------------------------------------------------
