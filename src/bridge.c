@@ -165,7 +165,12 @@ static void out_enqueue(mrb_bridge *b, const char *topic, size_t tlen,
 static int mqtt_send(mrb_bridge *b, const char *topic, size_t tlen,
                      const char *payload, size_t plen, int qos, int retain)
 {
+    /* before the send: the echo may be back (and judged by the ingest
+     * thread) before mrb_mqtt_publish() returns */
+    int noted = mrb_bridge_note_mqtt_publish(b, topic, tlen, payload, plen);
     mrb_err err = mrb_mqtt_publish(b, topic, payload, plen, qos, retain);
+    if (err != MRB_OK && noted)
+        mrb_bridge_unnote_mqtt_publish(b, topic, tlen, payload, plen);
     if (err == MRB_ERR_FULL || err == MRB_ERR_CONN)
         return 0;
     if (err != MRB_OK) {
@@ -179,20 +184,29 @@ static int mqtt_send(mrb_bridge *b, const char *topic, size_t tlen,
                      (unsigned long long)b->c.dropped_send_failed);
         return 1;
     }
-    mrb_bridge_note_mqtt_publish(b, topic, tlen, payload, plen);
     return 1;
 }
 
-void mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
-                                  const char *payload, size_t plen)
+int mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
+                                 const char *payload, size_t plen)
 {
-    if (b->mqtt.version != MQTTVERSION_5 &&
-        mrb_routes_mqtt_canonical(&b->routes, topic, tlen) != MRB_NO_SUB) {
-        pthread_mutex_lock(&b->echo_lock);
-        mrb_seen_add(&b->mqtt_echo, mrb_seen_key(topic, tlen, payload, plen),
-                     mrb_now_ms());
-        pthread_mutex_unlock(&b->echo_lock);
-    }
+    if (b->mqtt.version == MQTTVERSION_5 ||
+        mrb_routes_mqtt_canonical(&b->routes, topic, tlen) == MRB_NO_SUB)
+        return 0;
+    pthread_mutex_lock(&b->echo_lock);
+    mrb_seen_add(&b->mqtt_echo, mrb_seen_key(topic, tlen, payload, plen),
+                 mrb_now_ms());
+    pthread_mutex_unlock(&b->echo_lock);
+    return 1;
+}
+
+void mrb_bridge_unnote_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
+                                    const char *payload, size_t plen)
+{
+    pthread_mutex_lock(&b->echo_lock);
+    mrb_seen_take(&b->mqtt_echo, mrb_seen_key(topic, tlen, payload, plen),
+                  mrb_now_ms());
+    pthread_mutex_unlock(&b->echo_lock);
 }
 
 void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,

@@ -258,10 +258,14 @@ void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
                                  const char *channel, size_t clen,
                                  const char *payload, size_t plen);
 
-/* After each publish to the broker: MQTT 3.1.1 has no No Local, so note
- * what may come back on our own subscriptions. */
-void mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
-                                  const char *payload, size_t plen);
+/* Before each publish to the broker: MQTT 3.1.1 has no No Local, so note
+ * what may come back on our own subscriptions (1 if noted). If the publish
+ * then does not go out, take the note back. Before, not after: the copy
+ * can be back, and judged on the ingest thread, before the send returns. */
+int mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
+                                 const char *payload, size_t plen);
+void mrb_bridge_unnote_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
+                                    const char *payload, size_t plen);
 /* One rate-limited line for a message no route can map (any thread, with
  * its own rl and counter). */
 void mrb_warn_unmappable(mrb_ratelimit *rl, uint64_t count, const char *side,

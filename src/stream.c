@@ -537,10 +537,15 @@ static void publish_queued(mrb_bridge *b)
             sx->ok = 0;
             memcpy(sx->tag, mrb_msg_tag(m), m->tag_len + 1);
         }
+        int noted = mrb_bridge_note_mqtt_publish(b, mrb_msg_name(m), m->name_len,
+                                                 mrb_msg_payload(m), m->payload_len);
         mrb_err err = sx ? mrb_mqtt_publish_sx(b, mrb_msg_name(m), mrb_msg_payload(m),
                                                m->payload_len, m->qos, m->retain, sx)
                          : mrb_mqtt_publish(b, mrb_msg_name(m), mrb_msg_payload(m),
                                             m->payload_len, m->qos, m->retain);
+        if (err != MRB_OK && noted)
+            mrb_bridge_unnote_mqtt_publish(b, mrb_msg_name(m), m->name_len,
+                                           mrb_msg_payload(m), m->payload_len);
         if (err == MRB_ERR_FULL || err == MRB_ERR_CONN) {
             free(sx);
             return;
@@ -553,11 +558,8 @@ static void publish_queued(mrb_bridge *b)
                 xack(b, sx->tag, klen, sx->tag + klen + 1, strlen(sx->tag + klen + 1));
                 free(sx);
             }
-        } else {
-            if (sx)
-                b->sx_inflight++;
-            mrb_bridge_note_mqtt_publish(b, mrb_msg_name(m), m->name_len,
-                                         mrb_msg_payload(m), m->payload_len);
+        } else if (sx) {
+            b->sx_inflight++;
         }
         free(mrb_queue_pop(&b->sx_q));
     }
