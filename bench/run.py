@@ -215,15 +215,18 @@ class Env:
 
     def broker_dropped(self):
         """mosquitto's $SYS counter of dropped messages (its queue limits)."""
-        try:
-            p = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(self.mport),
-                                "-t", "$SYS/broker/publish/messages/dropped",
-                                "-C", "1", "-W", "4"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               timeout=6)
-            return int(p.stdout.decode().split()[0])
-        except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
-            return None
+        for _ in range(3):
+            try:
+                p = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p",
+                                    str(self.mport), "-t",
+                                    "$SYS/broker/publish/messages/dropped",
+                                    "-C", "1", "-W", "5"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   timeout=8)
+                return int(p.stdout.decode().split()[0])
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                time.sleep(0.5)
+        return None
 
     def close(self):
         for p in (self.bridge, self.mosq, self.redis):
@@ -281,7 +284,7 @@ class Bench:
         self.n_lat = 2000 if q else 10000
         self.n_burst = 20000 if q else 100000
         self.fan = [1000] if q else [1000, 10000]
-        self.fan_rounds = 3 if q else 7
+        self.fan_rounds = 3 if q else 9
         self.res = {"results": {}}
         self.problems = []
 
