@@ -635,8 +635,11 @@ static int run_fanout(int argc, char **argv)
     int64_t *td = calloc((size_t)rounds, sizeof(int64_t));
     long incomplete[2] = {0, 0};
     for (long rd = 0; rd < rounds; rd++) {
-        for (int which = 1; which >= 0; which--) { /* direct first, then bridge */
-            F.round = rd * 2 + (1 - which);
+        for (int step = 0; step < 2; step++) {
+            /* alternate which goes first, so drift in the machine's load
+             * does not favour one */
+            int which = (int)((rd + step) % 2);
+            F.round = rd * 2 + step;
             F.got[which] = 0;
             char pl[32];
             int n = snprintf(pl, sizeof(pl), "%ld", F.round);

@@ -224,8 +224,10 @@ class Env:
                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                    timeout=8)
                 return int(p.stdout.decode().split()[0])
-            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as e:
+                self.sys_error = "%s: %r" % (type(e).__name__, e)
                 time.sleep(0.5)
+        print("could not read $SYS/broker/publish/messages/dropped: %s" % self.sys_error)
         return None
 
     def close(self):
