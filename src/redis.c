@@ -403,8 +403,9 @@ int mrb_redis_pollfds(mrb_bridge *b, struct pollfd *pfd, mrb_rconn **owner)
      * being dropped from out_q; one read (16 KiB) adds far less than the
      * other half. While the broker is down, out_q drops the oldest as
      * documented (Redis would otherwise cut off a subscriber that stops
-     * reading for long: client-output-buffer-limit pubsub). */
-    int hold_sub = mrb_mqtt_ready(b) &&
+     * reading for long: client-output-buffer-limit pubsub). Only once the
+     * subscriber is up: its SUBSCRIBE confirmations have a deadline. */
+    int hold_sub = mrb_mqtt_ready(b) && b->rsub.state == CONN_UP &&
                    (b->out_q.count * 2 >= b->out_q.max_count ||
                     b->out_q.bytes * 2 >= b->out_q.max_bytes);
     for (int i = 0; i < 3; i++) {
