@@ -28,6 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h> /* malloc_trim */
+#endif
 
 #include "bridge_int.h"
 
@@ -332,10 +335,18 @@ static size_t clear_counting(mrb_queue *q, size_t *kept)
     return lost;
 }
 
+void mrb_trim(void)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
 /* Returns 0 after a clean stop, 1 after a fatal error (logged). */
 static int run_loop(mrb_bridge *b)
 {
-    int64_t deadline = 0;
+    int64_t deadline = 0, busy_ms = 0;
+    int trim_due = 0;
     for (;;) {
         int64_t now = mrb_now_ms();
         if (got_usr1) {
@@ -389,6 +400,12 @@ static int run_loop(mrb_bridge *b)
             next = rt;
         if (b->stopping && deadline < next)
             next = deadline;
+        if (trim_due && now - busy_ms >= MRB_TRIM_IDLE_MS) {
+            trim_due = 0;
+            mrb_trim();
+        } else if (trim_due && busy_ms + MRB_TRIM_IDLE_MS < next) {
+            next = busy_ms + MRB_TRIM_IDLE_MS;
+        }
         /* asleep until there is work or a timer is due (the cap is only a
          * safety net: every hand-over writes to the wake pipe) */
         int64_t wait = next == INT64_MAX ? MRB_IDLE_CAP_MS : next - now;
@@ -396,9 +413,14 @@ static int run_loop(mrb_bridge *b)
             wait = 0;
         if (wait > MRB_IDLE_CAP_MS)
             wait = MRB_IDLE_CAP_MS;
-        if (poll(pfd, (nfds_t)n, (int)wait) < 0 && errno != EINTR) {
+        int ready = poll(pfd, (nfds_t)n, (int)wait);
+        if (ready < 0 && errno != EINTR) {
             mrb_error("poll: %s", strerror(errno));
             return 1;
+        }
+        if (ready > 0) {
+            busy_ms = mrb_now_ms();
+            trim_due = 1;
         }
         if (pfd[0].revents & POLLIN) {
             /* Drain first, then clear: a wake-up posted after the clear

@@ -54,6 +54,9 @@
 #define MRB_ECHO_TTL_MS 5000
 #define MRB_SHORT_SESSION_MS 5000
 #define MRB_IDLE_CAP_MS 60000
+/* After a burst, once a thread has been idle this long, it gives freed heap
+ * back to the system (mrb_trim), so memory returns to its idle size. */
+#define MRB_TRIM_IDLE_MS 1000
 /* Stream mode: entries read but not yet completed on MQTT, at most; keys
  * followed at most; entries per XREADGROUP at most. */
 #define MRB_SX_WINDOW 512
@@ -90,6 +93,7 @@ typedef struct mrb_ingest {
     atomic_int up;               /* connected (for "ready") */
     pthread_cond_t work;         /* [in_lock] signalled on push when idle */
     int idle;                    /* [in_lock] waiting on work */
+    int trim_due;                /* messages passed since the last mrb_trim() */
     size_t busy;                 /* [in_lock] in in_q or unacked */
     pthread_mutex_t fd_lock;
     int io_fd;                   /* [fd_lock] socket of c, or -1 */
@@ -320,6 +324,9 @@ int64_t mrb_redis_connect_timeout_ms(const mrb_bridge *b);
 /* ingest.c */
 mrb_err mrb_ingest_start(mrb_bridge *b);
 void mrb_ingest_kick(mrb_bridge *b);         /* receive thread, in_lock held */
+/* Return freed heap pages to the system (glibc malloc_trim; elsewhere a
+ * no-op). Any thread; called only when idle after traffic. */
+void mrb_trim(void);
 void mrb_ingest_stop(mrb_bridge *b);         /* main: quit and join */
 void mrb_ingest_clear(mrb_bridge *b, size_t *lost, size_t *kept);
 

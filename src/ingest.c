@@ -417,7 +417,16 @@ static void *ingest_main(void *arg)
             if (!g->c && mrb_now_ms() >= g->next_attempt_ms)
                 break;
             g->idle = 1;
-            if (g->c) {
+            if (g->c && g->trim_due) {
+                /* idle after traffic: give the heap back once quiet */
+                int64_t t = mrb_now_ms() + MRB_TRIM_IDLE_MS;
+                struct timespec ts = {(time_t)(t / 1000), (long)(t % 1000) * 1000000};
+                if (pthread_cond_timedwait(&g->work, &b->in_lock, &ts) == ETIMEDOUT &&
+                    b->in_q.count == 0) {
+                    g->trim_due = 0;
+                    mrb_trim();
+                }
+            } else if (g->c) {
                 pthread_cond_wait(&g->work, &b->in_lock);
             } else {
                 int64_t t = g->next_attempt_ms;
@@ -433,6 +442,7 @@ static void *ingest_main(void *arg)
             continue;
         }
         send_some(b);
+        g->trim_due = 1;
         int rc = flush_writes(b);
         if (rc != 0) {
             io_failed(b, rc);

@@ -397,12 +397,24 @@ int mrb_redis_pollfds(mrb_bridge *b, struct pollfd *pfd, mrb_rconn **owner)
 {
     mrb_rconn *rcs[3] = {&b->rpub, &b->rsub, &b->rread};
     int n = 0;
+    /* Flow control: while the broker is connected and only slower than
+     * Redis (a burst), stop reading the subscriber once out_q is half full,
+     * so messages wait in the socket and in Redis's output buffer instead of
+     * being dropped from out_q; one read (16 KiB) adds far less than the
+     * other half. While the broker is down, out_q drops the oldest as
+     * documented (Redis would otherwise cut off a subscriber that stops
+     * reading for long: client-output-buffer-limit pubsub). Only once the
+     * subscriber is up: its SUBSCRIBE confirmations have a deadline. */
+    int hold_sub = mrb_mqtt_ready(b) && b->rsub.state == CONN_UP &&
+                   (b->out_q.count * 2 >= b->out_q.max_count ||
+                    b->out_q.bytes * 2 >= b->out_q.max_bytes);
     for (int i = 0; i < 3; i++) {
         mrb_rconn *rc = rcs[i];
-        if (!rc->ac || (!rc->want_read && !rc->want_write))
+        int want_read = rc->want_read && !(hold_sub && rc == &b->rsub);
+        if (!rc->ac || (!want_read && !rc->want_write))
             continue;
         pfd[n].fd = rc->ac->c.fd;
-        pfd[n].events = (short)((rc->want_read ? POLLIN : 0) |
+        pfd[n].events = (short)((want_read ? POLLIN : 0) |
                                 (rc->want_write ? POLLOUT : 0));
         pfd[n].revents = 0;
         owner[n++] = rc;

@@ -459,6 +459,183 @@ mrb_err mrb_route_map_to_mqtt(const mrb_route *r, const char *channel,
     return MRB_OK;
 }
 
+
+/* ---- indexes: candidates by first level ---------------------------------
+ *
+ * A message name can only match a filter or pattern whose first level (MQTT,
+ * up to '/') or first segment (Redis, up to ':') is literal and equal to the
+ * name's own, or one whose first level is a wildcard ("wild"). So each index
+ * maps a literal first level to the ascending list of entries having it, and
+ * keeps the wild entries apart; a lookup merges the two lists in ascending
+ * order. The first match, and the order of targets, are the same as a scan
+ * over all entries, at a cost independent of the number of entries with
+ * other first levels.
+ *   MQTT filter: keyed by its first level unless that is '+' or '#'.
+ *   Redis pattern: keyed by the text before its first ':' if that ':' comes
+ *   before any '*' (or there is no '*' and no ':': the whole exact name);
+ *   otherwise wild ("us*" may match "user:1" and "usa").
+ */
+typedef struct ix_slot {
+    const char *key; /* NULL: empty slot */
+    size_t klen;
+    size_t *v, n;
+} ix_slot;
+
+struct mrb_rindex {
+    ix_slot *slot;
+    size_t mask;      /* slot count - 1 (a power of two) */
+    size_t *wild, nwild;
+};
+
+static uint64_t ix_hash(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211u;
+    return h;
+}
+
+/* The key of a name: its first level/segment, length in *klen. */
+static const char *name_key(const char *s, size_t len, char sep, size_t *klen)
+{
+    const char *e = memchr(s, sep, len);
+    *klen = e ? (size_t)(e - s) : len;
+    return s;
+}
+
+/* The key of a filter/pattern, or NULL if it is wild. */
+static const char *entry_key(const char *s, char sep, size_t *klen)
+{
+    size_t len = strlen(s);
+    name_key(s, len, sep, klen);
+    if (sep == '/')
+        return (*klen == 1 && (s[0] == '+' || s[0] == '#')) ? NULL : s;
+    const char *star = strchr(s, '*');
+    return (!star || (size_t)(star - s) > *klen) ? s : NULL;
+}
+
+static ix_slot *ix_find(const struct mrb_rindex *x, const char *k, size_t klen)
+{
+    for (size_t i = ix_hash(k, klen) & x->mask;; i = (i + 1) & x->mask) {
+        ix_slot *sl = &x->slot[i];
+        if (!sl->key || (sl->klen == klen && memcmp(sl->key, k, klen) == 0))
+            return sl;
+    }
+}
+
+static void ix_free(struct mrb_rindex *x)
+{
+    if (!x)
+        return;
+    for (size_t i = 0; x->slot && i <= x->mask; i++)
+        free(x->slot[i].v);
+    free(x->slot);
+    free(x->wild);
+    free(x);
+}
+
+/* Index n entries, the i-th named name(ctx, i) (NULL: not indexed). The
+ * names must outlive the index. */
+static struct mrb_rindex *ix_build(size_t n, char sep,
+                                   const char *(*name)(const void *, size_t),
+                                   const void *ctx)
+{
+    struct mrb_rindex *x = calloc(1, sizeof(*x));
+    if (!x)
+        return NULL;
+    size_t ns = 8;
+    while (ns < 2 * n)
+        ns *= 2;
+    x->mask = ns - 1;
+    x->slot = calloc(ns, sizeof(*x->slot));
+    x->wild = calloc(n ? n : 1, sizeof(*x->wild));
+    if (!x->slot || !x->wild)
+        goto nomem;
+    for (size_t i = 0; i < n; i++) {
+        const char *s = name(ctx, i);
+        if (!s)
+            continue;
+        size_t klen;
+        const char *k = entry_key(s, sep, &klen);
+        if (!k) {
+            x->wild[x->nwild++] = i;
+            continue;
+        }
+        ix_slot *sl = ix_find(x, k, klen);
+        size_t *v = realloc(sl->v, (sl->n + 1) * sizeof(*v));
+        if (!v)
+            goto nomem;
+        sl->key = k;
+        sl->klen = klen;
+        sl->v = v;
+        sl->v[sl->n++] = i;
+    }
+    return x;
+nomem:
+    ix_free(x);
+    return NULL;
+}
+
+/* Ascending merge of the keyed and the wild candidates of one name. */
+typedef struct ix_iter {
+    const size_t *a, *b;
+    size_t na, nb, ia, ib;
+} ix_iter;
+
+static void ix_lookup(const struct mrb_rindex *x, const char *s, size_t len,
+                      char sep, ix_iter *it)
+{
+    size_t klen;
+    const char *k = name_key(s, len, sep, &klen);
+    const ix_slot *sl = ix_find(x, k, klen);
+    *it = (ix_iter){.a = sl->v, .na = sl->key ? sl->n : 0, .b = x->wild,
+                    .nb = x->nwild};
+}
+
+static int ix_next(ix_iter *it, size_t *out)
+{
+    if (it->ia < it->na && (it->ib >= it->nb || it->a[it->ia] < it->b[it->ib]))
+        *out = it->a[it->ia++];
+    else if (it->ib < it->nb)
+        *out = it->b[it->ib++];
+    else
+        return 0;
+    return 1;
+}
+
+static const char *route_mqtt_name(const void *ctx, size_t i)
+{
+    const mrb_route *r = &((const mrb_routes *)ctx)->route[i];
+    return r->dir == MRB_DIR_REDIS_TO_MQTT ? NULL : r->mqtt;
+}
+
+static const char *route_redis_name(const void *ctx, size_t i)
+{
+    const mrb_route *r = &((const mrb_routes *)ctx)->route[i];
+    return r->dir == MRB_DIR_MQTT_TO_REDIS ? NULL : r->redis;
+}
+
+static const char *mqtt_sub_name(const void *ctx, size_t i)
+{
+    return ((const mrb_routes *)ctx)->mqtt_sub[i].name;
+}
+
+static const char *redis_sub_name(const void *ctx, size_t i)
+{
+    return ((const mrb_routes *)ctx)->redis_sub[i].name;
+}
+
+static mrb_err routes_index(mrb_routes *t)
+{
+    t->ix_route_mqtt = ix_build(t->n, '/', route_mqtt_name, t);
+    t->ix_route_redis = ix_build(t->n, ':', route_redis_name, t);
+    t->ix_mqtt_sub = ix_build(t->n_mqtt_sub, '/', mqtt_sub_name, t);
+    t->ix_redis_sub = ix_build(t->n_redis_sub, ':', redis_sub_name, t);
+    return t->ix_route_mqtt && t->ix_route_redis && t->ix_mqtt_sub && t->ix_redis_sub
+               ? MRB_OK
+               : MRB_ERR_NOMEM;
+}
+
 /* ------------------------------------------------------------------------ */
 
 static void subs_free(mrb_sub *s, size_t n)
@@ -476,6 +653,10 @@ void mrb_routes_free(mrb_routes *t)
     subs_free(t->mqtt_sub, t->n_mqtt_sub);
     subs_free(t->redis_sub, t->n_redis_sub);
     subs_free(t->stream_sub, t->n_stream_sub);
+    ix_free(t->ix_route_mqtt);
+    ix_free(t->ix_route_redis);
+    ix_free(t->ix_mqtt_sub);
+    ix_free(t->ix_redis_sub);
     memset(t, 0, sizeof(*t));
 }
 
@@ -535,6 +716,8 @@ mrb_err mrb_routes_build(mrb_routes *t, const mrb_route *routes, size_t n)
                 goto nomem;
         }
     }
+    if (routes_index(t) != MRB_OK)
+        goto nomem;
     return MRB_OK;
 nomem:
     mrb_routes_free(t);
@@ -544,7 +727,10 @@ nomem:
 size_t mrb_routes_mqtt_canonical(const mrb_routes *t, const char *topic,
                                  size_t len)
 {
-    for (size_t i = 0; i < t->n_mqtt_sub; i++)
+    ix_iter it;
+    size_t i;
+    ix_lookup(t->ix_mqtt_sub, topic, len, '/', &it);
+    while (ix_next(&it, &i))
         if (mrb_filter_matches(t->mqtt_sub[i].name, topic, len))
             return i;
     return MRB_NO_SUB;
@@ -553,7 +739,10 @@ size_t mrb_routes_mqtt_canonical(const mrb_routes *t, const char *topic,
 size_t mrb_routes_redis_canonical(const mrb_routes *t, const char *channel,
                                   size_t len)
 {
-    for (size_t i = 0; i < t->n_redis_sub; i++) {
+    ix_iter it;
+    size_t i;
+    ix_lookup(t->ix_redis_sub, channel, len, ':', &it);
+    while (ix_next(&it, &i)) {
         const mrb_sub *s = &t->redis_sub[i];
         if (s->exact ? (strlen(s->name) == len && memcmp(s->name, channel, len) == 0)
                      : mrb_glob_matches(s->name, channel, len))
@@ -562,10 +751,15 @@ size_t mrb_routes_redis_canonical(const mrb_routes *t, const char *channel,
     return MRB_NO_SUB;
 }
 
+/* A subscription name is found under its own key (an exact name is its own
+ * only match; a pattern's key is the first segment of the pattern itself). */
 size_t mrb_routes_redis_sub_index(const mrb_routes *t, const char *name,
                                   size_t len)
 {
-    for (size_t i = 0; i < t->n_redis_sub; i++)
+    ix_iter it;
+    size_t i;
+    ix_lookup(t->ix_redis_sub, name, len, ':', &it);
+    while (ix_next(&it, &i))
         if (strlen(t->redis_sub[i].name) == len &&
             memcmp(t->redis_sub[i].name, name, len) == 0)
             return i;
@@ -621,14 +815,18 @@ static void targets_commit(const mrb_routes *t, mrb_targets *tg, size_t len,
 }
 
 /* mode: only routes of this mode, or -1 for all */
-static mrb_err map_all(const mrb_routes *t, const char *name, size_t len,
+static mrb_err map_all(const mrb_routes *t, const struct mrb_rindex *ix, char sep,
+                       const char *name, size_t len,
                        mrb_targets *tg, mrb_direction skip, int mode,
                        mrb_err (*map)(const mrb_route *, const char *, size_t,
                                       char *, size_t, size_t *),
                        int (*matches)(const mrb_route *, const char *, size_t))
 {
+    ix_iter it;
+    size_t i;
     tg->n = tg->used = tg->unmappable = 0;
-    for (size_t i = 0; i < t->n; i++) {
+    ix_lookup(ix, name, len, sep, &it);
+    while (ix_next(&it, &i)) {
         const mrb_route *r = &t->route[i];
         if (r->dir == skip || (mode >= 0 && (int)r->mode != mode) ||
             !matches(r, name, len))
@@ -661,13 +859,14 @@ static int route_matches_redis(const mrb_route *r, const char *s, size_t len)
 mrb_err mrb_routes_map_mqtt(const mrb_routes *t, const char *topic, size_t len,
                             mrb_targets *tg)
 {
-    return map_all(t, topic, len, tg, MRB_DIR_REDIS_TO_MQTT, -1,
+    return map_all(t, t->ix_route_mqtt, '/', topic, len, tg, MRB_DIR_REDIS_TO_MQTT, -1,
                    mrb_route_map_to_redis, route_matches_mqtt);
 }
 
 mrb_err mrb_routes_map_redis(const mrb_routes *t, mrb_mode mode,
                              const char *name, size_t len, mrb_targets *tg)
 {
-    return map_all(t, name, len, tg, MRB_DIR_MQTT_TO_REDIS, (int)mode,
+    return map_all(t, t->ix_route_redis, ':', name, len, tg, MRB_DIR_MQTT_TO_REDIS,
+                   (int)mode,
                    mrb_route_map_to_mqtt, route_matches_redis);
 }

@@ -285,6 +285,84 @@ static void test_stream_routes(void **state)
     mrb_routes_free(&t);
 }
 
+/* The first-level indexes give the same answers as a scan over all routes:
+ * canonical subscriptions, subscription lookup by name, and the targets in
+ * route order, for overlapping keyed and wild filters and patterns. */
+static void test_index_matches_scan(void **state)
+{
+    static const char *specs[] = {
+        "a/+ <> a:*", "+/x <> *:x", "a/# <> ax:*", "# > all:*",
+        "b/c <> b:c", "user/+ <> user:*", "us/+ < us*", "a/b < a:b",
+        "q/+ <> q:*:z stream", "+/+ <> *:*", "$SYS/+ > sys:*", "a <> a",
+        "d/+/e <> d:*:e", "x/# < x:*"};
+    static const char *names[] = {
+        "a/b", "a/x", "a", "a/b/c", "b/c", "b/x", "user/1", "us/1", "q/1",
+        "zz/x", "$SYS/x", "d/1/e", "x/1/2", "c", "", "a:b", "a:x", "ax:1",
+        "b:c", "user:1", "usa", "us:1", "q:1:z", "zz:x", "x:1:2", "a",
+        "d:1:e", "sys:1", "all:1", "user", "us*"};
+    size_t ns = sizeof(specs) / sizeof(*specs);
+    mrb_route r[sizeof(specs) / sizeof(*specs)];
+    for (size_t i = 0; i < ns; i++)
+        r[i] = mk(specs[i]);
+    mrb_routes t;
+    assert_int_equal(mrb_routes_build(&t, r, ns), MRB_OK);
+    mrb_targets tg = {0};
+    for (size_t k = 0; k < sizeof(names) / sizeof(*names); k++) {
+        const char *nm = names[k];
+        size_t len = strlen(nm);
+        size_t want = MRB_NO_SUB;
+        for (size_t i = 0; i < t.n_mqtt_sub && want == MRB_NO_SUB; i++)
+            if (mrb_filter_matches(t.mqtt_sub[i].name, nm, len))
+                want = i;
+        assert_int_equal(mrb_routes_mqtt_canonical(&t, nm, len), want);
+        want = MRB_NO_SUB;
+        for (size_t i = 0; i < t.n_redis_sub && want == MRB_NO_SUB; i++)
+            if (t.redis_sub[i].exact ? strcmp(t.redis_sub[i].name, nm) == 0
+                                     : mrb_glob_matches(t.redis_sub[i].name, nm, len))
+                want = i;
+        assert_int_equal(mrb_routes_redis_canonical(&t, nm, len), want);
+        /* targets: the routes that map it, in route order, first of each name */
+        for (int side = 0; side < 3; side++) {
+            mrb_err e = side == 0 ? mrb_routes_map_mqtt(&t, nm, len, &tg)
+                                  : mrb_routes_map_redis(&t, side == 1 ? MRB_MODE_PUBSUB
+                                                                       : MRB_MODE_STREAM,
+                                                         nm, len, &tg);
+            assert_int_equal(e, MRB_OK);
+            size_t n = 0;
+            for (size_t i = 0; i < ns; i++) {
+                char out[256];
+                size_t on;
+                if (side == 0 ? (r[i].dir == MRB_DIR_REDIS_TO_MQTT ||
+                                 mrb_route_map_to_redis(&r[i], nm, len, out, sizeof(out), &on))
+                              : (r[i].dir == MRB_DIR_MQTT_TO_REDIS ||
+                                 (int)r[i].mode != side - 1 ||
+                                 mrb_route_map_to_mqtt(&r[i], nm, len, out, sizeof(out), &on)))
+                    continue;
+                int dup = 0;
+                for (size_t j = 0; j < n; j++)
+                    dup |= tg.v[j].len == on && memcmp(tg.buf + tg.v[j].off, out, on) == 0 &&
+                           r[tg.v[j].route].mode == r[i].mode;
+                if (dup)
+                    continue;
+                assert_true(n < tg.n);
+                assert_int_equal(tg.v[n].route, i);
+                assert_int_equal(tg.v[n].len, on);
+                assert_memory_equal(tg.buf + tg.v[n].off, out, on);
+                n++;
+            }
+            assert_int_equal(n, tg.n);
+        }
+    }
+    for (size_t i = 0; i < t.n_redis_sub; i++)
+        assert_int_equal(mrb_routes_redis_sub_index(&t, t.redis_sub[i].name,
+                                                    strlen(t.redis_sub[i].name)), i);
+    assert_int_equal(mrb_routes_redis_sub_index(&t, "nope", 4), MRB_NO_SUB);
+    mrb_targets_free(&tg);
+    mrb_routes_free(&t);
+    for (size_t i = 0; i < ns; i++)
+        mrb_route_free(&r[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -300,6 +378,7 @@ int main(void)
         cmocka_unit_test(test_table_subscriptions),
         cmocka_unit_test(test_targets_are_distinct),
         cmocka_unit_test(test_stream_routes),
+        cmocka_unit_test(test_index_matches_scan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
