@@ -9,7 +9,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMRB_WERROR=ON -DMRB_TESTS=OFF \
+RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMRB_WERROR=ON -DMRB_TESTS=OFF -DMRB_BENCH=OFF \
  && cmake --build build -j"$(nproc)" \
  && strip --strip-unneeded build/mqtt-redis-bridge
 

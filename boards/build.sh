@@ -68,7 +68,7 @@ apt_install "${PKGS[@]}"
 # --------------------------------------------------------------- sysroot
 onoff() { if (( $1 )); then echo ON; else echo OFF; fi; }
 CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=MinSizeRel -DCMAKE_INSTALL_PREFIX=/usr
-            -DMRB_BOARD="$BOARD" -DMRB_WERROR=ON -DMRB_TESTS=ON
+            -DMRB_BOARD="$BOARD" -DMRB_WERROR=ON -DMRB_TESTS=ON -DMRB_BENCH=OFF
             "-DWITH_TLS=$(onoff "$TLS")" "-DMRB_STATIC=$(onoff "$STATIC")")
 SYSROOT=
 if [[ -n $TOOLCHAIN ]]; then

@@ -14,7 +14,7 @@ cd "$ROOT"
 die() { printf 'bench.sh: error: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=scripts/apt.sh
 source "$ROOT/scripts/apt.sh"
-apt_install build-essential cmake pkg-config libpaho-mqtt-dev libhiredis-dev \
+apt_install build-essential cmake pkg-config libpaho-mqtt-dev libhiredis-dev libmosquitto-dev \
   libcjson-dev mosquitto mosquitto-clients redis-server python3
 
 cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMRB_TESTS=OFF >/dev/null

@@ -65,7 +65,7 @@ stop_pid() {    # stop_pid PID NAME : TERM, up to 5 s, then KILL; reaps it
 }
 
 # ---------------------------------------------------------------------------
-apt_install build-essential cmake pkg-config libpaho-mqtt-dev libhiredis-dev \
+apt_install build-essential cmake pkg-config libpaho-mqtt-dev libhiredis-dev libmosquitto-dev \
   libcjson-dev mosquitto mosquitto-clients redis-server redis-tools
 
 say "building $BIN"

@@ -14,7 +14,7 @@ die() { printf 'faults.sh: error: %s\n' "$*" >&2; exit 1; }
 
 # shellcheck source=scripts/apt.sh
 source "$ROOT/scripts/apt.sh"
-apt_install build-essential cmake pkg-config libpaho-mqtt-dev libhiredis-dev \
+apt_install build-essential cmake pkg-config libpaho-mqtt-dev libhiredis-dev libmosquitto-dev \
   libcjson-dev mosquitto redis-server python3 python3-paho-mqtt python3-redis
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

@@ -31,7 +31,8 @@ source "$ROOT/scripts/apt.sh"
 
 # ---------------------------------------------------------------------------
 section "Dependencies"
-BUILD_PKGS=(build-essential cmake pkg-config libpaho-mqtt-dev libhiredis-dev libcjson-dev)
+BUILD_PKGS=(build-essential cmake pkg-config libpaho-mqtt-dev libhiredis-dev libcjson-dev
+  libmosquitto-dev)
 TEST_PKGS=(libcmocka-dev mosquitto mosquitto-clients redis-server redis-tools
            python3 python3-paho-mqtt python3-redis valgrind docker-compose)
 apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"
