@@ -24,12 +24,14 @@ from harness import (BridgeTestCase, DELIVERY_TIMEOUT, Pki, READY_TIMEOUT,  # no
                      unique, wait_until)
 
 ACL_EXAMPLE = os.path.join(harness.REPO, "docs", "examples", "mosquitto.acl")
-# the Redis ACL of README "Authentication": the default routes' channels,
+# the Redis ACL of README "TLS and authentication", step 3: the default
+# routes' channels,
 # the commands the bridge uses (pub/sub routes)
 REDIS_ACL = ["on", ">b-pass", "resetchannels", "&user:*", "&news", "-@all",
              "+publish", "+subscribe", "+psubscribe", "+ping",
              "+client|setname"]
 NEXT_RE = re.compile(r"attempt \d+ failed: .*; next in (\d+) ms")
+MAX_MS = 1000  # reconnect.max_ms of the tests' bridges
 
 TLS = None
 
@@ -70,8 +72,10 @@ class SecurityCase(BridgeTestCase):
                                lambda: msub.count("user/bob", down)},
                               "%s: Redis -> MQTT" % what, subscribers=[msub])
 
-    def assert_slow_retries(self, bridge, max_ms, what):
-        """Every retry the bridge logs (-v) waits reconnect.max_ms."""
+    def assert_slow_retries(self, bridge, what, max_ms=MAX_MS):
+        """The bridge (-v) retries, and every retry waits reconnect.max_ms."""
+        self.assert_log(bridge, NEXT_RE, timeout=READY_TIMEOUT,
+                        what=what + ": a retry")
         waits = [int(m.group(1)) for l in bridge.lines()
                  for m in [NEXT_RE.search(l)] if m]
         fast = [w for w in waits if w < max_ms]
@@ -81,7 +85,7 @@ class SecurityCase(BridgeTestCase):
 
     def bridge_config(self, mqtt, redis_url, name="cfg.json", **extra):
         cfg = {"mqtt": mqtt, "redis": {"url": redis_url},
-               "reconnect": {"min_ms": 50, "max_ms": 1500}}
+               "reconnect": {"min_ms": 50, "max_ms": MAX_MS}}
         cfg.update(extra)
         path = self.write_config(cfg, name)
         os.chmod(path, 0o600)
@@ -146,11 +150,10 @@ class TlsTest(SecurityCase):
                               name=unique("b"))
         self.assert_log(b, "error mqtt: TLS failed with mqtts://127.0.0.1:%d: %s"
                         % (mq.tls_port, want), timeout=READY_TIMEOUT)
-        time.sleep(2.0)  # a retry or so
+        self.assert_slow_retries(b, want)
         self.assertTrue(b.alive(), b.tail())
         self.assertEqual(b.count("TLS failed"), 1, "logged once:\n" + b.tail())
         self.assertEqual(b.count("ready:"), 0)
-        self.assert_slow_retries(b, 1500, want)
         return b
 
     def test_wrong_ca(self):
@@ -225,9 +228,8 @@ class AuthTest(SecurityCase):
                     r"error mqtt: the broker refused the login to "
                     r"mqtt://bridge:\*\*\*@127\.0\.0\.1:%d: .*check the user "
                     r"name and password" % mq.port), timeout=READY_TIMEOUT)
-                time.sleep(2.0)
+                self.assert_slow_retries(b, "MQTT " + protocol)
                 self.assertEqual(b.count("refused the login"), 1, b.tail())
-                self.assert_slow_retries(b, 1500, "MQTT " + protocol)
                 self.assertNotIn("wrong", b.log().replace("wrong)", ""))
                 # the broker learns the bridge's password: it gets in
                 mq.stop()
@@ -251,9 +253,8 @@ class AuthTest(SecurityCase):
             r"error redis: redis://bridge:\*\*\*@127\.0\.0\.1:%d refused the "
             r"\w+ connection: AUTH refused: WRONGPASS" % rs.port),
             timeout=READY_TIMEOUT)
-        time.sleep(2.0)
+        self.assert_slow_retries(b, "Redis AUTH")
         self.assertEqual(b.count("refused the"), 1, b.tail())
-        self.assert_slow_retries(b, 1500, "Redis AUTH")
         self.assertNotIn("not-it", b.log())
         # the ACL user gets the bridge's password too: it gets in
         mark = b.mark()
@@ -348,24 +349,26 @@ class SecretsTest(SecurityCase):
         self.assertNotIn("pw-in-file", out + r.stderr.decode())
         self.assertIn("redis://:***@h:6379", out)
 
+    def assert_config_error(self, args, want, env=None):
+        """The bridge refuses args with exit status 2 and exactly want."""
+        r = run_bridge(args + ["--check"], env=env)
+        self.assertEqual((r.returncode, r.stderr.decode()),
+                         (2, "mqtt-redis-bridge: " + want + "\n"))
+
     def test_two_password_sources_are_refused(self):
-        r = run_bridge(["--redis", "redis://:a@h", "--check"],
-                       env={"MRB_REDIS_PASSWORD": "b"})
-        self.assertEqual(r.returncode, 2)
-        self.assertEqual(r.stderr.decode(),
-                         "mqtt-redis-bridge: redis: the password is given twice, "
-                         "in the URL (redis.url / --redis) and in "
-                         "MRB_REDIS_PASSWORD: keep one\n")
+        self.assert_config_error(
+            ["--redis", "redis://:a@h"],
+            "redis: the password is given twice, in the URL (redis.url / "
+            "--redis) and in MRB_REDIS_PASSWORD: keep one",
+            env={"MRB_REDIS_PASSWORD": "b"})
 
     def test_mqtts_without_tls(self):
         if has_tls():
             self.skipTest("bridge built with TLS")
-        r = run_bridge(["--mqtt", "mqtts://u:pw@broker", "--check"])
-        self.assertEqual(r.returncode, 2)
-        self.assertEqual(r.stderr.decode(),
-                         "mqtt-redis-bridge: --mqtt: \"mqtts://u:***@broker\": "
-                         "this mqtt-redis-bridge was built without TLS (cmake "
-                         "-DWITH_TLS=OFF): use mqtt:// or a build with TLS\n")
+        self.assert_config_error(
+            ["--mqtt", "mqtts://u:pw@broker"],
+            "--mqtt: \"mqtts://u:***@broker\": this mqtt-redis-bridge was built "
+            "without TLS (cmake -DWITH_TLS=OFF): use mqtt:// or a build with TLS")
 
 
 class PermissionsTest(SecurityCase):
