@@ -48,7 +48,7 @@
  * wait in our bounded queues instead of in unbounded library buffers. */
 #define MRB_MQTT_WINDOW 1000
 #define MRB_REDIS_WINDOW 1000
-#define MRB_REDIS_WINDOW_BYTES (8u * 1024 * 1024)
+#define MRB_REDIS_WINDOW_BYTES ((size_t)8 * 1024 * 1024)
 #define MRB_CONNECT_TIMEOUT_MS 10000
 #define MRB_ECHO_CAPACITY 4096
 #define MRB_ECHO_TTL_MS 5000

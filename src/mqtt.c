@@ -74,6 +74,8 @@ static void post(mrb_bridge *b, unsigned ev, int code, const char *text)
 static int on_ssl_error(const char *str, size_t len, void *ctx)
 {
     mrb_bridge *b = ctx;
+    if (!str)
+        return 0;
     /* OpenSSL 3: "thread:error:code:library:function:reason:file:line:"
      * keep the reason */
     const char *f = str, *end = str + len;
@@ -847,7 +849,7 @@ void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms)
         if (MQTTAsync_disconnect(m->client, &d) == MQTTASYNC_SUCCESS) {
             /* bounded: the disconnect completes or times out within timeout */
             for (int i = 0; i < timeout_ms / 10 + 1 && MQTTAsync_isConnected(m->client); i++)
-                nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+                nanosleep(&(struct timespec){0, 10L * 1000 * 1000}, NULL);
         }
     }
     m->state = CONN_DOWN;

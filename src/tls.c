@@ -89,7 +89,8 @@ static int probe_connect(const char *host, int port)
                  soerr == 0;
         }
         fcntl(fd, F_SETFL, flags);
-        struct timeval tv = {PROBE_TIMEOUT_MS / 1000, (PROBE_TIMEOUT_MS % 1000) * 1000};
+        struct timeval tv = {PROBE_TIMEOUT_MS / 1000,
+                             (suseconds_t)(PROBE_TIMEOUT_MS % 1000) * 1000};
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     }
