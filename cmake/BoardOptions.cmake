@@ -2,10 +2,8 @@
 # each costs, measured). Included by CMakeLists.txt after the libraries are
 # found and before the targets are defined.
 #
-#   WITH_TLS=ON     link Paho's TLS library (paho-mqtt3as + OpenSSL) instead
-#                   of paho-mqtt3a. The bridge itself does not speak mqtts://
-#                   yet (a later issue): today this only selects the library,
-#                   so the cost can be measured and packages can be made.
+#   WITH_TLS=ON     (default) link Paho's TLS library (paho-mqtt3as +
+#                   OpenSSL) instead of paho-mqtt3a: mqtts:// to the broker.
 #   MRB_STATIC=ON   a fully static mqtt-redis-bridge (glibc included), for
 #                   boards that have none of the libraries. Needs Debian's
 #                   static libpaho-mqtt3a.a / libhiredis.a (shipped in the -dev
@@ -16,7 +14,14 @@
 #                   Also drops unused sections (-ffunction-sections
 #                   -fdata-sections -Wl,--gc-sections: 20 KB of 1.3 MB; on
 #                   the dynamic binary it saves nothing, so it is not used).
-option(WITH_TLS "Link the TLS variant of Paho (paho-mqtt3as, OpenSSL)" OFF)
+# WITH_TLS=ON (the default) links Paho's TLS variant and enables mqtts://
+# (MRB_WITH_TLS=1). The bridge often runs on untrusted networks, and on
+# Debian the TLS variant ships in the same package; it costs about 3.5 MB of
+# RSS (OpenSSL is loaded even for mqtt://), so board builds turn it off
+# unless asked (boards/build.sh --tls). Without it an mqtts:// URL is a
+# configuration error ("built without TLS"). src/tls.c uses OpenSSL itself
+# (minimum TLS version, the cause of a failed handshake).
+option(WITH_TLS "Support mqtts:// (Paho's paho-mqtt3as + OpenSSL)" ON)
 option(MRB_STATIC "Link mqtt-redis-bridge fully statically" OFF)
 set(MRB_CJSON_SOURCE_DIR "" CACHE PATH "cJSON sources (cJSON.c) for MRB_STATIC")
 
@@ -26,11 +31,18 @@ if(WITH_TLS)
   endif()
   # Debian's Paho package config names OpenSSL::SSL in paho-mqtt3as' interface.
   find_package(OpenSSL REQUIRED)
+  add_compile_definitions(MRB_WITH_TLS=1)
+else()
+  add_compile_definitions(MRB_WITH_TLS=0)
 endif()
 
 if(NOT MRB_STATIC)
   if(WITH_TLS)
-    set(MRB_PAHO eclipse-paho-mqtt-c::paho-mqtt3as)
+    if(TARGET eclipse-paho-mqtt-c::paho-mqtt3as)
+      set(MRB_PAHO eclipse-paho-mqtt-c::paho-mqtt3as OpenSSL::SSL)
+    else()
+      set(MRB_PAHO eclipse-paho-mqtt-c::paho-mqtt3as-static OpenSSL::SSL)
+    endif()
   endif()
   return()
 endif()

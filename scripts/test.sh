@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # THE test command: installs what is missing, builds with warnings fatal, runs
-# the whole ctest suite, then builds and runs it again under ASan+UBSan.
+# the whole ctest suite (TLS on), then builds and runs it again under
+# ASan+UBSan (TLS off, so both builds are tested), then builds with clang and
+# runs the fuzzers (MRB_FUZZ_SECONDS each), clang-tidy and the unit tests.
 # Exits non-zero if anything fails. Works from any cwd.
 #
 # Env knobs (all optional):
@@ -11,6 +13,8 @@
 #                        a Debian 12 container (boards/verify-service.sh; not
 #                        by default: 2.5 minutes and a root file system
 #                        download on a fresh machine, which CI cannot afford)
+#   MRB_SKIP_FUZZ=1      skip the clang build (fuzzers, clang-tidy)
+#   MRB_FUZZ_SECONDS=N   seconds per fuzzer (default 20)
 #   CTEST_ARGS="..."     extra arguments for both ctest runs (e.g. "-R unit")
 #   MRB_TEST_JOBS=N      tests run in parallel (default 2)
 set -euo pipefail
@@ -20,6 +24,7 @@ cd "$ROOT"
 
 BUILD_DIR=build
 ASAN_DIR=build-asan
+FUZZ_DIR=build-fuzz
 TOOLS_DIR="$ROOT/build/_tools"        # npm tools (dockerfilelint) and a python3 shim
 DOCKERFILELINT_VERSION=1.8.0
 
@@ -35,7 +40,11 @@ BUILD_PKGS=(build-essential cmake pkg-config libpaho-mqtt-dev libhiredis-dev lib
   libmosquitto-dev)
 TEST_PKGS=(libcmocka-dev mosquitto mosquitto-clients redis-server redis-tools
            python3 python3-paho-mqtt python3-redis valgrind docker-compose)
-apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"
+# TLS (libssl-dev: OpenSSL headers for src/tls.c), its tests (openssl makes
+# the certificates, stunnel4 carries Redis over TLS), fuzzers and lint
+SECURITY_PKGS=(libssl-dev openssl stunnel4 clang libclang-rt-14-dev cppcheck
+               clang-tidy binutils)
+apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${SECURITY_PKGS[@]}"
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 
 # dockerfilelint goes into the build area (tests/lint/check-docker.sh looks there).
@@ -64,7 +73,8 @@ if ! python3 -c 'import paho.mqtt.client, redis' >/dev/null 2>&1; then
   echo "python3: using /usr/bin/python3 (the default python3 lacks paho-mqtt/redis)"
 fi
 
-for tool in cmake ctest docker-compose dockerfilelint mosquitto redis-server python3; do
+for tool in cmake ctest docker-compose dockerfilelint mosquitto redis-server python3 \
+            openssl stunnel4 clang cppcheck run-clang-tidy; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found after install"
 done
 echo "cmake:          $(cmake --version | head -n1)"
@@ -77,15 +87,16 @@ PASSED=0
 FAILED=0
 FAILED_SUITES=()
 
-run_suite() {   # run_suite NAME BUILD_DIR
+run_suite() {   # run_suite NAME BUILD_DIR [CTEST ARGUMENTS...]
   local name=$1 dir=$2 log rc=0 line total nfail
+  shift 2
   log="$dir/ctest-summary.log"
   # shellcheck disable=SC2086  # CTEST_ARGS is a word list on purpose
   # -j: the tests use private servers on free ports and temp dirs, and most
   # of their time is waiting (reconnects, the fault matrix's 10 s stalls)
   ctest --test-dir "$dir" --output-on-failure --no-tests=error --timeout 600 \
     -j "${MRB_TEST_JOBS:-2}" \
-    ${CTEST_ARGS:-} 2>&1 | tee "$log" || rc=$?
+    "$@" ${CTEST_ARGS:-} 2>&1 | tee "$log" || rc=$?
   line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n1 || true)
   if [[ -n $line ]]; then
     nfail=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/' <<<"$line")
@@ -101,16 +112,18 @@ run_suite() {   # run_suite NAME BUILD_DIR
 section "Configure + build ($BUILD_DIR, RelWithDebInfo, -Werror)"
 [[ -f CMakeLists.txt ]] || die "no CMakeLists.txt in $ROOT"
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DMRB_WERROR=ON -DMRB_SANITIZE=OFF -DMRB_TESTS=ON
+  -DMRB_WERROR=ON -DMRB_SANITIZE=OFF -DMRB_TESTS=ON -DWITH_TLS=ON
 cmake --build "$BUILD_DIR" -j2
 
 section "Tests ($BUILD_DIR)"
 run_suite "normal" "$BUILD_DIR"
 
 if [[ ${MRB_SKIP_ASAN:-0} != 1 ]]; then
-  section "Configure + build ($ASAN_DIR, Debug, ASan+UBSan, -Werror)"
+  section "Configure + build ($ASAN_DIR, Debug, ASan+UBSan, -Werror, TLS off)"
+  # without TLS: the normal build tests mqtts://, this one "built without
+  # TLS" (and valgrind_security runs the TLS code under memcheck)
   cmake -S . -B "$ASAN_DIR" -DCMAKE_BUILD_TYPE=Debug \
-    -DMRB_WERROR=ON -DMRB_SANITIZE=ON -DMRB_TESTS=ON
+    -DMRB_WERROR=ON -DMRB_SANITIZE=ON -DMRB_TESTS=ON -DWITH_TLS=OFF
   cmake --build "$ASAN_DIR" -j2
 
   section "Tests ($ASAN_DIR, ASan+UBSan)"
@@ -120,6 +133,24 @@ if [[ ${MRB_SKIP_ASAN:-0} != 1 ]]; then
   run_suite "asan+ubsan" "$ASAN_DIR"
 else
   section "ASan+UBSan skipped (MRB_SKIP_ASAN=1)"
+fi
+
+if [[ ${MRB_SKIP_FUZZ:-0} != 1 ]]; then
+  section "Configure + build ($FUZZ_DIR, clang, libFuzzer + ASan + UBSan, -Werror)"
+  CC=clang cmake -S . -B "$FUZZ_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DMRB_WERROR=ON -DMRB_SANITIZE=ON -DMRB_FUZZ=ON -DMRB_TESTS=ON -DWITH_TLS=ON \
+    -DMRB_FUZZ_SECONDS="${MRB_FUZZ_SECONDS:-20}"
+  cmake --build "$FUZZ_DIR" -j2
+
+  section "Fuzzers, clang-tidy, unit tests ($FUZZ_DIR)"
+  export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}"
+  export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+  run_suite "fuzz+lint (clang)" "$FUZZ_DIR" -L 'fuzz|lint|unit' -j2
+  if compgen -G "$FUZZ_DIR/tests/fuzz/crash-*" >/dev/null; then
+    echo "fuzz: crash inputs kept in $FUZZ_DIR/tests/fuzz/ (copy them into tests/fuzz/regressions/<target>/ once fixed)"
+  fi
+else
+  section "Fuzzers and clang-tidy skipped (MRB_SKIP_FUZZ=1)"
 fi
 
 # ---------------------------------------------------------------------------

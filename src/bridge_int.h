@@ -48,7 +48,7 @@
  * wait in our bounded queues instead of in unbounded library buffers. */
 #define MRB_MQTT_WINDOW 1000
 #define MRB_REDIS_WINDOW 1000
-#define MRB_REDIS_WINDOW_BYTES (8u * 1024 * 1024)
+#define MRB_REDIS_WINDOW_BYTES ((size_t)8 * 1024 * 1024)
 #define MRB_CONNECT_TIMEOUT_MS 10000
 #define MRB_ECHO_CAPACITY 4096
 #define MRB_ECHO_TTL_MS 5000
@@ -159,6 +159,7 @@ typedef struct mrb_mqtt {
     unsigned ev;                 /* [ev_lock] MQTT_EV_* */
     int ev_code;                 /* [ev_lock] failure code / reason */
     char ev_text[200];           /* [ev_lock] failure text */
+    char ev_tls[240];            /* [ev_lock] OpenSSL's last error text */
     size_t ev_subacks, ev_subfails; /* [ev_lock] */
 } mrb_mqtt;
 
@@ -242,6 +243,7 @@ typedef struct mrb_bridge {
     int unblock_sent;            /* CLIENT UNBLOCK sent for this read */
     int64_t read_after_ms;       /* after a refused read: wait until then */
     int redis_outage_logged;
+    int redis_refusal_logged;    /* credentials / ACL refusal logged */
     int64_t redis_down_since_ms;
 
     mrb_seen redis_echo;         /* [echo_lock] what we PUBLISHed where we
@@ -320,6 +322,9 @@ mrb_err mrb_redis_command(mrb_rconn *rc, redisCallbackFn *fn, void *priv,
 void mrb_redis_reset(mrb_rconn *rc, const char *why);
 void mrb_redis_got_reply(mrb_rconn *rc);
 int64_t mrb_redis_connect_timeout_ms(const mrb_bridge *b);
+/* Is this Redis error a refusal of our credentials or by the ACL (any
+ * thread)? */
+int mrb_redis_is_refusal(const char *err);
 
 /* ingest.c */
 mrb_err mrb_ingest_start(mrb_bridge *b);

@@ -8,9 +8,11 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PROG "mqtt-redis-bridge"
@@ -43,9 +45,19 @@ static const char *const protocols[] = {"auto", "5", "3.1.1", NULL};
 static const char *const directions[] = {"both", "mqtt_to_redis",
                                          "redis_to_mqtt", NULL};
 static const char *const modes[] = {"pubsub", "stream", NULL};
+static const char *const tls_versions[] = {"1.2", "1.3", NULL};
 
 #define C(m) offsetof(mrb_config, m)
 #define R(m) offsetof(mrb_route, m)
+
+static const field tls_fields[] = {
+    {"ca_file", F_STRING, C(tls_ca_file), 0, 0, NULL, NULL, 0, NULL},
+    {"ca_path", F_STRING, C(tls_ca_path), 0, 0, NULL, NULL, 0, NULL},
+    {"cert_file", F_STRING, C(tls_cert_file), 0, 0, NULL, NULL, 0, NULL},
+    {"key_file", F_STRING, C(tls_key_file), 0, 0, NULL, NULL, 0, NULL},
+    {"verify_hostname", F_BOOL, C(tls_verify_hostname), 0, 0, NULL, NULL, 0, NULL},
+    {"min_version", F_ENUM, C(tls_min_version), 0, 0, tls_versions, NULL, 0, NULL},
+    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
 
 static const field mqtt_fields[] = {
     {"url", F_STRING, C(mqtt_url), 0, 0, NULL, NULL, 0, check_mqtt_url},
@@ -53,12 +65,15 @@ static const field mqtt_fields[] = {
     {"protocol", F_ENUM, C(protocol), 0, 0, protocols, NULL, 0, NULL},
     {"keepalive", F_LONG, C(keepalive), 1, 3600, NULL, NULL, 0, NULL},
     {"session_expiry", F_LONG, C(session_expiry), 0, 4294967295L, NULL, NULL, 0, NULL},
+    {"password_file", F_STRING, C(mqtt_password_file), 0, 0, NULL, NULL, 0, NULL},
+    {"tls", F_OBJECT, 0, 0, 0, NULL, tls_fields, 0, NULL},
     {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
 
 static const field redis_fields[] = {
     {"url", F_STRING, C(redis_url), 0, 0, NULL, NULL, 0, check_redis_url},
     {"keepalive", F_LONG, C(redis_keepalive), 0, 3600, NULL, NULL, 0, NULL},
     {"scan_interval", F_LONG, C(scan_interval), 0, 86400, NULL, NULL, 0, NULL},
+    {"password_file", F_STRING, C(redis_password_file), 0, 0, NULL, NULL, 0, NULL},
     {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
 
 static const field limit_fields[] = {
@@ -126,7 +141,16 @@ static mrb_err check_url(const char *v, mrb_url_kind kind, char *msg,
 {
     mrb_url u;
     mrb_err err = mrb_url_parse(v, kind, &u, msg, msglen);
+    int tls = u.tls;
     mrb_url_free(&u);
+    if (err == MRB_OK && tls && !MRB_WITH_TLS) {
+        char shown[300];
+        mrb_url_redact_text(v, shown, sizeof(shown));
+        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                        "\"%s\": this mqtt-redis-bridge was built without TLS "
+                        "(cmake -DWITH_TLS=OFF): use mqtt:// or a build with "
+                        "TLS", shown);
+    }
     return err;
 }
 
@@ -157,6 +181,8 @@ void mrb_config_init(mrb_config *cfg)
     cfg->reconnect_min_ms = 250;
     cfg->reconnect_max_ms = 30000;
     cfg->shutdown_timeout_ms = 5000;
+    cfg->tls_verify_hostname = 1;
+    cfg->tls_min_version = MRB_TLS_1_2;
 }
 
 static void free_routes(mrb_route *routes, size_t n)
@@ -172,11 +198,46 @@ void mrb_config_free(mrb_config *cfg)
     free(cfg->mqtt_url);
     free(cfg->client_id);
     free(cfg->redis_url);
+    free(cfg->tls_ca_file);
+    free(cfg->tls_ca_path);
+    free(cfg->tls_cert_file);
+    free(cfg->tls_key_file);
+    free(cfg->mqtt_password_file);
+    free(cfg->redis_password_file);
     free_routes(cfg->routes, cfg->n_routes);
     mrb_url_free(&cfg->mqtt);
     mrb_url_free(&cfg->redis);
     free(cfg->status_topic);
     memset(cfg, 0, sizeof(*cfg));
+}
+
+static void add_warning(mrb_config *cfg, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void add_warning(mrb_config *cfg, const char *fmt, ...)
+{
+    if (cfg->n_warnings >= MRB_CONFIG_MAX_WARNINGS)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cfg->warnings[cfg->n_warnings++], sizeof(cfg->warnings[0]), fmt, ap);
+    va_end(ap);
+}
+
+/* Warn when a file holding a secret can be read by every user. */
+static void warn_if_public(mrb_config *cfg, const char *what, const char *path,
+                           const struct stat *st)
+{
+    if (st->st_mode & S_IROTH)
+        add_warning(cfg, "%s \"%s\" is readable by other users (mode %04o): "
+                    "chmod o-r it", what, path, (unsigned)(st->st_mode & 07777));
+}
+
+static int has_password(const char *url)
+{
+    char shown[1024];
+    mrb_url_redact_text(url, shown, sizeof(shown));
+    return strcmp(shown, url) != 0;
 }
 
 static mrb_err set_string(char **slot, const char *value)
@@ -447,10 +508,19 @@ mrb_err mrb_config_load_file(mrb_config *cfg, const char *path, char *msg,
     else if (err == MRB_OK && ferror(f))
         err = mrb_fail(MRB_ERR_INVALID, msg, msglen, "%s: read error: %s", path,
                        strerror(errno));
+    struct stat st;
+    int st_ok = fstat(fileno(f), &st) == 0;
     fclose(f);
+    const char *mqtt_before = cfg->mqtt_url, *redis_before = cfg->redis_url;
     if (err == MRB_OK)
         err = mrb_config_load_json(cfg, buf, len, path, msg, msglen);
     free(buf);
+    /* a password in a URL of this file: the file is a secret */
+    if (err == MRB_OK && st_ok &&
+        ((cfg->mqtt_url != mqtt_before && has_password(cfg->mqtt_url)) ||
+         (cfg->redis_url != redis_before && has_password(cfg->redis_url))))
+        warn_if_public(cfg, "the configuration file, which holds a password,",
+                       path, &st);
     return err;
 }
 
@@ -463,8 +533,9 @@ void mrb_cli_usage(FILE *out)
 "Bridge MQTT topics and Redis pub/sub channels both ways.\n"
 "\n"
 "  -c, --config FILE   read a JSON configuration file (keys: see README)\n"
-"      --mqtt URL      broker, mqtt://[user[:pass]@]host[:port]\n"
-"                      (default mqtt://127.0.0.1:1883)\n"
+"      --mqtt URL      broker, mqtt://[user[:pass]@]host[:port] or, with\n"
+"                      TLS, mqtts://... (port 8883; certificates: see the\n"
+"                      mqtt.tls keys in README) (default mqtt://127.0.0.1:1883)\n"
 "      --redis URL     Redis, redis://[user[:pass]@]host[:port][/db] or\n"
 "                      unix:/path/redis.sock (default redis://127.0.0.1:6379)\n"
 "      --id NAME       bridge id, used in the MQTT client id and in\n"
@@ -481,6 +552,11 @@ void mrb_cli_usage(FILE *out)
 "  -q, --quiet         log only warnings and errors\n"
 "  -h, --help          show this help and exit\n"
 "  -V, --version       show the version and exit\n"
+"\n"
+"Passwords: rather than in a URL (visible to other users until the bridge\n"
+"has started), give them in mqtt.password_file / redis.password_file or in\n"
+"the environment variables MRB_MQTT_PASSWORD / MRB_REDIS_PASSWORD; one\n"
+"source per side. They are never printed.\n"
 "\n"
 "Command-line values override the configuration file. Exit status: 0 after\n"
 "SIGINT/SIGTERM or --check, 2 for a bad command line or configuration,\n"
@@ -536,6 +612,29 @@ mrb_err mrb_cli_parse(int argc, char **argv, mrb_cli *cli, char *msg,
         return mrb_fail(MRB_ERR_INVALID, msg, msglen,
                         "unexpected argument '%s' (see --help)", argv[optind]);
     return MRB_OK;
+}
+
+/* Mask the password of one URL argument in place (same length). */
+static void scrub_url(char *url)
+{
+    if (!url)
+        return;
+    char *sep = strstr(url, "://");
+    char *p = sep ? sep + 3 : url;
+    char *end = p + strcspn(p, "/");
+    char *at = NULL;
+    for (char *q = p; q < end; q++)
+        if (*q == '@')
+            at = q;
+    char *colon = at ? memchr(p, ':', (size_t)(at - p)) : NULL;
+    if (colon)
+        memset(colon + 1, '*', (size_t)(at - colon - 1));
+}
+
+void mrb_cli_scrub(mrb_cli *cli)
+{
+    scrub_url(cli->mqtt_url);
+    scrub_url(cli->redis_url);
 }
 
 void mrb_cli_free(mrb_cli *cli)
@@ -622,6 +721,126 @@ static mrb_err default_routes(mrb_config *cfg)
     return MRB_OK;
 }
 
+/* Read the first line of a password file into *out (heap). */
+static mrb_err read_password_file(mrb_config *cfg, const char *key,
+                                  const char *path, char **out, char *msg,
+                                  size_t msglen)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return mrb_fail(MRB_ERR_INVALID, msg, msglen, "%s: cannot open \"%s\": %s",
+                        key, path, strerror(errno));
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    int rerr = ferror(f) ? errno : 0;
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0)
+        warn_if_public(cfg, key, path, &st);
+    fclose(f);
+    buf[n] = '\0';
+    size_t len = strcspn(buf, "\r\n");
+    mrb_err err = MRB_OK;
+    if (rerr)
+        err = mrb_fail(MRB_ERR_INVALID, msg, msglen, "%s: cannot read \"%s\": %s",
+                       key, path, strerror(rerr));
+    else if (n == sizeof(buf) - 1)
+        err = mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                       "%s: \"%s\" is larger than %zu bytes (the password goes "
+                       "on its first line)", key, path, sizeof(buf) - 2);
+    else if (memchr(buf, '\0', n))
+        err = mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                       "%s: \"%s\" holds a NUL byte", key, path);
+    else if (len == 0)
+        err = mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                       "%s: \"%s\": the first line is empty (it holds the "
+                       "password)", key, path);
+    if (err == MRB_OK) {
+        buf[len] = '\0';
+        if (!(*out = strdup(buf)))
+            err = MRB_ERR_NOMEM;
+    }
+    return err;
+}
+
+/* The password of one side from exactly one of: the URL, a file, the
+ * environment. Stored in url->password; *from names the source. */
+static mrb_err resolve_password(mrb_config *cfg, const char *side, mrb_url *url,
+                                const char *file, const char *env,
+                                const char **from, char *msg, size_t msglen)
+{
+    static const char *const url_name[] = {"the URL (mqtt.url / --mqtt)",
+                                           "the URL (redis.url / --redis)"};
+    int mqtt = strcmp(side, "mqtt") == 0;
+    const char *envval = getenv(env);
+    const char *src[3] = {url->password ? url_name[mqtt ? 0 : 1] : NULL,
+                          file ? (mqtt ? "mqtt.password_file"
+                                       : "redis.password_file") : NULL,
+                          envval && envval[0] ? env : NULL};
+    const char *first = NULL;
+    *from = NULL;
+    for (int i = 0; i < 3; i++) {
+        if (!src[i])
+            continue;
+        if (first)
+            return mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                            "%s: the password is given twice, in %s and in %s: "
+                            "keep one", side, first, src[i]);
+        first = src[i];
+    }
+    if (!first)
+        return MRB_OK;
+    char *pw = NULL;
+    if (src[1]) {
+        mrb_err err = read_password_file(cfg, src[1], file, &pw, msg, msglen);
+        if (err != MRB_OK)
+            return err;
+    } else if (src[2] && !(pw = strdup(envval))) {
+        return MRB_ERR_NOMEM;
+    }
+    if (pw) {
+        free(url->password);
+        url->password = pw;
+    }
+    *from = first;
+    return MRB_OK;
+}
+
+/* The mqtts:// settings: only with mqtts://, files readable. */
+static mrb_err finish_tls(mrb_config *cfg, char *msg, size_t msglen)
+{
+    int given = cfg->tls_ca_file || cfg->tls_ca_path || cfg->tls_cert_file ||
+                cfg->tls_key_file || !cfg->tls_verify_hostname ||
+                cfg->tls_min_version != MRB_TLS_1_2;
+    if (!cfg->mqtt.tls)
+        return given ? mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                                "mqtt.tls: TLS settings are given but the broker "
+                                "URL is not mqtts://") : MRB_OK;
+    if (cfg->tls_key_file && !cfg->tls_cert_file)
+        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                        "mqtt.tls.key_file: given without mqtt.tls.cert_file");
+    const struct {
+        const char *key, *path;
+        int mode;
+    } files[] = {
+        {"mqtt.tls.ca_file", cfg->tls_ca_file, R_OK},
+        {"mqtt.tls.ca_path", cfg->tls_ca_path, R_OK | X_OK},
+        {"mqtt.tls.cert_file", cfg->tls_cert_file, R_OK},
+        {"mqtt.tls.key_file", cfg->tls_key_file, R_OK},
+    };
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+        if (files[i].path && access(files[i].path, files[i].mode) != 0)
+            return mrb_fail(MRB_ERR_INVALID, msg, msglen,
+                            "%s: cannot read \"%s\": %s", files[i].key,
+                            files[i].path, strerror(errno));
+    struct stat st;
+    const char *key = cfg->tls_key_file ? cfg->tls_key_file : cfg->tls_cert_file;
+    if (key && stat(key, &st) == 0)
+        warn_if_public(cfg, cfg->tls_key_file ? "mqtt.tls.key_file"
+                                              : "mqtt.tls.cert_file (holding the key)",
+                       key, &st);
+    return MRB_OK;
+}
+
 mrb_err mrb_config_finish(mrb_config *cfg, char *msg, size_t msglen)
 {
     mrb_err err;
@@ -647,6 +866,14 @@ mrb_err mrb_config_finish(mrb_config *cfg, char *msg, size_t msglen)
     if ((err = mrb_url_parse(cfg->redis_url, MRB_URL_REDIS, &cfg->redis, umsg,
                              sizeof(umsg))) != MRB_OK)
         return mrb_fail(err, msg, msglen, "redis.url: %s", umsg);
+    if ((err = resolve_password(cfg, "mqtt", &cfg->mqtt, cfg->mqtt_password_file,
+                                "MRB_MQTT_PASSWORD", &cfg->mqtt_password_from,
+                                msg, msglen)) != MRB_OK ||
+        (err = resolve_password(cfg, "redis", &cfg->redis, cfg->redis_password_file,
+                                "MRB_REDIS_PASSWORD", &cfg->redis_password_from,
+                                msg, msglen)) != MRB_OK ||
+        (err = finish_tls(cfg, msg, msglen)) != MRB_OK)
+        return err;
 
     if (!cfg->client_id) {
         char cid[96];
@@ -684,9 +911,22 @@ void mrb_config_print(const mrb_config *cfg, FILE *out)
     fprintf(out, "mqtt: %s (protocol %s, client id %s, keepalive %ld s, "
             "session expiry %ld s)\n", url, protocols[cfg->protocol],
             cfg->client_id, cfg->keepalive, cfg->session_expiry);
+    if (cfg->mqtt.tls)
+        fprintf(out, "mqtt tls: ca_file %s, ca_path %s, cert_file %s, key_file %s, "
+                "verify_hostname %s, min_version %s\n",
+                cfg->tls_ca_file ? cfg->tls_ca_file : "(system CAs)",
+                cfg->tls_ca_path ? cfg->tls_ca_path : "-",
+                cfg->tls_cert_file ? cfg->tls_cert_file : "-",
+                cfg->tls_key_file ? cfg->tls_key_file : "-",
+                cfg->tls_verify_hostname ? "yes" : "NO",
+                tls_versions[cfg->tls_min_version]);
+    if (cfg->mqtt_password_from)
+        fprintf(out, "mqtt password: *** (from %s)\n", cfg->mqtt_password_from);
     mrb_url_format_redacted(&cfg->redis, MRB_URL_REDIS, url, sizeof(url));
     fprintf(out, "redis: %s (keepalive %ld s, stream scan every %ld s)\n", url,
             cfg->redis_keepalive, cfg->scan_interval);
+    if (cfg->redis_password_from)
+        fprintf(out, "redis password: *** (from %s)\n", cfg->redis_password_from);
     fprintf(out, "status topic: %s\n", cfg->status_topic);
     fprintf(out, "limits: max_payload %ld bytes; queue %ld messages / %ld bytes "
             "per direction\n", cfg->max_payload, cfg->queue_messages,

@@ -120,6 +120,7 @@ static int try_connect(mrb_bridge *b)
     redisContext *c = u->path ? redisConnectUnixWithTimeout(u->path, tv)
                               : redisConnectWithTimeout(u->host, u->port, tv);
     char why[240];
+    int refused = 0;
     if (c && !c->err)
         set_io_fd(g, c->fd);
     if (!c || c->err) {
@@ -175,11 +176,16 @@ static int try_connect(mrb_bridge *b)
     mrb_bridge_wake(b); /* "ready" may be due */
     return 1;
 fail_reply:
+    /* a refusal does not fix itself: the main thread's connections log it;
+     * try again only every reconnect.max_ms */
+    refused = r && r->type == REDIS_REPLY_ERROR && mrb_redis_is_refusal(r->str);
     freeReplyObject(r);
 fail:
     if (c)
         free_context(g, c);
     conn_lost(b, why);
+    if (refused && g->next_attempt_ms < mrb_now_ms() + b->cfg->reconnect_max_ms)
+        g->next_attempt_ms = mrb_now_ms() + b->cfg->reconnect_max_ms;
     return 0;
 }
 

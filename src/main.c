@@ -4,6 +4,7 @@
 
 #include "mrb/bridge.h"
 #include "mrb/config.h"
+#include "mrb/log.h"
 
 #define EXIT_USAGE 2
 
@@ -27,7 +28,8 @@ int main(int argc, char **argv)
         goto out;
     }
     if (cli.version) {
-        printf("mqtt-redis-bridge %s\n", MRB_VERSION);
+        printf("mqtt-redis-bridge %s (TLS: %s)\n", MRB_VERSION,
+               MRB_WITH_TLS ? "yes" : "no");
         status = 0;
         goto out;
     }
@@ -40,13 +42,18 @@ int main(int argc, char **argv)
         status = err == MRB_ERR_INVALID ? EXIT_USAGE : 1;
         goto out;
     }
+    mrb_cli_scrub(&cli); /* the URLs were copied: hide their passwords */
     if (cli.check) {
         mrb_config_print(&cfg, stdout);
+        for (size_t i = 0; i < cfg.n_warnings; i++)
+            printf("warning: %s\n", cfg.warnings[i]);
         printf("configuration OK\n");
         status = 0;
         goto out;
     }
     mrb_log_set_level(cfg.log_level);
+    for (size_t i = 0; i < cfg.n_warnings; i++)
+        mrb_warn("%s", cfg.warnings[i]);
     status = mrb_bridge_run(&cfg);
 out:
     mrb_config_free(&cfg);

@@ -21,6 +21,15 @@
  * broker holds the rest of the stream. At shutdown the network connection
  * is closed before a waiting callback is let go, so a message Redis has
  * not accepted is never acknowledged: the broker sends it again.
+ *
+ * TLS (mqtts://, built WITH_TLS): Paho's OpenSSL variant verifies the
+ * broker's certificate chain (mqtt.tls.ca_file / ca_path, else the system's
+ * CAs) and, unless mqtt.tls.verify_hostname is false, that the certificate
+ * names the URL's host. Paho 1.3 ignores its sslVersion with OpenSSL >= 1.1,
+ * so the minimum TLS version is set through OpenSSL's configuration instead
+ * (tls.c). A refused login or certificate does not fix itself:
+ * it is logged once as an error naming the cause and retried slowly (every
+ * reconnect.max_ms) instead of with the fast backoff of an outage.
  */
 #include <MQTTAsync.h>
 #include <netinet/in.h>
@@ -32,9 +41,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#if MRB_WITH_TLS
+#include "mrb/tls.h"
+#endif
+
 #include "bridge_int.h"
 
 #define STATUS_QOS 1
+
+/* Why a connect attempt failed: a transient outage, or something that
+ * needs a person (credentials, certificates). */
+enum { FAIL_OUTAGE = 0, FAIL_AUTH, FAIL_TLS };
 
 static void post(mrb_bridge *b, unsigned ev, int code, const char *text)
 {
@@ -50,6 +67,35 @@ static void post(mrb_bridge *b, unsigned ev, int code, const char *text)
 }
 
 /* ---- callbacks: Paho threads ---- */
+
+#if MRB_WITH_TLS
+/* OpenSSL's errors, as Paho hands them over (ERR_print_errors_cb): keep the
+ * last line for the connect failure's log line. */
+static int on_ssl_error(const char *str, size_t len, void *ctx)
+{
+    mrb_bridge *b = ctx;
+    if (!str)
+        return 0;
+    /* OpenSSL 3: "thread:error:code:library:function:reason:file:line:"
+     * keep the reason */
+    const char *f = str, *end = str + len;
+    for (int i = 0; i < 5 && f; i++) {
+        f = memchr(f, ':', (size_t)(end - f));
+        f = f ? f + 1 : NULL;
+    }
+    const char *fe = f ? memchr(f, ':', (size_t)(end - f)) : NULL;
+    if (f && fe && fe > f) {
+        str = f;
+        len = (size_t)(fe - f);
+    }
+    while (len > 0 && (str[len - 1] == '\n' || str[len - 1] == '\r'))
+        len--;
+    pthread_mutex_lock(&b->mqtt.ev_lock);
+    snprintf(b->mqtt.ev_tls, sizeof(b->mqtt.ev_tls), "OpenSSL: %.*s", (int)len, str);
+    pthread_mutex_unlock(&b->mqtt.ev_lock);
+    return 0;
+}
+#endif
 
 static void on_connect_ok(void *ctx, MQTTAsync_successData *r)
 {
@@ -309,8 +355,12 @@ mrb_err mrb_mqtt_init(mrb_bridge *b)
     mrb_mqtt *m = &b->mqtt;
     const mrb_url *u = &b->cfg->mqtt;
     int v6 = strchr(u->host, ':') != NULL;
-    snprintf(m->uri, sizeof(m->uri), "tcp://%s%s%s:%d", v6 ? "[" : "", u->host,
-             v6 ? "]" : "", u->port);
+    snprintf(m->uri, sizeof(m->uri), "%s://%s%s%s:%d", u->tls ? "ssl" : "tcp",
+             v6 ? "[" : "", u->host, v6 ? "]" : "", u->port);
+#if MRB_WITH_TLS
+    if (u->tls && mrb_tls_init(b->cfg->tls_min_version) != MRB_OK)
+        return MRB_ERR_INVALID;
+#endif
     m->version = b->cfg->protocol == MRB_MQTT_311 ? MQTTVERSION_3_1_1
                                                   : MQTTVERSION_5;
     m->state = CONN_DOWN;
@@ -337,13 +387,20 @@ void mrb_mqtt_destroy(mrb_bridge *b)
     pthread_mutex_destroy(&b->mqtt.ev_lock);
 }
 
-static void mqtt_failed(mrb_bridge *b, int64_t now, int was_up, const char *why)
+/* A connect failed or the connection was lost. kind FAIL_AUTH / FAIL_TLS:
+ * the broker refused our credentials or the TLS handshake failed (why says
+ * how): that does not fix itself, so it is an error, and the next attempt
+ * is reconnect.max_ms away instead of the backoff's first steps. */
+static void mqtt_failed(mrb_bridge *b, int64_t now, int was_up, int kind,
+                        const char *why)
 {
     mrb_mqtt *m = &b->mqtt;
     m->state = CONN_DOWN;
     m->subacks = 0;
     b->ready = 0;
     int64_t delay = mrb_backoff_next(&m->backoff);
+    if (kind != FAIL_OUTAGE && delay < b->cfg->reconnect_max_ms)
+        delay = b->cfg->reconnect_max_ms;
     m->next_attempt_ms = now + delay;
     if (b->stopping)
         return;
@@ -359,7 +416,15 @@ static void mqtt_failed(mrb_bridge *b, int64_t now, int was_up, const char *why)
     } else if (was_up) {
         m->short_sessions = 0;
     }
-    if (!m->outage_logged) {
+    if (kind != FAIL_OUTAGE && m->outage_logged != kind + 1) {
+        mrb_error("mqtt: %s %s: %s; retrying every %ld ms (reconnect.max_ms), "
+                  "logged once", kind == FAIL_AUTH ? "the broker refused the "
+                  "login to" : "TLS failed with", b->mqtt_url, why,
+                  b->cfg->reconnect_max_ms);
+        if (!m->outage_logged)
+            m->down_since_ms = now;
+        m->outage_logged = kind + 1;
+    } else if (!m->outage_logged) {
         mrb_warn("mqtt: %s %s: %s; retrying with backoff (%ld ms to %ld ms), "
                  "logged once per outage", was_up ? "connection lost to" :
                  "cannot connect to", b->mqtt_url, why[0] ? why : "no reason given",
@@ -370,6 +435,50 @@ static void mqtt_failed(mrb_bridge *b, int64_t now, int was_up, const char *why)
         mrb_debug("mqtt: attempt %u failed: %s; next in %lld ms",
                   m->backoff.attempts, why, (long long)delay);
     }
+}
+
+/* MQTT 5 reason codes 134 bad user name or password, 135 not authorized,
+ * 140 bad authentication method; MQTT 3.1.1 CONNACK codes 4 and 5. */
+static int is_auth_refusal(int version, int code)
+{
+    if (version == MQTTVERSION_5)
+        return code == 134 || code == 135 || code == 140;
+    return code == 4 || code == 5;
+}
+
+/* Why a connect attempt failed, in why; returns the FAIL_* kind. */
+static int classify_failure(mrb_bridge *b, int code, const char *text,
+                            const char *tls, char *why, size_t len)
+{
+    mrb_mqtt *m = &b->mqtt;
+    if (is_auth_refusal(m->version, code)) {
+        snprintf(why, len, "%s (CONNACK code %d): check the user name and "
+                 "password (mqtt.url, mqtt.password_file or MRB_MQTT_PASSWORD) "
+                 "and the broker's password file and ACL",
+                 code == 4 || code == 134 ? "bad user name or password"
+                 : code == 140 ? "bad authentication method" : "not authorized",
+                 code);
+        return FAIL_AUTH;
+    }
+#if MRB_WITH_TLS
+    /* Paho says only "TCP/TLS connect failure" (-1): ask OpenSSL, once per
+     * outage (the probe blocks for up to 3 s); after that, the same failure
+     * keeps the slow pace */
+    if (b->cfg->mqtt.tls && code == MQTTASYNC_FAILURE) {
+        char diag[300] = "";
+        if (m->outage_logged == FAIL_TLS + 1) {
+            snprintf(why, len, "%s", tls[0] ? tls : text);
+            return FAIL_TLS;
+        }
+        mrb_tls_diagnose(b->cfg, diag, sizeof(diag));
+        if (diag[0] || tls[0]) {
+            snprintf(why, len, "%s", diag[0] ? diag : tls);
+            return FAIL_TLS;
+        }
+    }
+#endif
+    snprintf(why, len, "%s%s(code %d)", text, text[0] ? " " : "", code);
+    return FAIL_OUTAGE;
 }
 
 static void mqtt_connect(mrb_bridge *b, int64_t now)
@@ -413,6 +522,24 @@ static void mqtt_connect(mrb_bridge *b, int64_t now)
     o.username = cfg->mqtt.user;
     o.password = cfg->mqtt.password;
     o.context = b;
+#if MRB_WITH_TLS
+    /* Paho copies these (MQTTAsync_connect) */
+    MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+    if (cfg->mqtt.tls) {
+        ssl.trustStore = cfg->tls_ca_file;
+        ssl.CApath = cfg->tls_ca_path;
+        ssl.keyStore = cfg->tls_cert_file;
+        ssl.privateKey = cfg->tls_key_file;
+        ssl.enableServerCertAuth = 1;
+        ssl.verify = cfg->tls_verify_hostname;
+        ssl.ssl_error_cb = on_ssl_error;
+        ssl.ssl_error_context = b;
+        o.ssl = &ssl;
+        pthread_mutex_lock(&m->ev_lock);
+        m->ev_tls[0] = '\0';
+        pthread_mutex_unlock(&m->ev_lock);
+    }
+#endif
     if (v5) {
         o.onSuccess5 = on_connect_ok5;
         o.onFailure5 = on_connect_fail5;
@@ -423,7 +550,7 @@ static void mqtt_connect(mrb_bridge *b, int64_t now)
     int rc = MQTTAsync_connect(m->client, &o);
     MQTTProperties_free(&props);
     if (rc != MQTTASYNC_SUCCESS) {
-        mqtt_failed(b, now, 0, MQTTAsync_strerror(rc));
+        mqtt_failed(b, now, 0, FAIL_OUTAGE, MQTTAsync_strerror(rc));
         return;
     }
     m->state = CONN_CONNECTING;
@@ -549,8 +676,9 @@ void mrb_mqtt_tick(mrb_bridge *b, int64_t now)
     pthread_mutex_lock(&m->ev_lock);
     unsigned ev = m->ev;
     int code = m->ev_code;
-    char text[sizeof(m->ev_text)];
+    char text[sizeof(m->ev_text)], tls[sizeof(m->ev_tls)];
     memcpy(text, m->ev_text, sizeof(text));
+    memcpy(tls, m->ev_tls, sizeof(tls));
     size_t oks = m->ev_subacks, fails = m->ev_subfails;
     m->ev = 0;
     m->ev_subacks = m->ev_subfails = 0;
@@ -572,16 +700,15 @@ void mrb_mqtt_tick(mrb_bridge *b, int64_t now)
             }
             mqtt_connect(b, now);
         } else {
-            char why[240];
-            snprintf(why, sizeof(why), "%s%s(code %d)", text, text[0] ? " " : "",
-                     code);
-            mqtt_failed(b, now, 0, why);
+            char why[600];
+            int kind = classify_failure(b, code, text, tls, why, sizeof(why));
+            mqtt_failed(b, now, 0, kind, why);
         }
     }
     if (ev & MQTT_EV_CONNECTED)
         mqtt_up(b, now);
     if (ev & MQTT_EV_LOST)
-        mqtt_failed(b, now, 1, text[0] ? text : "connection lost");
+        mqtt_failed(b, now, 1, FAIL_OUTAGE, text[0] ? text : "connection lost");
     if (ev & MQTT_EV_SUBACK && m->state == CONN_UP) {
         m->subacks += oks + fails;
         if (fails)
@@ -722,7 +849,7 @@ void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms)
         if (MQTTAsync_disconnect(m->client, &d) == MQTTASYNC_SUCCESS) {
             /* bounded: the disconnect completes or times out within timeout */
             for (int i = 0; i < timeout_ms / 10 + 1 && MQTTAsync_isConnected(m->client); i++)
-                nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+                nanosleep(&(struct timespec){0, 10L * 1000 * 1000}, NULL);
         }
     }
     m->state = CONN_DOWN;

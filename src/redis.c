@@ -20,6 +20,10 @@
  * cannot PING in subscribed mode with hiredis 0.14; it shares the server,
  * so it is reset with the others.
  *
+ * Refusals: a wrong password (WRONGPASS, NOAUTH...) or a command or channel
+ * the Redis ACL does not allow (NOPERM) during set-up does not fix itself:
+ * it is logged once as an error and retried every reconnect.max_ms.
+ *
  * Each context is created and freed here on the main thread only. hiredis
  * frees a context itself after a connection error; ev_cleanup clears our
  * pointer when that happens, so rc->ac is NULL exactly when there is none.
@@ -85,11 +89,28 @@ static void side_maybe_up(mrb_bridge *b)
     mrb_info("redis: reconnected to %s after %.1f s", b->redis_url,
              (double)(mrb_now_ms() - b->redis_down_since_ms) / 1000.0);
     b->redis_outage_logged = 0;
+    b->redis_refusal_logged = 0;
+}
+
+int mrb_redis_is_refusal(const char *err)
+{
+    static const char *const prefixes[] = {
+        "WRONGPASS", "NOAUTH", "NOPERM",
+        "ERR invalid password",       /* Redis < 6 */
+        "ERR invalid username",
+        "ERR AUTH",                   /* AUTH without a password set (6+) */
+        "ERR Client sent AUTH",       /* the same, Redis < 6 */
+    };
+    for (size_t i = 0; err && i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
+        if (strncmp(err, prefixes[i], strlen(prefixes[i])) == 0)
+            return 1;
+    return 0;
 }
 
 /* The connection failed or was lost: log the outage once per side, schedule
- * the next attempt. Idempotent. */
-static void rconn_failed(mrb_rconn *rc, const char *why)
+ * the next attempt. Idempotent. refused: Redis refused our credentials or
+ * its ACL a set-up command (see the top of the file). */
+static void rconn_failed_as(mrb_rconn *rc, const char *why, int refused)
 {
     mrb_bridge *b = rc->b;
     if (rc->state == CONN_DOWN)
@@ -104,10 +125,22 @@ static void rconn_failed(mrb_rconn *rc, const char *why)
         mrb_stream_on_reader_down(b);
     snprintf(rc->last_error, sizeof(rc->last_error), "%s", why);
     int64_t delay = mrb_backoff_next(&rc->backoff);
+    if (refused && delay < b->cfg->reconnect_max_ms)
+        delay = b->cfg->reconnect_max_ms;
     rc->next_attempt_ms = now + delay;
     if (b->stopping)
         return;
-    if (!b->redis_outage_logged) {
+    if (refused && !b->redis_refusal_logged) {
+        mrb_error("redis: %s refused the %s connection: %s; check the user "
+                  "name and password (redis.url, redis.password_file or "
+                  "MRB_REDIS_PASSWORD) and the Redis ACL; retrying every %ld ms "
+                  "(reconnect.max_ms), logged once", b->redis_url, rc->name, why,
+                  b->cfg->reconnect_max_ms);
+        b->redis_refusal_logged = 1;
+        if (!b->redis_outage_logged)
+            b->redis_down_since_ms = now;
+        b->redis_outage_logged = 1;
+    } else if (!b->redis_outage_logged) {
         mrb_warn("redis: %s %s: %s; retrying with backoff (%ld ms to %ld ms), "
                  "logged once per outage", was_up ? "connection lost to" :
                  "cannot connect to", b->redis_url, why, b->cfg->reconnect_min_ms,
@@ -118,6 +151,11 @@ static void rconn_failed(mrb_rconn *rc, const char *why)
         mrb_debug("redis %s: attempt %u failed: %s; next in %lld ms", rc->name,
                   rc->backoff.attempts, why, (long long)delay);
     }
+}
+
+static void rconn_failed(mrb_rconn *rc, const char *why)
+{
+    rconn_failed_as(rc, why, 0);
 }
 
 static void rconn_up(mrb_rconn *rc)
@@ -143,8 +181,11 @@ static void on_connect(const redisAsyncContext *ac, int status)
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     mrb_rconn *rc = ac->data;
-    rconn_failed(rc, status == REDIS_OK ? "closed" :
-                 (ac->errstr[0] ? ac->errstr : "connection error"));
+    /* hiredis 0.14 ends a subscribed connection on an error reply (NOPERM
+     * for a channel the ACL does not allow): errstr holds it */
+    rconn_failed_as(rc, status == REDIS_OK ? "closed" :
+                    (ac->errstr[0] ? ac->errstr : "connection error"),
+                    status != REDIS_OK && mrb_redis_is_refusal(ac->errstr));
 }
 
 /* A reply to AUTH or SELECT during set-up: an error ends this attempt. */
@@ -158,7 +199,8 @@ static void on_setup_reply(redisAsyncContext *ac, void *r, void *priv)
         char why[240];
         snprintf(why, sizeof(why), "%s refused: %s", (const char *)priv,
                  reply->str);
-        rconn_failed(rc, why); /* logs it, once per outage */
+        /* logs it, once per outage */
+        rconn_failed_as(rc, why, mrb_redis_is_refusal(reply->str));
         redisAsyncDisconnect(ac);
     }
 }
@@ -192,7 +234,8 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv)
     if (reply->type == REDIS_REPLY_ERROR) {
         char why[240];
         snprintf(why, sizeof(why), "subscribe refused: %s", reply->str);
-        rconn_failed(rc, why); /* logs it, once per outage */
+        /* logs it, once per outage */
+        rconn_failed_as(rc, why, mrb_redis_is_refusal(reply->str));
         redisAsyncDisconnect(ac);
         return;
     }

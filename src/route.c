@@ -640,6 +640,8 @@ static mrb_err routes_index(mrb_routes *t)
 
 static void subs_free(mrb_sub *s, size_t n)
 {
+    if (!s) /* a table whose build failed part-way */
+        return;
     for (size_t i = 0; i < n; i++)
         free(s[i].name);
     free(s);
@@ -664,7 +666,9 @@ static mrb_err sub_add(mrb_sub *subs, size_t *n, const char *name, int qos,
                        int exact)
 {
     for (size_t i = 0; i < *n; i++) {
-        if (strcmp(subs[i].name, name) == 0) {
+        /* entries below *n were filled by strdup below; the analyzer does
+         * not tie the count to them */
+        if (strcmp(subs[i].name, name) == 0) { // NOLINT(clang-analyzer-core.NonNullParamChecker)
             if (qos > subs[i].qos)
                 subs[i].qos = qos;
             return MRB_OK;

@@ -77,13 +77,38 @@ void mrb_url_free(mrb_url *url)
     memset(url, 0, sizeof(*url));
 }
 
+/* Where the user information of text ends ('@'), or NULL. It ends at the
+ * last '@' before the path. */
+static const char *userinfo_end(const char *p)
+{
+    const char *slash = strchr(p, '/'), *end = slash ? slash : p + strlen(p);
+    const char *at = NULL;
+    for (const char *q = p; q < end; q++)
+        if (*q == '@')
+            at = q;
+    return at;
+}
+
+void mrb_url_redact_text(const char *text, char *buf, size_t buflen)
+{
+    const char *sep = strstr(text, "://");
+    const char *p = sep ? sep + 3 : text;
+    const char *at = userinfo_end(p);
+    const char *colon = at ? memchr(p, ':', (size_t)(at - p)) : NULL;
+    if (!colon) {
+        snprintf(buf, buflen, "%s", text);
+        return;
+    }
+    snprintf(buf, buflen, "%.*s***%s", (int)(colon + 1 - text), text, at);
+}
+
 mrb_err mrb_url_parse(const char *text, mrb_url_kind kind, mrb_url *out,
                       char *msg, size_t msglen)
 {
-    const char *scheme = kind == MRB_URL_MQTT ? "mqtt://" : "redis://";
-    size_t slen = strlen(scheme);
     mrb_err err = MRB_ERR_INVALID;
+    char shown[512]; /* text as quoted in messages: without the password */
 
+    mrb_url_redact_text(text, shown, sizeof(shown));
     memset(out, 0, sizeof(*out));
     out->port = kind == MRB_URL_MQTT ? 1883 : 6379;
 
@@ -94,23 +119,35 @@ mrb_err mrb_url_parse(const char *text, mrb_url_kind kind, mrb_url *out,
         if (path[0] != '/')
             return mrb_fail(err, msg, msglen,
                             "\"%s\": a unix socket URL needs an absolute path "
-                            "(unix:/path/redis.sock)", text);
+                            "(unix:/path/redis.sock)", shown);
         out->path = strdup(path);
         out->port = 0;
         return out->path ? MRB_OK : MRB_ERR_NOMEM;
     }
-    if (strncmp(text, scheme, slen) != 0)
-        return mrb_fail(err, msg, msglen, "\"%s\": the URL must start with %s%s",
-                        text, scheme, kind == MRB_URL_REDIS ? " or unix:/" : "");
+    size_t slen;
+    if (kind == MRB_URL_MQTT && strncmp(text, "mqtts://", 8) == 0) {
+        slen = 8;
+        out->tls = 1;
+        out->port = 8883;
+    } else if (kind == MRB_URL_MQTT && strncmp(text, "mqtt://", 7) == 0) {
+        slen = 7;
+    } else if (kind == MRB_URL_REDIS && strncmp(text, "redis://", 8) == 0) {
+        slen = 8;
+    } else if (kind == MRB_URL_REDIS && strncmp(text, "rediss://", 9) == 0) {
+        return mrb_fail(err, msg, msglen,
+                        "\"%s\": rediss:// (TLS) is not supported by this build "
+                        "(hiredis 0.14 has no TLS): put stunnel in front of "
+                        "Redis, see README \"Redis over TLS\"", shown);
+    } else {
+        return mrb_fail(err, msg, msglen, "\"%s\": the URL must start with %s",
+                        shown, kind == MRB_URL_MQTT ? "mqtt:// or mqtts://"
+                                                    : "redis:// or unix:/");
+    }
 
     const char *p = text + slen;
     const char *end = p + strlen(p);
     const char *slash = strchr(p, '/');
-    const char *auth_end = NULL;
-    /* userinfo ends at the last '@' before the path */
-    for (const char *q = p; q < (slash ? slash : end); q++)
-        if (*q == '@')
-            auth_end = q;
+    const char *auth_end = userinfo_end(p);
 
     int bad = 0;
     if (auth_end) {
@@ -153,7 +190,7 @@ mrb_err mrb_url_parse(const char *text, mrb_url_kind kind, mrb_url *out,
             mrb_url_free(out);
             return mrb_fail(err, msg, msglen,
                             "\"%s\": the port must be a number from 1 to 65535",
-                            text);
+                            shown);
         }
         out->port = (int)v;
     }
@@ -163,7 +200,7 @@ mrb_err mrb_url_parse(const char *text, mrb_url_kind kind, mrb_url *out,
             if (slash + 1 != end) {
                 mrb_url_free(out);
                 return mrb_fail(err, msg, msglen,
-                                "\"%s\": an mqtt:// URL has no path", text);
+                                "\"%s\": an mqtt:// URL has no path", shown);
             }
         } else if (slash + 1 != end) {
             if (parse_int(slash + 1, (size_t)(end - slash - 1), 0, 1000000,
@@ -171,7 +208,7 @@ mrb_err mrb_url_parse(const char *text, mrb_url_kind kind, mrb_url *out,
                 mrb_url_free(out);
                 return mrb_fail(err, msg, msglen,
                                 "\"%s\": the database after '/' must be a "
-                                "number", text);
+                                "number", shown);
             }
             out->db = (int)v;
         }
@@ -187,11 +224,11 @@ bad_auth:
     if (!bad)
         return MRB_ERR_NOMEM;
     return mrb_fail(err, msg, msglen,
-                    "\"%s\": bad percent-escape in user or password", text);
+                    "\"%s\": bad percent-escape in user or password", shown);
 bad_host:
     mrb_url_free(out);
     return mrb_fail(err, msg, msglen, "\"%s\": missing or malformed host",
-                    text);
+                    shown);
 }
 
 void mrb_url_format_redacted(const mrb_url *url, mrb_url_kind kind, char *buf,
@@ -206,7 +243,7 @@ void mrb_url_format_redacted(const mrb_url *url, mrb_url_kind kind, char *buf,
     if (kind == MRB_URL_REDIS && url->db)
         snprintf(db, sizeof(db), "/%d", url->db);
     snprintf(buf, buflen, "%s://%s%s%s%s%s%s%s:%d%s",
-             kind == MRB_URL_MQTT ? "mqtt" : "redis",
+             kind == MRB_URL_REDIS ? "redis" : url->tls ? "mqtts" : "mqtt",
              url->user ? url->user : "", url->password ? ":***" : "",
              (url->user || url->password) ? "@" : "", v6 ? "[" : "",
              url->host ? url->host : "", v6 ? "]" : "", "", url->port, db);

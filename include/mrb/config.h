@@ -9,7 +9,14 @@
  * Every failure returns MRB_ERR_INVALID with one line in msg naming where
  * (file:line:col for JSON syntax, file plus key path such as
  * "routes[2].direction" for values) and what is allowed. Pure apart from
- * reading the file and the host name.
+ * reading the files (configuration, password files; TLS files are only
+ * checked for readability), the environment (MRB_MQTT_PASSWORD,
+ * MRB_REDIS_PASSWORD) and the host name.
+ *
+ * Secrets: a password may come from the URL, a password_file or the
+ * environment, from exactly one of them; it ends up in mqtt.password /
+ * redis.password only. Nothing here prints it: messages quote URLs with the
+ * password as "***".
  */
 #ifndef MRB_CONFIG_H
 #define MRB_CONFIG_H
@@ -26,6 +33,13 @@ typedef enum mrb_mqtt_protocol {
     MRB_MQTT_5,
     MRB_MQTT_311
 } mrb_mqtt_protocol;
+
+typedef enum mrb_tls_version {
+    MRB_TLS_1_2 = 0,     /* the default: TLS 1.2 or 1.3 */
+    MRB_TLS_1_3
+} mrb_tls_version;
+
+#define MRB_CONFIG_MAX_WARNINGS 4
 
 typedef struct mrb_config {
     char *id;                 /* bridge id: client id and status topic */
@@ -46,18 +60,34 @@ typedef struct mrb_config {
     long reconnect_min_ms;
     long reconnect_max_ms;
     long shutdown_timeout_ms;
+    /* mqtts:// */
+    char *tls_ca_file;        /* PEM CA certificates; NULL: the system's */
+    char *tls_ca_path;        /* directory of hashed CA certificates */
+    char *tls_cert_file;      /* client certificate (chain), PEM */
+    char *tls_key_file;       /* its private key, PEM; NULL: in cert_file */
+    int tls_verify_hostname;  /* the certificate must name the URL's host */
+    mrb_tls_version tls_min_version;
+    /* passwords from files (first line) */
+    char *mqtt_password_file;
+    char *redis_password_file;
 
     /* derived by mrb_config_finish() */
     mrb_url mqtt;
     mrb_url redis;
     char *status_topic;       /* "bridge/<id>/status" */
+    const char *mqtt_password_from;  /* "the URL", "mqtt.password_file", ... */
+    const char *redis_password_from; /* NULL: no password */
+
+    /* things worth a warning at start (a secret readable by others) */
+    char warnings[MRB_CONFIG_MAX_WARNINGS][320];
+    size_t n_warnings;
 } mrb_config;
 
 /* Command-line values: NULL / -1 / 0 when not given. Strings point into argv. */
 typedef struct mrb_cli {
     const char *config_file;
-    const char *mqtt_url;
-    const char *redis_url;
+    char *mqtt_url;           /* argv strings: mrb_cli_scrub() masks them */
+    char *redis_url;
     const char *id;
     const char **routes;      /* owned array of argv pointers */
     size_t n_routes;
@@ -71,6 +101,10 @@ typedef struct mrb_cli {
 mrb_err mrb_cli_parse(int argc, char **argv, mrb_cli *cli, char *msg,
                       size_t msglen);
 void mrb_cli_free(mrb_cli *cli);
+/* Overwrite the passwords of --mqtt and --redis in argv with '*', so that
+ * process listings (/proc/PID/cmdline) no longer show them. Call after
+ * mrb_config_apply_cli() has copied them. */
+void mrb_cli_scrub(mrb_cli *cli);
 void mrb_cli_usage(FILE *out);
 
 void mrb_config_init(mrb_config *cfg);

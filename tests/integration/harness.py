@@ -191,16 +191,71 @@ class RedisServer:
         return self.proc is not None and self.proc.poll() is None
 
 
+class Pki:
+    """A test CA made with openssl in dir, and certificates it issues.
+    EC P-256 keys: quick to make."""
+
+    def __init__(self, workdir, name="ca"):
+        self.dir = os.path.join(workdir, "pki-" + name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.ca_key = os.path.join(self.dir, "ca.key")
+        self.ca = os.path.join(self.dir, "ca.pem")
+        self._openssl("req", "-x509", "-newkey", "ec", "-pkeyopt",
+                      "ec_paramgen_curve:prime256v1", "-nodes",
+                      "-keyout", self.ca_key, "-out", self.ca, "-days", "30",
+                      "-subj", "/CN=mrb test CA " + name)
+
+    def _openssl(self, *args):
+        r = subprocess.run(["openssl"] + list(args), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError("openssl %s failed:\n%s"
+                               % (" ".join(args), r.stdout.decode()))
+
+    def issue(self, name, hosts=("localhost", "127.0.0.1"), days=30,
+              client=False):
+        """(cert, key) paths for a certificate naming hosts (DNS names or IP
+        addresses); days=-1 makes one that expired yesterday."""
+        key = os.path.join(self.dir, name + ".key")
+        csr = os.path.join(self.dir, name + ".csr")
+        cert = os.path.join(self.dir, name + ".pem")
+        ext = os.path.join(self.dir, name + ".ext")
+        sans = ",".join(("IP:" if re.match(r"^[0-9.]+$", h) else "DNS:") + h
+                        for h in hosts)
+        with open(ext, "w") as f:
+            f.write("basicConstraints=CA:FALSE\n")
+            f.write("extendedKeyUsage=%s\n" % ("clientAuth" if client
+                                               else "serverAuth"))
+            if sans:
+                f.write("subjectAltName=%s\n" % sans)
+        self._openssl("req", "-newkey", "ec", "-pkeyopt",
+                      "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key,
+                      "-out", csr, "-subj", "/CN=" + name)
+        self._openssl("x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey",
+                      self.ca_key, "-CAcreateserial", "-days", str(days),
+                      "-extfile", ext, "-out", cert)
+        os.chmod(key, 0o600)
+        return cert, key
+
+
 class Mosquitto:
     """A mosquitto broker on 127.0.0.1:port, restartable on the same port."""
 
     def __init__(self, workdir, port=None, users=None, persistence=False,
-                 max_queued=None):
+                 max_queued=None, tls=None, acl_file=None):
         """users: {name: password}; when given, anonymous access is off.
         persistence: keep sessions and queued messages across a restart.
-        max_queued: messages queued per client (mosquitto's default: 1000)."""
+        max_queued: messages queued per client (mosquitto's default: 1000).
+        tls: {"cafile", "certfile", "keyfile", optional "require_certificate",
+        "tls_version"}: a second listener speaking TLS on tls_port (the test
+        clients keep using the plain port).
+        acl_file: path of a mosquitto ACL file."""
         self.persistence = persistence
         self.max_queued = max_queued
+        self.tls = tls
+        self.acl_file = acl_file
+        self.tls_port = free_port() if tls else None
         self.port = port or free_port()
         self.dir = os.path.join(workdir, "mosquitto-%d" % self.port)
         os.makedirs(self.dir, exist_ok=True)
@@ -229,6 +284,15 @@ class Mosquitto:
             else:
                 f.write("allow_anonymous true\n")
             f.write("set_tcp_nodelay true\n")
+            if self.acl_file:
+                f.write("acl_file %s\n" % self.acl_file)
+            if self.tls:
+                f.write("listener %d 127.0.0.1\n" % self.tls_port)
+                for k in ("cafile", "certfile", "keyfile", "tls_version"):
+                    if self.tls.get(k):
+                        f.write("%s %s\n" % (k, self.tls[k]))
+                if self.tls.get("require_certificate"):
+                    f.write("require_certificate true\n")
             if self.persistence:
                 f.write("persistence true\n")
                 f.write("persistence_location %s/\n" % self.dir)
@@ -510,15 +574,17 @@ class RedisSub:
 # the bridge process
 
 class Bridge:
-    def __init__(self, workdir, args, name="bridge"):
+    def __init__(self, workdir, args, name="bridge", env=None):
+        """env: variables added to the bridge's environment."""
         self.name = name
         self.stopped_by_test = False
         self.args = [BRIDGE] + list(args)
         self.err_path = os.path.join(workdir, "%s.stderr" % name)
         self.out_path = os.path.join(workdir, "%s.stdout" % name)
+        full_env = dict(os.environ, **(env or {}))
         with open(self.err_path, "ab") as err, open(self.out_path, "ab") as out:
             self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=err)
+                                         stdout=out, stderr=err, env=full_env)
 
     def log(self):
         return read_text(self.err_path)
@@ -641,11 +707,19 @@ def stats_counters(msg):
     return dict(re.findall(r"(\w+)=(\d+)", msg))
 
 
-def run_bridge(args, timeout=10):
-    """Run the bridge to completion (for --check, --help, bad configs)."""
+def run_bridge(args, timeout=10, env=None):
+    """Run the bridge to completion (for --check, --help, bad configs);
+    env: variables added to its environment."""
     return subprocess.run([BRIDGE] + list(args), stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          timeout=timeout * SCALE)
+                          timeout=timeout * SCALE,
+                          env=dict(os.environ, **(env or {})))
+
+
+def bridge_has_tls():
+    """Was the bridge built WITH_TLS? (--version says "TLS: yes")."""
+    r = run_bridge(["--version"])
+    return b"TLS: yes" in r.stdout
 
 
 # --------------------------------------------------------------------------
@@ -718,9 +792,9 @@ class BridgeTestCase(unittest.TestCase):
 
     # bridge -------------------------------------------------------------
     def start_bridge(self, mqtt_port=None, redis_port=None, *extra,
-                     bridge_id=None, name=None, ready=True):
+                     bridge_id=None, name=None, ready=True, env=None):
         """Start the bridge with --mqtt/--redis/--id for the given ports
-        (None: leave out) plus the extra arguments."""
+        (None: leave out) plus the extra arguments; env: added variables."""
         args = []
         if mqtt_port is not None:
             args += ["--mqtt", "mqtt://127.0.0.1:%d" % mqtt_port]
@@ -729,7 +803,8 @@ class BridgeTestCase(unittest.TestCase):
         if bridge_id is not None:
             args += ["--id", bridge_id]
         args += list(extra)
-        b = Bridge(self.workdir, args, name or "bridge%d" % len(self._bridges))
+        b = Bridge(self.workdir, args, name or "bridge%d" % len(self._bridges),
+                   env=env)
         self._bridges.append(b)
         self.addCleanup(b.cleanup_check)
         if ready:

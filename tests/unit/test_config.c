@@ -10,6 +10,20 @@
 #include "mrb/config.h"
 #include "mrb/queue.h"
 #include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* A temporary file holding text with the given mode; path into buf. */
+static void temp_file(char *buf, size_t n, const char *text, mode_t mode)
+{
+    snprintf(buf, n, "/tmp/mrb-test-XXXXXX");
+    int fd = mkstemp(buf);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    assert_int_equal(fchmod(fd, mode), 0);
+    close(fd);
+}
 
 /* Load json as "cfg.json" and finish; return the error, message in msg. */
 static mrb_err load(const char *json, mrb_config *cfg, char *msg, size_t msglen)
@@ -113,7 +127,7 @@ static void test_value_errors_name_the_key(void **state)
                  "(allowed: both, mqtt_to_redis, redis_to_mqtt)");
     expect_error("{\"mqtt\": {\"hots\": \"x\"}}",
                  "cfg.json: mqtt.hots: unknown key (known keys here: url, "
-                 "client_id, protocol, keepalive, session_expiry)");
+                 "client_id, protocol, keepalive, session_expiry, password_file, tls)");
     expect_error("{\"colour\": 1}",
                  "cfg.json: colour: unknown key (known keys here: id, log_level, "
                  "mqtt, redis, routes, limits, reconnect, shutdown_timeout_ms)");
@@ -162,7 +176,7 @@ static void test_value_errors_name_the_key(void **state)
 static void test_whole_config_errors(void **state)
 {
     expect_error("{\"mqtt\": {\"url\": \"http://x\"}}",
-                 "cfg.json: mqtt.url: \"http://x\": the URL must start with mqtt://");
+                 "cfg.json: mqtt.url: \"http://x\": the URL must start with mqtt:// or mqtts://");
     expect_error("{\"redis\": {\"url\": \"redis://h:99999\"}}",
                  "cfg.json: redis.url: \"redis://h:99999\": the port must be a number from 1 "
                  "to 65535");
@@ -243,10 +257,172 @@ static void test_cli_errors(void **state)
                      "1 wildcard but Redis pattern \"user\" has 0 '*': the k-th "
                      "wildcard maps to the k-th '*', so the counts must agree");
     char *a5[] = {"mrb", "--redis", "redis://:pw@", NULL};
-    expect_cli_error(3, a5, "--redis: \"redis://:pw@\": missing or malformed host");
+    expect_cli_error(3, a5, "--redis: \"redis://:***@\": missing or malformed host");
     char *a6[] = {"mrb", "--id", "a b", NULL};
     expect_cli_error(3, a6, "--id: invalid value \"a b\" (allowed: 1 to 64 letters, "
                      "digits, '-', '_' or '.')");
+}
+
+static void test_tls_settings(void **state)
+{
+    char ca[64], key[64], json[512], msg[512] = "";
+    temp_file(ca, sizeof(ca), "ca", 0644);
+    temp_file(key, sizeof(key), "key", 0640);
+    mrb_config cfg;
+    snprintf(json, sizeof(json),
+             "{\"mqtt\": {\"url\": \"mqtts://b@broker\", \"tls\": {\"ca_file\": \"%s\", "
+             "\"cert_file\": \"%s\", \"key_file\": \"%s\", \"verify_hostname\": false, "
+             "\"min_version\": \"1.3\"}}}", ca, ca, key);
+    mrb_err err = load(json, &cfg, msg, sizeof(msg));
+#if MRB_WITH_TLS
+    if (err != MRB_OK)
+        fail_msg("%s", msg);
+    assert_int_equal(cfg.mqtt.tls, 1);
+    assert_int_equal(cfg.mqtt.port, 8883);
+    assert_string_equal(cfg.tls_ca_file, ca);
+    assert_string_equal(cfg.tls_key_file, key);
+    assert_int_equal(cfg.tls_verify_hostname, 0);
+    assert_int_equal(cfg.tls_min_version, MRB_TLS_1_3);
+    assert_int_equal(cfg.n_warnings, 0); /* 0640: not readable by others */
+    mrb_config_free(&cfg);
+
+    expect_error("{\"mqtt\": {\"url\": \"mqtts://h\", \"tls\": {\"key_file\": \"/k\"}}}",
+                 "mqtt.tls.key_file: given without mqtt.tls.cert_file");
+    expect_error("{\"mqtt\": {\"url\": \"mqtts://h\", \"tls\": "
+                 "{\"ca_file\": \"/nonexistent/ca.pem\"}}}",
+                 "mqtt.tls.ca_file: cannot read \"/nonexistent/ca.pem\": No such "
+                 "file or directory");
+    expect_error("{\"mqtt\": {\"url\": \"mqtts://h\", \"tls\": {\"min_version\": \"1.1\"}}}",
+                 "cfg.json: mqtt.tls.min_version: invalid value \"1.1\" (allowed: "
+                 "1.2, 1.3)");
+    /* a private key others can read */
+    assert_int_equal(chmod(key, 0604), 0);
+    assert_int_equal(load(json, &cfg, msg, sizeof(msg)), MRB_OK);
+    assert_int_equal(cfg.n_warnings, 1);
+    char want[320];
+    snprintf(want, sizeof(want), "mqtt.tls.key_file \"%s\" is readable by other "
+             "users (mode 0604): chmod o-r it", key);
+    assert_string_equal(cfg.warnings[0], want);
+    mrb_config_free(&cfg);
+#else
+    assert_int_equal(err, MRB_ERR_INVALID);
+    assert_string_equal(msg, "cfg.json: mqtt.url: \"mqtts://b@broker\": this "
+                        "mqtt-redis-bridge was built without TLS (cmake "
+                        "-DWITH_TLS=OFF): use mqtt:// or a build with TLS");
+    mrb_config_free(&cfg);
+#endif
+    /* TLS settings for a plain connection would give a false sense of safety */
+    expect_error("{\"mqtt\": {\"url\": \"mqtt://h\", \"tls\": {\"ca_file\": \"/ca\"}}}",
+                 "mqtt.tls: TLS settings are given but the broker URL is not "
+                 "mqtts://");
+    unlink(ca);
+    unlink(key);
+}
+
+static void test_passwords(void **state)
+{
+    char pf[64], json[512], msg[512] = "", want[512];
+    mrb_config cfg;
+    temp_file(pf, sizeof(pf), "s3cret\nignored\n", 0600);
+    snprintf(json, sizeof(json), "{\"mqtt\": {\"url\": \"mqtt://bridge@h\", "
+             "\"password_file\": \"%s\"}, \"redis\": {\"password_file\": \"%s\"}}",
+             pf, pf);
+    unsetenv("MRB_MQTT_PASSWORD");
+    unsetenv("MRB_REDIS_PASSWORD");
+    if (load(json, &cfg, msg, sizeof(msg)) != MRB_OK)
+        fail_msg("%s", msg);
+    assert_string_equal(cfg.mqtt.user, "bridge");
+    assert_string_equal(cfg.mqtt.password, "s3cret");
+    assert_string_equal(cfg.redis.password, "s3cret");
+    assert_string_equal(cfg.mqtt_password_from, "mqtt.password_file");
+    assert_int_equal(cfg.n_warnings, 0);
+    /* --check: never the password itself */
+    char out[2048] = "";
+    FILE *f = fmemopen(out, sizeof(out) - 1, "w");
+    mrb_config_print(&cfg, f);
+    fclose(f);
+    assert_null(strstr(out, "s3cret"));
+    assert_non_null(strstr(out, "mqtt password: *** (from mqtt.password_file)"));
+    mrb_config_free(&cfg);
+
+    /* readable by others: a warning */
+    assert_int_equal(chmod(pf, 0644), 0);
+    assert_int_equal(load(json, &cfg, msg, sizeof(msg)), MRB_OK);
+    assert_int_equal(cfg.n_warnings, 2);
+    snprintf(want, sizeof(want), "mqtt.password_file \"%s\" is readable by other "
+             "users (mode 0644): chmod o-r it", pf);
+    assert_string_equal(cfg.warnings[0], want);
+    mrb_config_free(&cfg);
+
+    /* from the environment */
+    setenv("MRB_REDIS_PASSWORD", "from-env", 1);
+    assert_int_equal(load("{}", &cfg, msg, sizeof(msg)), MRB_OK);
+    assert_string_equal(cfg.redis.password, "from-env");
+    assert_string_equal(cfg.redis_password_from, "MRB_REDIS_PASSWORD");
+    assert_null(cfg.mqtt_password_from);
+    mrb_config_free(&cfg);
+    /* one source per side */
+    expect_error("{\"redis\": {\"url\": \"redis://:pw@h\"}}",
+                 "redis: the password is given twice, in the URL (redis.url / "
+                 "--redis) and in MRB_REDIS_PASSWORD: keep one");
+    unsetenv("MRB_REDIS_PASSWORD");
+    snprintf(json, sizeof(json), "{\"mqtt\": {\"url\": \"mqtt://u:pw@h\", "
+             "\"password_file\": \"%s\"}}", pf);
+    expect_error(json, "mqtt: the password is given twice, in the URL (mqtt.url / "
+                 "--mqtt) and in mqtt.password_file: keep one");
+    /* unusable files */
+    expect_error("{\"mqtt\": {\"password_file\": \"/nonexistent/pw\"}}",
+                 "mqtt.password_file: cannot open \"/nonexistent/pw\": No such file "
+                 "or directory");
+    unlink(pf);
+    temp_file(pf, sizeof(pf), "\nsecond line\n", 0600);
+    snprintf(json, sizeof(json), "{\"redis\": {\"password_file\": \"%s\"}}", pf);
+    snprintf(want, sizeof(want), "redis.password_file: \"%s\": the first line is "
+             "empty (it holds the password)", pf);
+    expect_error(json, want);
+    unlink(pf);
+}
+
+static void test_world_readable_config(void **state)
+{
+    char path[64], msg[512] = "", want[512];
+    mrb_config cfg;
+    temp_file(path, sizeof(path), "{\"redis\": {\"url\": \"redis://:pw@h\"}}", 0644);
+    mrb_config_init(&cfg);
+    assert_int_equal(mrb_config_load_file(&cfg, path, msg, sizeof(msg)), MRB_OK);
+    assert_int_equal(mrb_config_finish(&cfg, msg, sizeof(msg)), MRB_OK);
+    assert_int_equal(cfg.n_warnings, 1);
+    snprintf(want, sizeof(want), "the configuration file, which holds a password, "
+             "\"%s\" is readable by other users (mode 0644): chmod o-r it", path);
+    assert_string_equal(cfg.warnings[0], want);
+    mrb_config_free(&cfg);
+    /* no password in it: no warning */
+    unlink(path);
+    temp_file(path, sizeof(path), "{\"redis\": {\"url\": \"redis://u@h\"}}", 0644);
+    mrb_config_init(&cfg);
+    assert_int_equal(mrb_config_load_file(&cfg, path, msg, sizeof(msg)), MRB_OK);
+    assert_int_equal(cfg.n_warnings, 0);
+    mrb_config_free(&cfg);
+    unlink(path);
+}
+
+static void test_cli_scrub(void **state)
+{
+    char a1[] = "mqtts://u:topsecret@h:8883", a2[] = "redis://:pw@r/2",
+         a3[] = "redis://r/a@b:c";
+    char *argv[] = {"mrb", "--mqtt", a1, "--redis", a2, NULL};
+    mrb_cli c;
+    char msg[256];
+    assert_int_equal(mrb_cli_parse(5, argv, &c, msg, sizeof(msg)), MRB_OK);
+    mrb_cli_scrub(&c);
+    assert_string_equal(a1, "mqtts://u:*********@h:8883");
+    assert_string_equal(a2, "redis://:**@r/2");
+    mrb_cli_free(&c);
+    char *argv2[] = {"mrb", "--redis", a3, NULL};
+    assert_int_equal(mrb_cli_parse(3, argv2, &c, msg, sizeof(msg)), MRB_OK);
+    mrb_cli_scrub(&c);
+    assert_string_equal(a3, "redis://r/a@b:c"); /* no user information */
+    mrb_cli_free(&c);
 }
 
 static void test_missing_file(void **state)
@@ -271,6 +447,10 @@ int main(void)
         cmocka_unit_test(test_cli_overrides),
         cmocka_unit_test(test_cli_errors),
         cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_tls_settings),
+        cmocka_unit_test(test_passwords),
+        cmocka_unit_test(test_world_readable_config),
+        cmocka_unit_test(test_cli_scrub),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -48,6 +48,41 @@ static void test_redis_urls(void **state)
     mrb_url_free(&u);
 }
 
+static void test_mqtts_urls(void **state)
+{
+    mrb_url u;
+    char msg[256], buf[128];
+    assert_int_equal(mrb_url_parse("mqtts://b:pw@broker.example", MRB_URL_MQTT, &u,
+                                   msg, sizeof(msg)), MRB_OK);
+    assert_int_equal(u.tls, 1);
+    assert_int_equal(u.port, 8883);
+    mrb_url_format_redacted(&u, MRB_URL_MQTT, buf, sizeof(buf));
+    assert_string_equal(buf, "mqtts://b:***@broker.example:8883");
+    mrb_url_free(&u);
+    assert_int_equal(mrb_url_parse("mqtt://h", MRB_URL_MQTT, &u, msg, sizeof(msg)),
+                     MRB_OK);
+    assert_int_equal(u.tls, 0);
+    mrb_url_free(&u);
+}
+
+static void test_redact_text(void **state)
+{
+    char buf[128];
+    static const char *const cases[][2] = {
+        {"mqtt://u:p@h", "mqtt://u:***@h"},
+        {"mqtts://u:p:q@r@h:1", "mqtts://u:***@h:1"},
+        {"redis://:pw@h/2", "redis://:***@h/2"},
+        {"redis://u@h", "redis://u@h"},          /* no password */
+        {"redis://h/a@b:c", "redis://h/a@b:c"},  /* '@' after the path */
+        {"u:p@h", "u:***@h"},                    /* no scheme */
+        {"", ""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        mrb_url_redact_text(cases[i][0], buf, sizeof(buf));
+        assert_string_equal(buf, cases[i][1]);
+    }
+}
+
 static void bad(const char *text, mrb_url_kind kind, const char *want)
 {
     mrb_url u;
@@ -60,15 +95,25 @@ static void bad(const char *text, mrb_url_kind kind, const char *want)
 
 static void test_bad_urls(void **state)
 {
-    bad("tcp://h", MRB_URL_MQTT, "\"tcp://h\": the URL must start with mqtt://");
+    bad("tcp://h", MRB_URL_MQTT,
+        "\"tcp://h\": the URL must start with mqtt:// or mqtts://");
     bad("mqtt://h:0", MRB_URL_MQTT,
         "\"mqtt://h:0\": the port must be a number from 1 to 65535");
     bad("mqtt://h:x", MRB_URL_MQTT,
         "\"mqtt://h:x\": the port must be a number from 1 to 65535");
     bad("mqtt://h/x", MRB_URL_MQTT, "\"mqtt://h/x\": an mqtt:// URL has no path");
     bad("mqtt://", MRB_URL_MQTT, "\"mqtt://\": missing or malformed host");
+    /* the password is never quoted back: messages go to logs */
     bad("mqtt://u:%zz@h", MRB_URL_MQTT,
-        "\"mqtt://u:%zz@h\": bad percent-escape in user or password");
+        "\"mqtt://u:***@h\": bad percent-escape in user or password");
+    bad("mqtt://u:secret@h:0", MRB_URL_MQTT,
+        "\"mqtt://u:***@h:0\": the port must be a number from 1 to 65535");
+    bad("redis://:secret@h/x", MRB_URL_REDIS,
+        "\"redis://:***@h/x\": the database after '/' must be a number");
+    bad("rediss://:secret@h", MRB_URL_REDIS,
+        "\"rediss://:***@h\": rediss:// (TLS) is not supported by this build "
+        "(hiredis 0.14 has no TLS): put stunnel in front of Redis, see README "
+        "\"Redis over TLS\"");
     bad("redis://h/db", MRB_URL_REDIS,
         "\"redis://h/db\": the database after '/' must be a number");
     bad("unix:relative", MRB_URL_REDIS,
@@ -84,6 +129,8 @@ int main(void)
         cmocka_unit_test(test_mqtt_urls),
         cmocka_unit_test(test_redis_urls),
         cmocka_unit_test(test_bad_urls),
+        cmocka_unit_test(test_mqtts_urls),
+        cmocka_unit_test(test_redact_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
