@@ -530,7 +530,7 @@ void mrb_cli_usage(FILE *out)
 {
     fputs(
 "Usage: " PROG " [OPTIONS]\n"
-"Bridge MQTT topics and Redis pub/sub channels both ways.\n"
+"Bridge MQTT topics and Redis pub/sub channels or streams both ways.\n"
 "\n"
 "  -c, --config FILE   read a JSON configuration file (keys: see README)\n"
 "      --mqtt URL      broker, mqtt://[user[:pass]@]host[:port] or, with\n"
