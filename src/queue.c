@@ -84,20 +84,6 @@ void mrb_queue_push_front(mrb_queue *q, mrb_msg *m)
     q->bytes += mrb_msg_size(m);
 }
 
-void mrb_queue_prepend_all(mrb_queue *dst, mrb_queue *src)
-{
-    if (!src->head)
-        return;
-    src->tail->next = dst->head;
-    dst->head = src->head;
-    if (!dst->tail)
-        dst->tail = src->tail;
-    dst->count += src->count;
-    dst->bytes += src->bytes;
-    src->head = src->tail = NULL;
-    src->count = src->bytes = 0;
-}
-
 size_t mrb_queue_clear(mrb_queue *q)
 {
     size_t n = 0;

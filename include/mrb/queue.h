@@ -23,7 +23,6 @@ typedef struct mrb_msg {
     int64_t arrived_ms; /* monotonic time it was taken in (mrb_now_ms) */
     uint64_t seq;       /* owner's bookkeeping: arrival number */
     unsigned pending;   /* owner's bookkeeping: replies still awaited */
-    int failed;         /* owner's bookkeeping: a reply said "not done" */
     char data[];        /* name '\0' payload tag '\0' */
 } mrb_msg;
 
@@ -67,9 +66,6 @@ size_t mrb_queue_push(mrb_queue *q, mrb_msg *m);
 void mrb_queue_push_front(mrb_queue *q, mrb_msg *m);
 /* The oldest message, now the caller's; NULL when empty. */
 mrb_msg *mrb_queue_pop(mrb_queue *q);
-/* Moves all of src, in order, in front of dst's head (src ends empty); no
- * drop: the caller bounds what it moves. */
-void mrb_queue_prepend_all(mrb_queue *dst, mrb_queue *src);
 /* Frees all queued messages; returns how many there were. */
 size_t mrb_queue_clear(mrb_queue *q);
 
