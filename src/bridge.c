@@ -33,6 +33,7 @@
 #endif
 
 #include "bridge_int.h"
+#include "mrb/envelope.h"
 
 static volatile sig_atomic_t got_stop, got_usr1;
 static int signal_fd = -1; /* write end of the wake pipe, for handlers */
@@ -79,8 +80,9 @@ static void log_stats(mrb_bridge *b)
              "left_with_broker=%llu stalls=%llu "
              "dropped_unmappable=%llu dropped_too_large=%llu "
              "dropped_queue_full=%llu dropped_send_failed=%llu "
-             "dropped_malformed=%llu "
-             "dropped_shutdown=%llu retained_skipped=%llu echo_evicted=%llu",
+             "dropped_malformed=%llu dropped_rate_limited=%llu "
+             "dropped_shutdown=%llu retained_skipped=%llu echo_evicted=%llu "
+             "hash_updates=%llu",
              (unsigned long long)ic.mqtt_in,
              (unsigned long long)atomic_load(&g->redis_out),
              (unsigned long long)c->redis_in, (unsigned long long)c->stream_in,
@@ -95,14 +97,16 @@ static void log_stats(mrb_bridge *b)
              (unsigned long long)(c->stalls + atomic_load(&g->stalls)),
              (unsigned long long)(c->dropped_unmappable +
                                   atomic_load(&g->dropped_unmappable)),
-             (unsigned long long)(c->dropped_too_large + ic.dropped_too_large),
+             (unsigned long long)(c->dropped_too_large + ic.dropped_too_large +
+                                  atomic_load(&g->dropped_too_large)),
              (unsigned long long)(c->dropped_queue_full + ic.dropped_queue_full),
              (unsigned long long)(c->dropped_send_failed + sent_failed + ic.nomem +
                                   atomic_load(&g->dropped_send_failed)),
              (unsigned long long)c->dropped_malformed,
+             (unsigned long long)mrb_limits_dropped(b),
              (unsigned long long)(c->dropped_shutdown + ic.dropped_shutdown),
              (unsigned long long)ic.retained_skipped,
-             evicted);
+             evicted, (unsigned long long)atomic_load(&g->hash_updates));
 }
 
 void mrb_bridge_warn_too_large(mrb_bridge *b, const char *side,
@@ -141,16 +145,41 @@ void mrb_bridge_warn_unmappable(mrb_bridge *b, const char *side,
     mrb_warn_unmappable(&b->rl_unmappable, b->c.dropped_unmappable, side, name, len);
 }
 
+int mrb_bridge_unwrap(mrb_bridge *b, const char *side, const char *name,
+                      size_t len, const char *p, size_t plen, char **out,
+                      size_t *outn)
+{
+    char why[160];
+    mrb_err err = mrb_envelope_unwrap(p, plen, out, outn, why, sizeof(why));
+    if (err == MRB_OK)
+        return 1;
+    uint64_t sup;
+    char esc[MRB_LOG_ESCAPE_MAX];
+    b->c.dropped_malformed++;
+    if (mrb_ratelimit_allow(&b->rl_malformed, mrb_now_ms(), &sup))
+        mrb_warn("dropped message from %s '%s' on an unwrap route: %s; "
+                 "dropped_malformed=%llu (%llu similar not logged)", side,
+                 mrb_log_escape(name, len, esc, sizeof(esc)),
+                 err == MRB_ERR_NOMEM ? "out of memory" : why,
+                 (unsigned long long)b->c.dropped_malformed,
+                 (unsigned long long)sup);
+    return 0;
+}
+
 /* ---- Redis -> MQTT ---- */
 
+/* Queue for MQTT; limited_route is 1 + the index of a rate-limited route
+ * whose token the message must still take before it goes (0: none). */
 static void out_enqueue(mrb_bridge *b, const char *topic, size_t tlen,
-                        const char *payload, size_t plen, int qos, int retain)
+                        const char *payload, size_t plen, int qos, int retain,
+                        size_t limited_route)
 {
     mrb_msg *m = mrb_msg_new(topic, tlen, payload, plen, qos, retain);
     if (!m) {
         b->c.dropped_send_failed++;
         return;
     }
+    m->seq = limited_route;
     size_t dropped = mrb_queue_push(&b->out_q, m);
     if (dropped) {
         uint64_t sup;
@@ -247,23 +276,68 @@ void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
         mrb_bridge_warn_unmappable(b, "Redis channel", channel, clen);
         return;
     }
+    char *unwrapped = NULL;
+    size_t ulen = 0;
+    int unwrap_state = 0; /* 0 not tried, 1 done, -1 not an envelope */
     for (size_t i = 0; i < tg->n; i++) {
-        const mrb_route *r = &b->routes.route[tg->v[i].route];
+        size_t ri = tg->v[i].route;
+        const mrb_route *r = &b->routes.route[ri];
         char *topic = tg->buf + tg->v[i].off;
         size_t tlen = tg->v[i].len;
+        const char *p = payload;
+        size_t pl = plen;
+        if (r->unwrap) {
+            if (unwrap_state == 0)
+                unwrap_state = mrb_bridge_unwrap(b, "Redis channel", channel, clen,
+                                                 payload, plen, &unwrapped, &ulen)
+                                   ? 1 : -1;
+            if (unwrap_state < 0)
+                continue;
+            p = unwrapped;
+            pl = ulen;
+        }
+        size_t limited = 0;
+        mrb_route_limit *lim = b->limits ? &b->limits[ri] : NULL;
+        if (lim && mrb_bucket_limited(&lim->to_mqtt)) {
+            if (r->qos == 0 && !mrb_bucket_take(&lim->to_mqtt, mrb_now_ms())) {
+                mrb_limits_dropped_one(b, ri, &lim->rl_mqtt, "Redis channel",
+                                       channel, clen);
+                continue;
+            }
+            /* QoS > 0: waits in out_q for its token (in order) */
+            if (r->qos > 0 && (b->out_q.count > 0 ||
+                               !mrb_bucket_take(&lim->to_mqtt, mrb_now_ms()))) {
+                atomic_fetch_add(&lim->rate_delayed, 1);
+                limited = ri + 1;
+            }
+        }
         char save = topic[tlen];
         topic[tlen] = '\0'; /* Paho wants a C string; the buffer has room */
-        if (b->out_q.count > 0 ||
-            !mqtt_send(b, topic, tlen, payload, plen, r->qos, r->retain))
-            out_enqueue(b, topic, tlen, payload, plen, r->qos, r->retain);
+        if (limited || b->out_q.count > 0 ||
+            !mqtt_send(b, topic, tlen, p, pl, r->qos, r->retain))
+            out_enqueue(b, topic, tlen, p, pl, r->qos, r->retain, limited);
         topic[tlen] = save;
     }
+    free(unwrapped);
 }
 
 static void pump_out(mrb_bridge *b)
 {
     mrb_msg *m;
+    b->out_rate_wait_ms = 0;
     while ((m = mrb_queue_pop(&b->out_q)) != NULL) {
+        if (m->seq && b->limits) {
+            /* a QoS > 0 message over its route's rate limit: its turn
+             * comes with the token (a timer of the loop) */
+            mrb_bucket *k = &b->limits[m->seq - 1].to_mqtt;
+            int64_t now = mrb_now_ms();
+            if (!mrb_bucket_take(k, now)) {
+                b->out_rate_wait_ms = now + mrb_bucket_wait_ms(k, now);
+                mrb_queue_push_front(&b->out_q, m);
+                return;
+            }
+            m->seq = 0;
+        }
         if (!mqtt_send(b, mrb_msg_name(m), m->name_len, mrb_msg_payload(m),
                        m->payload_len, m->qos, m->retain)) {
             mrb_queue_push_front(&b->out_q, m);
@@ -398,6 +472,10 @@ static int run_loop(mrb_bridge *b)
         rt = mrb_stream_next_timer(b);
         if (rt < next)
             next = rt;
+        if (b->out_rate_wait_ms && b->out_rate_wait_ms < next)
+            next = b->out_rate_wait_ms;
+        if (b->sx_rate_wait_ms && b->sx_rate_wait_ms < next)
+            next = b->sx_rate_wait_ms;
         if (b->stopping && deadline < next)
             next = deadline;
         if (trim_due && now - busy_ms >= MRB_TRIM_IDLE_MS) {
@@ -454,6 +532,12 @@ int mrb_bridge_run(const mrb_config *cfg)
     if (mrb_routes_build(&b->routes, cfg->routes, cfg->n_routes) != MRB_OK ||
         mrb_seen_init(&b->redis_echo, MRB_ECHO_CAPACITY, MRB_ECHO_TTL_MS) != MRB_OK ||
         mrb_seen_init(&b->mqtt_echo, MRB_ECHO_CAPACITY, MRB_ECHO_TTL_MS) != MRB_OK) {
+        mrb_error("out of memory");
+        goto out;
+    }
+    mrb_err lerr;
+    b->limits = mrb_limits_alloc(&b->routes, mrb_now_ms(), &lerr);
+    if (lerr != MRB_OK) {
         mrb_error("out of memory");
         goto out;
     }
@@ -547,6 +631,7 @@ out:
     mrb_targets_free(&b->tg);
     mrb_seen_free(&b->redis_echo);
     mrb_seen_free(&b->mqtt_echo);
+    mrb_limits_free(b->limits);
     mrb_routes_free(&b->routes);
     if (b->wake_fd[0] >= 0)
         close(b->wake_fd[0]);

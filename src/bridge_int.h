@@ -24,6 +24,13 @@
  * the main thread through wake_fd. The hiredis contexts are only ever used
  * by the main thread. The route table is immutable after start and is read
  * by both.
+ *
+ * Route options (limits.c, ingest.c, bridge.c, stream.c): the rate-limit
+ * buckets are one array, b->limits, indexed like b->routes.route. Each entry
+ * has a bucket per direction, owned by the thread of that direction
+ * (to_redis: the ingest thread; to_mqtt: main); its counts are atomics that
+ * the stats line reads. Envelope wrapping and the presence hash (HSET/HDEL)
+ * are the ingest thread's, unwrapping main's.
  */
 #ifndef MRB_BRIDGE_INT_H
 #define MRB_BRIDGE_INT_H
@@ -38,6 +45,7 @@
 
 #include "mrb/backoff.h"
 #include "mrb/bridge.h"
+#include "mrb/bucket.h"
 #include "mrb/log.h"
 #include "mrb/queue.h"
 #include "mrb/route.h"
@@ -64,6 +72,16 @@
 #define MRB_STREAM_COUNT 100
 
 typedef enum conn_state { CONN_DOWN = 0, CONN_CONNECTING, CONN_UP } conn_state;
+
+/* One route's rate limit (route options rate/burst; limits.c). */
+typedef struct mrb_route_limit {
+    mrb_bucket to_redis;          /* the ingest thread's */
+    mrb_bucket to_mqtt;           /* main's */
+    atomic_ullong rate_limited;   /* QoS 0 messages dropped over the limit,
+                                     both directions (per-route stats) */
+    atomic_ullong rate_delayed;   /* QoS > 0 messages that waited for it */
+    mrb_ratelimit rl_redis, rl_mqtt; /* its warning, per thread */
+} mrb_route_limit;
 
 /* Counters of the main thread. Those of Paho's receive thread live in
  * mrb_in_counters under in_lock; the completion counts of publishes to the
@@ -107,10 +125,15 @@ typedef struct mrb_ingest {
     int64_t next_attempt_ms;
     int outage_logged;
     int64_t down_since_ms;
-    mrb_ratelimit rl_unmappable, rl_send;
+    mrb_ratelimit rl_unmappable, rl_send, rl_large;
+    mrb_msg *held;               /* QoS > 0, waiting for a route's rate limit */
+    int64_t held_until_ms;
     /* counters, read by the stats line */
     atomic_ullong redis_out, resent, echoes, stalls;
     atomic_ullong dropped_unmappable, dropped_send_failed;
+    atomic_ullong dropped_too_large; /* grew past max_payload in its envelope */
+    atomic_ullong hash_updates;  /* HSET/HDEL of store routes sent (once
+                                    per message, not per re-send) */
 } mrb_ingest;
 
 typedef struct mrb_in_counters { /* [in_lock] */
@@ -203,6 +226,9 @@ typedef struct mrb_bridge {
     char mqtt_url[300];          /* URLs for logs, passwords as "***" */
     char redis_url[300];
     mrb_routes routes;
+    mrb_route_limit *limits;     /* per route (see above); NULL: none limited */
+    int64_t out_rate_wait_ms;    /* main: out_q's head waits for a token until */
+    int64_t sx_rate_wait_ms;     /* main: sx_q's head likewise (streams) */
     int wake_fd[2];
     atomic_int wake_pending;
 
@@ -280,6 +306,24 @@ void mrb_bridge_warn_unmappable(mrb_bridge *b, const char *side,
                                 const char *name, size_t len);
 void mrb_bridge_warn_too_large(mrb_bridge *b, const char *side,
                                const char *name, size_t len, size_t plen);
+/* Route option unwrap: the payload of the envelope p (main thread). 1 and
+ * *out (free()) on success; 0 if p is not an envelope (counted as
+ * dropped_malformed, one rate-limited warning). */
+int mrb_bridge_unwrap(mrb_bridge *b, const char *side, const char *name,
+                      size_t len, const char *p, size_t plen, char **out,
+                      size_t *outn);
+
+/* limits.c: the per-route rate limits (main thread, before and after the
+ * other threads run). NULL from alloc when no route has a rate or out of
+ * memory (*err says which). */
+mrb_route_limit *mrb_limits_alloc(const mrb_routes *t, int64_t now, mrb_err *err);
+void mrb_limits_free(mrb_route_limit *l);
+/* Sum of the routes' rate_limited counts (any thread). */
+uint64_t mrb_limits_dropped(const mrb_bridge *b);
+/* One rate-limited warning for a QoS 0 message dropped over route ri's
+ * limit, counted (the calling direction's thread, its rl). */
+void mrb_limits_dropped_one(mrb_bridge *b, size_t ri, mrb_ratelimit *rl,
+                            const char *side, const char *name, size_t len);
 
 /* mqtt.c: all main thread unless noted */
 mrb_err mrb_mqtt_init(mrb_bridge *b);

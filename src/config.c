@@ -45,6 +45,8 @@ static const char *const protocols[] = {"auto", "5", "3.1.1", NULL};
 static const char *const directions[] = {"both", "mqtt_to_redis",
                                          "redis_to_mqtt", NULL};
 static const char *const modes[] = {"pubsub", "stream", NULL};
+static const char *const stores[] = {"none", "hash", NULL};
+static const char *const envelopes[] = {"none", "json", NULL};
 static const char *const tls_versions[] = {"1.2", "1.3", NULL};
 
 #define C(m) offsetof(mrb_config, m)
@@ -95,6 +97,12 @@ static const field route_fields[] = {
     {"retain", F_BOOL, R(retain), 0, 0, NULL, NULL, 0, NULL},
     {"mode", F_ENUM, R(mode), 0, 0, modes, NULL, 0, NULL},
     {"maxlen", F_LONG, R(maxlen), 1, 1000000000L, NULL, NULL, 0, NULL},
+    {"store", F_ENUM, R(store), 0, 0, stores, NULL, 0, NULL},
+    {"hash", F_STRING, R(hash), 0, 0, NULL, NULL, 0, NULL},
+    {"envelope", F_ENUM, R(envelope), 0, 0, envelopes, NULL, 0, NULL},
+    {"unwrap", F_BOOL, R(unwrap), 0, 0, NULL, NULL, 0, NULL},
+    {"rate", F_LONG, R(rate), 0, MRB_RATE_MAX, NULL, NULL, 0, NULL},
+    {"burst", F_LONG, R(burst), 1, MRB_RATE_MAX, NULL, NULL, 0, NULL},
     {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
 
 static const field top_fields[] = {
@@ -541,12 +549,21 @@ void mrb_cli_usage(FILE *out)
 "      --id NAME       bridge id, used in the MQTT client id and in\n"
 "                      bridge/<id>/status (default: the host name)\n"
 "      --route SPEC    'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain]\n"
-"                      [stream] [maxlen=N]'; ARROW is <> (both ways),\n"
+"                      [stream] [maxlen=N] [OPTIONS]'; ARROW is <> (both ways),\n"
 "                      > (MQTT to Redis) or < (Redis to MQTT); 'stream'\n"
 "                      carries the route over Redis Streams (XADD, consumer\n"
 "                      group) instead of pub/sub. Repeatable; replaces the\n"
 "                      file's routes. Default: 'user/+ <> user:*' and\n"
-"                      'news <> news'\n"
+"                      'news <> news'.\n"
+"                      Route options: hash=NAME (or store=hash hash=NAME)\n"
+"                      also keeps the latest payload per topic in Redis hash\n"
+"                      NAME, field = the wildcard captures (presence);\n"
+"                      envelope=json wraps MQTT->Redis messages in a JSON\n"
+"                      envelope {topic,payload,qos,retain,ts,bridge};\n"
+"                      unwrap takes such envelopes apart on the way to MQTT;\n"
+"                      rate=N [burst=N] limits the route to N messages/s\n"
+"                      each way (QoS 0 over the limit: dropped and counted;\n"
+"                      QoS 1/2: slowed down)\n"
 "      --check         validate the configuration, print it and exit\n"
 "  -v, --verbose       log debug messages too\n"
 "  -q, --quiet         log only warnings and errors\n"

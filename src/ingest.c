@@ -20,6 +20,15 @@
  * message is sent again, in order, after the reconnect: at least once, and
  * in order as first seen by a reader.
  *
+ * Route options, per target (the routes of one message may differ): a
+ * store route (presence) also pipelines HSET hash field payload, or HDEL
+ * for an empty payload, before the PUBLISH/XADD, counted with the other
+ * replies; a retained message (a stored one, sent because we subscribed)
+ * updates the hash only. An envelope route sends the wrapped payload
+ * (mrb/envelope.h). A rate-limited route drops new QoS 0 messages over its
+ * limit (the target's bit in m->skip, so a re-send skips it too) and holds
+ * a QoS > 0 one (g->held) until its tokens are there.
+ *
  * Ownership: ing (but for the [in_lock] fields of the bridge) belongs to
  * this thread; its counters are atomics read by the stats line.
  */
@@ -35,8 +44,10 @@
 #include <time.h>
 
 #include "bridge_int.h"
+#include "mrb/envelope.h"
 
 #define BATCH 64
+#define SKIP_BITS 64 /* targets past this many are never rate-limited */
 
 static int64_t io_timeout_ms(const mrb_bridge *b)
 {
@@ -191,14 +202,64 @@ fail:
 
 /* ---- sending ---- */
 
-/* Append m's commands. 0 if it has no target (finished here). */
-static int append(mrb_bridge *b, mrb_msg *m)
+/* Milliseconds since the epoch when m arrived (its arrival is noted on
+ * the monotonic clock). */
+static int64_t arrival_wall_ms(const mrb_msg *m)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t wall = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return wall - (mrb_now_ms() - m->arrived_ms);
+}
+
+static void warn_envelope_too_large(mrb_bridge *b, const mrb_msg *m, size_t n)
+{
+    mrb_ingest *g = &b->ing;
+    uint64_t sup, c = atomic_fetch_add(&g->dropped_too_large, 1) + 1;
+    char esc[MRB_LOG_ESCAPE_MAX];
+    if (mrb_ratelimit_allow(&g->rl_large, mrb_now_ms(), &sup))
+        mrb_warn("dropped message from MQTT topic '%s' on an envelope route: "
+                 "its envelope is too large (%zu bytes wrapped, %zu raw; "
+                 "limits.max_payload is %ld); dropped_too_large=%llu (%llu "
+                 "similar not logged)",
+                 mrb_log_escape(mrb_msg_name(m), m->name_len, esc, sizeof(esc)),
+                 n, m->payload_len, b->cfg->max_payload, (unsigned long long)c,
+                 (unsigned long long)sup);
+}
+
+/* Append the HSET/HDEL of a store route. */
+static int append_store(mrb_bridge *b, const mrb_route *r, const mrb_msg *m,
+                        const char *payload, size_t plen, int resend)
+{
+    char field[MRB_TOPIC_MAX];
+    size_t flen;
+    if (mrb_route_hash_field(r, mrb_msg_name(m), m->name_len, field, sizeof(field),
+                             &flen) != MRB_OK)
+        return 0;
+    if (m->payload_len == 0) { /* a retained status cleared: gone */
+        const char *argv[] = {"HDEL", r->hash, field};
+        size_t lens[] = {4, strlen(r->hash), flen};
+        redisAppendCommandArgv(b->ing.c, 3, argv, lens);
+    } else {
+        const char *argv[] = {"HSET", r->hash, field, payload};
+        size_t lens[] = {4, strlen(r->hash), flen, plen};
+        redisAppendCommandArgv(b->ing.c, 4, argv, lens);
+    }
+    if (!resend)
+        atomic_fetch_add(&b->ing.hash_updates, 1);
+    return 1;
+}
+
+/* Append m's commands. 0 if it has nothing to send (finished here). A
+ * message sent again after a reconnect (resend) is not counted again. */
+static int append(mrb_bridge *b, mrb_msg *m, int resend)
 {
     mrb_ingest *g = &b->ing;
     mrb_targets *tg = &g->tg;
     if (mrb_routes_map_mqtt(&b->routes, mrb_msg_name(m), m->name_len, tg) != MRB_OK ||
         tg->n == 0) {
-        warn_unmappable(b, m);
+        if (!resend)
+            warn_unmappable(b, m);
         return 0;
     }
     int64_t now = mrb_now_ms();
@@ -207,34 +268,103 @@ static int append(mrb_bridge *b, mrb_msg *m)
         const mrb_route *r = &b->routes.route[tg->v[i].route];
         const char *name = tg->buf + tg->v[i].off;
         size_t nlen = tg->v[i].len;
+        const char *payload = mrb_msg_payload(m);
+        size_t plen = m->payload_len;
+        char *env = NULL;
+        if (i < SKIP_BITS && (m->skip >> i & 1))
+            continue;
+        /* a stored retained message is state: only a hash keeps it */
+        if (m->retain && r->store == MRB_STORE_NONE)
+            continue;
+        if (r->envelope == MRB_ENVELOPE_JSON) {
+            if (mrb_envelope_wrap(mrb_msg_name(m), payload, plen, m->qos, m->retain,
+                                  arrival_wall_ms(m), b->cfg->id, &env,
+                                  &plen) != MRB_OK) {
+                if (!resend)
+                    atomic_fetch_add(&g->dropped_send_failed, 1);
+                continue;
+            }
+            if ((long)plen > b->cfg->max_payload) {
+                if (!resend)
+                    warn_envelope_too_large(b, m, plen);
+                free(env);
+                continue;
+            }
+            payload = env;
+        }
+        /* the hash first: whoever reacts to the PUBLISH reads the new value */
+        if (r->store == MRB_STORE_HASH && append_store(b, r, m, payload, plen, resend))
+            m->pending++;
+        if (m->retain) {
+            free(env);
+            continue;
+        }
         if (r->mode == MRB_MODE_STREAM) {
             char maxlen[24];
             snprintf(maxlen, sizeof(maxlen), "%ld", r->maxlen);
             const char *argv[] = {"XADD", name, "MAXLEN", "~", maxlen, "*",
-                                  "payload", mrb_msg_payload(m), "origin",
-                                  b->cfg->id};
-            size_t lens[] = {4, nlen, 6, 1, strlen(maxlen), 1, 7, m->payload_len,
+                                  "payload", payload, "origin", b->cfg->id};
+            size_t lens[] = {4, nlen, 6, 1, strlen(maxlen), 1, 7, plen,
                              6, strlen(b->cfg->id)};
             redisAppendCommandArgv(g->c, 10, argv, lens);
         } else {
-            const char *argv[] = {"PUBLISH", name, mrb_msg_payload(m)};
-            size_t lens[] = {7, nlen, m->payload_len};
+            const char *argv[] = {"PUBLISH", name, payload};
+            size_t lens[] = {7, nlen, plen};
             redisAppendCommandArgv(g->c, 3, argv, lens);
             /* our copy will come back where we subscribe: note it */
             if (atomic_load(&b->sub_alive) &&
                 mrb_routes_redis_canonical(&b->routes, name, nlen) != MRB_NO_SUB) {
                 pthread_mutex_lock(&b->echo_lock);
-                mrb_seen_add(&b->redis_echo,
-                             mrb_seen_key(name, nlen, mrb_msg_payload(m), m->payload_len),
+                mrb_seen_add(&b->redis_echo, mrb_seen_key(name, nlen, payload, plen),
                              now);
                 pthread_mutex_unlock(&b->echo_lock);
             }
         }
+        free(env);
         m->pending++;
     }
+    if (m->pending == 0)
+        return 0;
     g->outstanding++;
     g->outstanding_bytes += m->name_len + m->payload_len;
     return 1;
+}
+
+/* The rate limits of m's routes, before m is first sent: a QoS 0 message
+ * over a route's limit is not sent there (counted); a QoS > 0 one waits
+ * until every limited route has a token. Returns the ms to wait (0: go).
+ * Retained messages (hash state) are not limited. */
+static int64_t admit(mrb_bridge *b, mrb_msg *m, int first_try)
+{
+    mrb_ingest *g = &b->ing;
+    mrb_targets *tg = &g->tg;
+    if (!b->limits || m->retain ||
+        mrb_routes_map_mqtt(&b->routes, mrb_msg_name(m), m->name_len, tg) != MRB_OK)
+        return 0;
+    int64_t now = mrb_now_ms(), wait = 0;
+    if (m->qos > 0) {
+        for (size_t i = 0; i < tg->n; i++) {
+            int64_t w = mrb_bucket_wait_ms(&b->limits[tg->v[i].route].to_redis, now);
+            if (w > 0 && first_try)
+                atomic_fetch_add(&b->limits[tg->v[i].route].rate_delayed, 1);
+            if (w > wait)
+                wait = w;
+        }
+        if (wait > 0)
+            return wait;
+        for (size_t i = 0; i < tg->n; i++)
+            mrb_bucket_take(&b->limits[tg->v[i].route].to_redis, now);
+        return 0;
+    }
+    for (size_t i = 0; i < tg->n && i < SKIP_BITS; i++) {
+        size_t ri = tg->v[i].route;
+        if (!mrb_bucket_take(&b->limits[ri].to_redis, now)) {
+            m->skip |= (uint64_t)1 << i;
+            mrb_limits_dropped_one(b, ri, &b->limits[ri].rl_redis, "MQTT topic",
+                                   mrb_msg_name(m), m->name_len);
+        }
+    }
+    return 0;
 }
 
 static int window_full(const mrb_ingest *g)
@@ -248,13 +378,20 @@ static void send_some(mrb_bridge *b)
 {
     mrb_ingest *g = &b->ing;
     for (; g->unsent && !window_full(g); g->unsent = g->unsent->next) {
-        if (append(b, g->unsent))
+        if (append(b, g->unsent, 1))
             atomic_fetch_add(&g->resent, 1);
     }
     if (g->unsent)
         return;
     mrb_msg *batch[BATCH];
     size_t n = 0;
+    int from_held = g->held != NULL;
+    if (g->held) {
+        if (mrb_now_ms() < g->held_until_ms)
+            return; /* in order: nothing passes it */
+        batch[n++] = g->held;
+        g->held = NULL;
+    }
     pthread_mutex_lock(&b->in_lock);
     while (n < BATCH && n + g->outstanding < MRB_REDIS_WINDOW &&
            (batch[n] = mrb_queue_pop(&b->in_q)) != NULL)
@@ -277,7 +414,19 @@ static void send_some(mrb_bridge *b)
                 continue;
             }
         }
-        if (!append(b, m)) {
+        int64_t wait = admit(b, m, !(from_held && i == 0));
+        if (wait > 0) {
+            /* hold it, and put the rest back in order (there is hardly
+             * any: Paho's receive thread waits for this one) */
+            g->held = m;
+            g->held_until_ms = mrb_now_ms() + wait;
+            pthread_mutex_lock(&b->in_lock);
+            for (size_t j = n; j-- > i + 1;)
+                mrb_queue_push_front(&b->in_q, batch[j]);
+            pthread_mutex_unlock(&b->in_lock);
+            return;
+        }
+        if (!append(b, m, 0)) {
             finish(b, m);
             continue;
         }
@@ -417,13 +566,19 @@ static void *ingest_main(void *arg)
                 return NULL;
             }
             if (g->c && (g->unsent || g->outstanding ||
-                         (b->in_q.count > 0 && !window_full(g))))
+                         (g->held && mrb_now_ms() >= g->held_until_ms) ||
+                         (!g->held && b->in_q.count > 0 && !window_full(g))))
                 break;
             /* connect even when idle: "ready" waits for it */
             if (!g->c && mrb_now_ms() >= g->next_attempt_ms)
                 break;
             g->idle = 1;
-            if (g->c && g->trim_due) {
+            if (g->c && g->held) {
+                /* a rate limit: wake when its token is there (or to quit) */
+                int64_t t = g->held_until_ms;
+                struct timespec ts = {(time_t)(t / 1000), (long)(t % 1000) * 1000000};
+                pthread_cond_timedwait(&g->work, &b->in_lock, &ts);
+            } else if (g->c && g->trim_due) {
                 /* idle after traffic: give the heap back once quiet */
                 int64_t t = mrb_now_ms() + MRB_TRIM_IDLE_MS;
                 struct timespec ts = {(time_t)(t / 1000), (long)(t % 1000) * 1000000};
@@ -456,7 +611,7 @@ static void *ingest_main(void *arg)
         }
         /* wait for a reply when there is nothing new to send meanwhile */
         pthread_mutex_lock(&b->in_lock);
-        int more = b->in_q.count > 0 && !window_full(g);
+        int more = b->in_q.count > 0 && !window_full(g) && !g->held;
         pthread_mutex_unlock(&b->in_lock);
         rc = read_replies(b, !more);
         if (rc != 0)
@@ -530,6 +685,11 @@ void mrb_ingest_stop(mrb_bridge *b)
 void mrb_ingest_clear(mrb_bridge *b, size_t *lost, size_t *kept)
 {
     mrb_msg *m;
+    if (b->ing.held) {
+        (*kept)++; /* held ones are QoS > 0 */
+        free(b->ing.held);
+        b->ing.held = NULL;
+    }
     while ((m = mrb_queue_pop(&b->ing.unacked)) != NULL) {
         if (m->qos > 0)
             (*kept)++;

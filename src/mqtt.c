@@ -267,11 +267,16 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
     }
     if (msg->dup)
         b->ic.redelivered++;
-    if (duplicate) {
+    /* MQTT 3.1.1 sets the flag only on stored messages sent because we
+     * subscribed (MQTT 5 sends them only for store routes' filters:
+     * Retain Handling 0 there, 2 elsewhere). A store route takes them into
+     * its hash (HSET again is harmless, so a copy per overlapping
+     * subscription is not a duplicate here); anything else skips them. */
+    int stored = msg->retained &&
+                 mrb_routes_mqtt_stores(&b->routes, topic, len);
+    if (duplicate && !stored) {
         b->ic.duplicates++;
-    } else if (msg->retained) {
-        /* MQTT 3.1.1 sets the flag only on stored messages sent because we
-         * subscribed (MQTT 5 does not send them: Retain Handling 2) */
+    } else if (msg->retained && !stored) {
         b->ic.retained_skipped++;
     } else if (b->ic.mqtt_in++, (long)msg->payloadlen > b->cfg->max_payload) {
         b->ic.dropped_too_large++;
@@ -573,8 +578,11 @@ static void mqtt_subscribe_all(mrb_bridge *b)
             o.subscribeOptions.noLocal = 1;
             /* the broker's stored retained messages are state, not news:
              * replaying them into Redis on every (re)subscribe would
-             * duplicate them */
-            o.subscribeOptions.retainHandling = 2;
+             * duplicate them; but a store route (presence) wants that
+             * state in its hash, on every subscribe (it may have changed
+             * while we were away): the ingest thread writes a retained
+             * delivery to the hash only */
+            o.subscribeOptions.retainHandling = s->retained ? 0 : 2;
             o.onSuccess5 = on_sub_ok5;
             o.onFailure5 = on_sub_fail5;
         } else {

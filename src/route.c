@@ -19,7 +19,12 @@ static const char *const dir_arrows[] = {"<>", ">", "<"};
 
 static const char *const mode_names[] = {"pubsub", "stream"};
 
+static const char *const store_names[] = {"none", "hash"};
+static const char *const envelope_names[] = {"none", "json"};
+
 const char *mrb_mode_name(mrb_mode mode) { return mode_names[mode]; }
+const char *mrb_store_name(mrb_store store) { return store_names[store]; }
+const char *mrb_envelope_name(mrb_envelope_kind kind) { return envelope_names[kind]; }
 const char *mrb_direction_name(mrb_direction dir) { return dir_names[dir]; }
 const char *mrb_direction_arrow(mrb_direction dir) { return dir_arrows[dir]; }
 
@@ -240,6 +245,35 @@ mrb_err mrb_route_check(const mrb_route *r, char *msg, size_t msglen)
     if (r->mode == MRB_MODE_STREAM && r->maxlen < 1)
         return mrb_fail(E, msg, msglen, "maxlen %ld is out of range (a stream "
                         "must be bounded: 1 or more entries)", r->maxlen);
+    if (r->store == MRB_STORE_HASH && r->dir == MRB_DIR_REDIS_TO_MQTT)
+        return mrb_fail(E, msg, msglen, "store \"hash\" keeps what comes from "
+                        "MQTT, but the route carries only Redis to MQTT (use "
+                        "direction both or mqtt_to_redis)");
+    if (r->store == MRB_STORE_HASH && (!r->hash || !r->hash[0]))
+        return mrb_fail(E, msg, msglen, "store \"hash\" needs the hash's name "
+                        "(\"hash\": \"NAME\", or hash=NAME in a --route)");
+    if (r->store != MRB_STORE_HASH && r->hash)
+        return mrb_fail(E, msg, msglen, "hash \"%s\" is given but store is "
+                        "not \"hash\" (add \"store\": \"hash\")", r->hash);
+    if (r->envelope != MRB_ENVELOPE_NONE && r->dir == MRB_DIR_REDIS_TO_MQTT)
+        return mrb_fail(E, msg, msglen, "envelope \"%s\" wraps messages from "
+                        "MQTT, but the route carries only Redis to MQTT (to "
+                        "take envelopes apart on the way to MQTT use unwrap)",
+                        mrb_envelope_name(r->envelope));
+    if (r->unwrap && r->dir == MRB_DIR_MQTT_TO_REDIS)
+        return mrb_fail(E, msg, msglen, "unwrap takes envelopes apart on the "
+                        "way to MQTT, but the route carries only MQTT to Redis "
+                        "(to wrap use envelope \"json\")");
+    if (r->rate < 0 || r->rate > MRB_RATE_MAX)
+        return mrb_fail(E, msg, msglen, "rate %ld is out of range (messages per "
+                        "second, 1 to %ld; 0 or none: unlimited)", r->rate,
+                        MRB_RATE_MAX);
+    if (r->burst < 0 || r->burst > MRB_RATE_MAX)
+        return mrb_fail(E, msg, msglen, "burst %ld is out of range (1 to %ld "
+                        "messages)", r->burst, MRB_RATE_MAX);
+    if (r->burst > 0 && r->rate == 0)
+        return mrb_fail(E, msg, msglen, "burst %ld is given without a rate "
+                        "(add a rate in messages per second)", r->burst);
     return MRB_OK;
 }
 
@@ -247,7 +281,37 @@ void mrb_route_free(mrb_route *r)
 {
     free(r->mqtt);
     free(r->redis);
-    r->mqtt = r->redis = NULL;
+    free(r->hash);
+    r->mqtt = r->redis = r->hash = NULL;
+}
+
+mrb_err mrb_route_copy(mrb_route *dst, const mrb_route *src)
+{
+    *dst = *src;
+    dst->mqtt = strdup(src->mqtt);
+    dst->redis = strdup(src->redis);
+    dst->hash = src->hash ? strdup(src->hash) : NULL;
+    if (!dst->mqtt || !dst->redis || (src->hash && !dst->hash)) {
+        mrb_route_free(dst);
+        return MRB_ERR_NOMEM;
+    }
+    return MRB_OK;
+}
+
+/* "name=N" with N a decimal integer in 0..LONG_MAX: 1 and *v set. */
+static int long_opt(const char *tok, const char *name, long *v)
+{
+    size_t n = strlen(name);
+    char *end = NULL;
+    if (strncmp(tok, name, n) != 0 || tok[n] != '=' || tok[n + 1] < '0' ||
+        tok[n + 1] > '9')
+        return 0;
+    errno = 0;
+    long x = strtol(tok + n + 1, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return 0;
+    *v = x;
+    return 1;
 }
 
 mrb_err mrb_route_parse_spec(const char *spec, mrb_route *out, char *msg,
@@ -255,12 +319,12 @@ mrb_err mrb_route_parse_spec(const char *spec, mrb_route *out, char *msg,
 {
     const mrb_err E = MRB_ERR_INVALID;
     char *copy = strdup(spec), *save = NULL;
-    char *tok[8];
+    char *tok[16];
     int n = 0;
     if (!copy)
         return MRB_ERR_NOMEM;
     for (char *t = strtok_r(copy, " \t", &save); t; t = strtok_r(NULL, " \t", &save)) {
-        if (n == 8) {
+        if (n == 16) {
             free(copy);
             return mrb_fail(E, msg, msglen, "too many words");
         }
@@ -273,7 +337,8 @@ mrb_err mrb_route_parse_spec(const char *spec, mrb_route *out, char *msg,
     if (n < 3) {
         err = mrb_fail(E, msg, msglen,
                        "expected 'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] "
-                       "[retain] [stream] [maxlen=N]' with ARROW one of <>, >, <");
+                       "[retain] [stream] [maxlen=N] [hash=NAME] [envelope=json] "
+                       "[unwrap] [rate=N] [burst=N]' with ARROW one of <>, >, <");
         goto out;
     }
     if (strcmp(tok[1], "<>") == 0)
@@ -288,9 +353,26 @@ mrb_err mrb_route_parse_spec(const char *spec, mrb_route *out, char *msg,
                        "Redis, < Redis to MQTT)", tok[1]);
         goto out;
     }
+    const char *hash = NULL;
     for (int i = 3; i < n; i++) {
         char *end = NULL;
-        if (strcmp(tok[i], "retain") == 0) {
+        if (long_opt(tok[i], "rate", &out->rate) ||
+            long_opt(tok[i], "burst", &out->burst)) {
+            /* range checked below */
+        } else if (strcmp(tok[i], "store=hash") == 0) {
+            out->store = MRB_STORE_HASH;
+        } else if (strcmp(tok[i], "store=none") == 0) {
+            out->store = MRB_STORE_NONE;
+        } else if (strncmp(tok[i], "hash=", 5) == 0 && tok[i][5]) {
+            out->store = MRB_STORE_HASH;
+            hash = tok[i] + 5;
+        } else if (strcmp(tok[i], "envelope=json") == 0) {
+            out->envelope = MRB_ENVELOPE_JSON;
+        } else if (strcmp(tok[i], "envelope=none") == 0) {
+            out->envelope = MRB_ENVELOPE_NONE;
+        } else if (strcmp(tok[i], "unwrap") == 0) {
+            out->unwrap = 1;
+        } else if (strcmp(tok[i], "retain") == 0) {
             out->retain = 1;
         } else if (strcmp(tok[i], "stream") == 0) {
             out->mode = MRB_MODE_STREAM;
@@ -305,13 +387,16 @@ mrb_err mrb_route_parse_spec(const char *spec, mrb_route *out, char *msg,
         } else {
             err = mrb_fail(E, msg, msglen,
                            "unknown option \"%s\" (allowed: qos=0, qos=1, "
-                           "qos=2, retain, stream, maxlen=N)", tok[i]);
+                           "qos=2, retain, stream, maxlen=N, store=hash, "
+                           "hash=NAME, envelope=json, envelope=none, unwrap, "
+                           "rate=N, burst=N)", tok[i]);
             goto out;
         }
     }
     out->mqtt = strdup(tok[0]);
     out->redis = strdup(tok[2]);
-    if (!out->mqtt || !out->redis)
+    out->hash = hash ? strdup(hash) : NULL;
+    if (!out->mqtt || !out->redis || (hash && !out->hash))
         err = MRB_ERR_NOMEM;
     else
         err = mrb_route_check(out, msg, msglen);
@@ -324,14 +409,29 @@ out:
 
 void mrb_route_format(const mrb_route *r, char *buf, size_t buflen)
 {
+    int n;
     if (r->mode == MRB_MODE_STREAM)
-        snprintf(buf, buflen, "%s %s %s qos=%d%s stream maxlen=%ld", r->mqtt,
-                 mrb_direction_arrow(r->dir), r->redis, r->qos,
-                 r->retain ? " retain" : "", r->maxlen);
+        n = snprintf(buf, buflen, "%s %s %s qos=%d%s stream maxlen=%ld", r->mqtt,
+                     mrb_direction_arrow(r->dir), r->redis, r->qos,
+                     r->retain ? " retain" : "", r->maxlen);
     else
-        snprintf(buf, buflen, "%s %s %s qos=%d%s", r->mqtt,
-                 mrb_direction_arrow(r->dir), r->redis, r->qos,
-                 r->retain ? " retain" : "");
+        n = snprintf(buf, buflen, "%s %s %s qos=%d%s", r->mqtt,
+                     mrb_direction_arrow(r->dir), r->redis, r->qos,
+                     r->retain ? " retain" : "");
+    size_t o = n > 0 ? (size_t)n : 0;
+    if (o >= buflen)
+        return;
+    if (r->store == MRB_STORE_HASH)
+        o += (size_t)snprintf(buf + o, buflen - o, " store=hash hash=%s",
+                              r->hash ? r->hash : "");
+    if (o < buflen && r->envelope != MRB_ENVELOPE_NONE)
+        o += (size_t)snprintf(buf + o, buflen - o, " envelope=%s",
+                              mrb_envelope_name(r->envelope));
+    if (o < buflen && r->unwrap)
+        o += (size_t)snprintf(buf + o, buflen - o, " unwrap");
+    if (o < buflen && r->rate > 0)
+        snprintf(buf + o, buflen - o, " rate=%ld burst=%ld", r->rate,
+                 r->burst > 0 ? r->burst : r->rate);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -371,6 +471,25 @@ mrb_err mrb_route_map_to_redis(const mrb_route *r, const char *topic,
         if (rc)
             return MRB_ERR_FULL;
     }
+    *outn = o;
+    return MRB_OK;
+}
+
+mrb_err mrb_route_hash_field(const mrb_route *r, const char *topic, size_t len,
+                             char *out, size_t outlen, size_t *outn)
+{
+    span cap[MRB_WILDCARDS_MAX];
+    char kind[MRB_WILDCARDS_MAX];
+    int ncap, parent;
+    if (!filter_walk(r->mqtt, topic, len, cap, kind, &ncap, &parent) || parent)
+        return MRB_ERR_NOMATCH;
+    size_t o = 0;
+    if (ncap == 0 && put(out, outlen, &o, topic, len, 0, 0))
+        return MRB_ERR_FULL;
+    for (int k = 0; k < ncap && k < MRB_WILDCARDS_MAX; k++)
+        if ((k > 0 && put(out, outlen, &o, "/", 1, 0, 0)) ||
+            put(out, outlen, &o, topic + cap[k].off, cap[k].len, 0, 0))
+            return MRB_ERR_FULL;
     *outn = o;
     return MRB_OK;
 }
@@ -663,7 +782,7 @@ void mrb_routes_free(mrb_routes *t)
 }
 
 static mrb_err sub_add(mrb_sub *subs, size_t *n, const char *name, int qos,
-                       int exact)
+                       int exact, int retained)
 {
     for (size_t i = 0; i < *n; i++) {
         /* entries below *n were filled by strdup below; the analyzer does
@@ -671,6 +790,7 @@ static mrb_err sub_add(mrb_sub *subs, size_t *n, const char *name, int qos,
         if (strcmp(subs[i].name, name) == 0) { // NOLINT(clang-analyzer-core.NonNullParamChecker)
             if (qos > subs[i].qos)
                 subs[i].qos = qos;
+            subs[i].retained |= retained;
             return MRB_OK;
         }
     }
@@ -678,6 +798,7 @@ static mrb_err sub_add(mrb_sub *subs, size_t *n, const char *name, int qos,
         return MRB_ERR_NOMEM;
     subs[*n].qos = qos;
     subs[*n].exact = exact;
+    subs[*n].retained = retained;
     (*n)++;
     return MRB_OK;
 }
@@ -692,17 +813,15 @@ mrb_err mrb_routes_build(mrb_routes *t, const mrb_route *routes, size_t n)
     if (!t->route || !t->mqtt_sub || !t->redis_sub || !t->stream_sub)
         goto nomem;
     for (size_t i = 0; i < n; i++) {
-        t->route[i] = routes[i];
-        t->route[i].mqtt = strdup(routes[i].mqtt);
-        t->route[i].redis = strdup(routes[i].redis);
-        t->n++;
-        if (!t->route[i].mqtt || !t->route[i].redis)
+        if (mrb_route_copy(&t->route[i], &routes[i]) != MRB_OK)
             goto nomem;
+        t->n++;
     }
     for (size_t i = 0; i < n; i++) {
         const mrb_route *r = &t->route[i];
         if (r->dir != MRB_DIR_REDIS_TO_MQTT &&
-            sub_add(t->mqtt_sub, &t->n_mqtt_sub, r->mqtt, r->qos, 0))
+            sub_add(t->mqtt_sub, &t->n_mqtt_sub, r->mqtt, r->qos, 0,
+                    r->store != MRB_STORE_NONE))
             goto nomem;
     }
     /* Exact channels first: Redis sends a channel's subscribers their copy
@@ -715,8 +834,8 @@ mrb_err mrb_routes_build(mrb_routes *t, const mrb_route *routes, size_t n)
             if (r->dir == MRB_DIR_MQTT_TO_REDIS || exact != (pass == 0))
                 continue;
             if (r->mode == MRB_MODE_STREAM
-                    ? sub_add(t->stream_sub, &t->n_stream_sub, r->redis, 0, exact)
-                    : sub_add(t->redis_sub, &t->n_redis_sub, r->redis, 0, exact))
+                    ? sub_add(t->stream_sub, &t->n_stream_sub, r->redis, 0, exact, 0)
+                    : sub_add(t->redis_sub, &t->n_redis_sub, r->redis, 0, exact, 0))
                 goto nomem;
         }
     }
@@ -753,6 +872,18 @@ size_t mrb_routes_redis_canonical(const mrb_routes *t, const char *channel,
             return i;
     }
     return MRB_NO_SUB;
+}
+
+int mrb_routes_mqtt_stores(const mrb_routes *t, const char *topic, size_t len)
+{
+    /* store routes are few: a plain scan */
+    for (size_t i = 0; i < t->n; i++) {
+        const mrb_route *r = &t->route[i];
+        if (r->store != MRB_STORE_NONE && r->dir != MRB_DIR_REDIS_TO_MQTT &&
+            mrb_filter_matches(r->mqtt, topic, len))
+            return 1;
+    }
+    return 0;
 }
 
 /* A subscription name is found under its own key (an exact name is its own

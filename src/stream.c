@@ -356,19 +356,49 @@ static void take_entry(mrb_bridge *b, const redisReply *key, const redisReply *e
         memcpy(tag + key->len + 1, id->str, id->len);
         tlen = key->len + 1 + id->len;
     }
+    /* unwrap routes: one try for all; a payload that is not an envelope
+     * is dropped on those routes (counted) */
+    char *unwrapped = NULL;
+    size_t ulen = 0, last = tg->n;
+    int unwrap_state = 0;
     for (size_t i = 0; i < tg->n; i++) {
-        const mrb_route *r = &b->routes.route[tg->v[i].route];
+        if (!b->routes.route[tg->v[i].route].unwrap) {
+            last = i;
+        } else {
+            if (unwrap_state == 0)
+                unwrap_state = mrb_bridge_unwrap(b, "Redis stream", key->str,
+                                                 key->len, payload->str,
+                                                 payload->len, &unwrapped, &ulen)
+                                   ? 1 : -1;
+            if (unwrap_state > 0)
+                last = i;
+        }
+    }
+    if (last == tg->n) { /* nothing to publish */
+        xack(b, key->str, key->len, id->str, id->len);
+        return;
+    }
+    for (size_t i = 0; i <= last; i++) {
+        size_t ri = tg->v[i].route;
+        const mrb_route *r = &b->routes.route[ri];
+        if (r->unwrap && unwrap_state < 0)
+            continue;
         /* the entry is acknowledged when the last of its topics has it */
-        int last = i + 1 == tg->n;
         mrb_msg *m = mrb_msg_new_tagged(tg->buf + tg->v[i].off, tg->v[i].len,
-                                        payload->str, payload->len, tag,
-                                        last ? tlen : 0, r->qos, r->retain);
+                                        r->unwrap ? unwrapped : payload->str,
+                                        r->unwrap ? ulen : payload->len, tag,
+                                        i == last ? tlen : 0, r->qos, r->retain);
         if (!m) {
             b->c.dropped_send_failed++; /* stays pending: read again later */
-            return;
+            break;
         }
+        /* a rate-limited route: the entry waits for its token, whatever
+         * its QoS (an entry is durable: slowed, not dropped) */
+        if (b->limits && mrb_bucket_limited(&b->limits[ri].to_mqtt))
+            m->seq = ri + 1;
         mrb_queue_push(&b->sx_q, m);
     }
+    free(unwrapped);
 }
 
 static void on_read_reply(redisAsyncContext *ac, void *r, void *priv)
@@ -526,8 +556,20 @@ static void collect_done(mrb_bridge *b)
 static void publish_queued(mrb_bridge *b)
 {
     mrb_msg *m;
+    b->sx_rate_wait_ms = 0;
     while ((m = b->sx_q.head) != NULL) {
         mrb_sx *sx = NULL;
+        if (m->seq && b->limits) {
+            /* over the route's rate: no token, no publish (and with the
+             * window full, no more reading either) */
+            mrb_bucket *k = &b->limits[m->seq - 1].to_mqtt;
+            int64_t now = mrb_now_ms();
+            if (!mrb_bucket_take(k, now)) {
+                b->sx_rate_wait_ms = now + mrb_bucket_wait_ms(k, now);
+                return;
+            }
+            m->seq = 0;
+        }
         if (m->tag_len) {
             sx = malloc(sizeof(*sx) + m->tag_len + 1);
             if (!sx)

@@ -23,6 +23,8 @@ typedef struct mrb_msg {
     int64_t arrived_ms; /* monotonic time it was taken in (mrb_now_ms) */
     uint64_t seq;       /* owner's bookkeeping: arrival number */
     unsigned pending;   /* owner's bookkeeping: replies still awaited */
+    uint64_t skip;      /* owner's bookkeeping: targets (bit i: the i-th)
+                           not to send, e.g. over a route's rate limit */
     char data[];        /* name '\0' payload tag '\0' */
 } mrb_msg;
 

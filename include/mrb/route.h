@@ -35,6 +35,19 @@ typedef enum mrb_mode {
 } mrb_mode;
 
 #define MRB_MAXLEN_DEFAULT 10000
+#define MRB_RATE_MAX 1000000L /* route rate and burst: at most this */
+
+/* Where else an MQTT->Redis route keeps what it carries. */
+typedef enum mrb_store {
+    MRB_STORE_NONE = 0,
+    MRB_STORE_HASH       /* latest value per topic in a Redis hash (presence) */
+} mrb_store;
+
+/* How an MQTT->Redis route wraps a payload (see mrb/envelope.h). */
+typedef enum mrb_envelope_kind {
+    MRB_ENVELOPE_NONE = 0, /* raw pass-through */
+    MRB_ENVELOPE_JSON
+} mrb_envelope_kind;
 
 typedef struct mrb_route {
     char *mqtt;         /* MQTT topic filter (owned) */
@@ -44,23 +57,38 @@ typedef struct mrb_route {
     int retain;         /* publish to MQTT with the retain flag */
     mrb_mode mode;
     long maxlen;        /* stream mode: XADD MAXLEN ~ maxlen */
+    /* route options (all off by default) */
+    mrb_store store;    /* MQTT->Redis: also HSET hash field payload */
+    char *hash;         /* store: the hash's name (owned; NULL otherwise) */
+    mrb_envelope_kind envelope; /* MQTT->Redis: wrap payloads */
+    int unwrap;         /* Redis->MQTT: payloads are envelopes to unwrap */
+    long rate;          /* messages/s per direction, 0 = unlimited */
+    long burst;         /* token bucket size (0: as rate) */
 } mrb_route;
 
 const char *mrb_direction_name(mrb_direction dir);
 const char *mrb_direction_arrow(mrb_direction dir);
 const char *mrb_mode_name(mrb_mode mode);
+const char *mrb_store_name(mrb_store store);
+const char *mrb_envelope_name(mrb_envelope_kind kind);
 
 /* Check a route's filter, pattern and options; message says what is wrong
  * (without the key path or source, which the caller prepends). */
 mrb_err mrb_route_check(const mrb_route *r, char *msg, size_t msglen);
 
-/* Parse "FILTER ARROW PATTERN [qos=N] [retain] [stream] [maxlen=N]" into *out (strings owned by
- * *out; free with mrb_route_free). Checks the route as mrb_route_check. */
+/* Parse "FILTER ARROW PATTERN [qos=N] [retain] [stream] [maxlen=N]
+ * [store=hash] [hash=NAME] [envelope=json|none] [unwrap] [rate=N] [burst=N]"
+ * into *out (strings owned by *out; free with mrb_route_free). "hash=NAME"
+ * alone implies store=hash. Checks the route as mrb_route_check. */
 mrb_err mrb_route_parse_spec(const char *spec, mrb_route *out, char *msg,
                              size_t msglen);
 void mrb_route_free(mrb_route *r);
+/* Deep copy (strings duplicated); MRB_ERR_NOMEM leaves *dst freed. */
+mrb_err mrb_route_copy(mrb_route *dst, const mrb_route *src);
 
-/* "user/+ <> user:* qos=1 retain", "... stream maxlen=1000" */
+/* "user/+ <> user:* qos=1 retain", "... stream maxlen=1000", options after
+ * ("store=hash hash=NAME envelope=json unwrap rate=N burst=N"): the same
+ * syntax mrb_route_parse_spec reads. */
 void mrb_route_format(const mrb_route *r, char *buf, size_t buflen);
 
 /* --- name checks -------------------------------------------------------- */
@@ -84,6 +112,12 @@ int mrb_glob_matches(const char *pattern, const char *s, size_t len);
 mrb_err mrb_route_map_to_redis(const mrb_route *r, const char *topic,
                                size_t len, char *out, size_t outlen,
                                size_t *outn);
+/* The hash field of a store route for an MQTT topic: the parts of the topic
+ * its wildcards matched, joined with '/' (a '#' part keeps its own '/'s);
+ * a filter without wildcards gives the whole topic. MRB_ERR_NOMATCH if r
+ * does not match, MRB_ERR_FULL if out is small. */
+mrb_err mrb_route_hash_field(const mrb_route *r, const char *topic, size_t len,
+                             char *out, size_t outlen, size_t *outn);
 /* Map a Redis channel through r to an MQTT topic, likewise. */
 mrb_err mrb_route_map_to_mqtt(const mrb_route *r, const char *channel,
                               size_t len, char *out, size_t outlen,
@@ -96,6 +130,8 @@ typedef struct mrb_sub {
     char *name;        /* MQTT filter or Redis channel/pattern (owned) */
     int qos;           /* MQTT: highest QoS of the routes using it */
     int exact;         /* Redis: no '*', so SUBSCRIBE instead of PSUBSCRIBE */
+    int retained;      /* MQTT: a store route uses it: have the broker send
+                          its retained messages on subscribe */
 } mrb_sub;
 
 typedef struct mrb_routes {
@@ -129,6 +165,9 @@ size_t mrb_routes_mqtt_canonical(const mrb_routes *t, const char *topic,
 /* Likewise for Redis: the first subscription matching channel. */
 size_t mrb_routes_redis_canonical(const mrb_routes *t, const char *channel,
                                   size_t len);
+/* Does a store route carrying MQTT->Redis match topic? (Its retained
+ * messages are state for the hash.) */
+int mrb_routes_mqtt_stores(const mrb_routes *t, const char *topic, size_t len);
 /* Index of the Redis subscription named name (as Redis reports it). */
 size_t mrb_routes_redis_sub_index(const mrb_routes *t, const char *name,
                                   size_t len);

@@ -105,6 +105,52 @@ static void test_full_file(void **state)
     mrb_config_free(&cfg);
 }
 
+static void test_route_options(void **state)
+{
+    mrb_config cfg;
+    char msg[512];
+    assert_int_equal(load("{\"routes\": [{\"mqtt\": \"devices/+/status\", "
+                          "\"redis\": \"presence:*\", \"direction\": "
+                          "\"mqtt_to_redis\", \"store\": \"hash\", \"hash\": "
+                          "\"devices\", \"envelope\": \"json\", \"rate\": 200, "
+                          "\"burst\": 20}, {\"mqtt\": \"cmd/+\", \"redis\": "
+                          "\"cmd:*\", \"unwrap\": true}]}", &cfg, msg, sizeof(msg)),
+                     MRB_OK);
+    assert_int_equal(cfg.routes[0].store, MRB_STORE_HASH);
+    assert_string_equal(cfg.routes[0].hash, "devices");
+    assert_int_equal(cfg.routes[0].envelope, MRB_ENVELOPE_JSON);
+    assert_int_equal(cfg.routes[0].rate, 200);
+    assert_int_equal(cfg.routes[0].burst, 20);
+    assert_int_equal(cfg.routes[1].unwrap, 1);
+    assert_int_equal(cfg.routes[1].rate, 0);
+    mrb_config_free(&cfg);
+    expect_error("{\"routes\": [{\"mqtt\": \"a/+\", \"redis\": \"a:*\", "
+                 "\"store\": \"hash\"}]}",
+                 "cfg.json: routes[0]: store \"hash\" needs the hash's name "
+                 "(\"hash\": \"NAME\", or hash=NAME in a --route)");
+    expect_error("{\"routes\": [{\"mqtt\": \"a/+\", \"redis\": \"a:*\", "
+                 "\"store\": \"list\"}]}",
+                 "cfg.json: routes[0].store: invalid value \"list\" (allowed: "
+                 "none, hash)");
+    expect_error("{\"routes\": [{\"mqtt\": \"a/+\", \"redis\": \"a:*\", "
+                 "\"rate\": -1}]}",
+                 "cfg.json: routes[0].rate: invalid value -1 (allowed: an integer "
+                 "from 0 to 1000000)");
+    expect_error("{\"routes\": [{\"mqtt\": \"a/+\", \"redis\": \"a:*\", "
+                 "\"burst\": 5}]}",
+                 "cfg.json: routes[0]: burst 5 is given without a rate (add a "
+                 "rate in messages per second)");
+    expect_error("{\"routes\": [{\"mqtt\": \"a/+\", \"redis\": \"a:*\", "
+                 "\"direction\": \"mqtt_to_redis\", \"unwrap\": true}]}",
+                 "cfg.json: routes[0]: unwrap takes envelopes apart on the way to "
+                 "MQTT, but the route carries only MQTT to Redis (to wrap use "
+                 "envelope \"json\")");
+    expect_error("{\"routes\": [{\"mqtt\": \"a/+\", \"redis\": \"a:*\", "
+                 "\"envelope\": \"xml\"}]}",
+                 "cfg.json: routes[0].envelope: invalid value \"xml\" (allowed: "
+                 "none, json)");
+}
+
 static void test_syntax_errors_have_line_and_column(void **state)
 {
     expect_error("{\n  \"id\": \"x\",\n  \"mqtt\": {\"url\" \"y\"}\n}",
@@ -451,6 +497,7 @@ int main(void)
         cmocka_unit_test(test_passwords),
         cmocka_unit_test(test_world_readable_config),
         cmocka_unit_test(test_cli_scrub),
+        cmocka_unit_test(test_route_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -150,9 +150,11 @@ static void test_bad_specs(void **state)
               "Redis, < Redis to MQTT)");
     check_bad("a > a qos=3", "qos 3 is out of range (allowed: 0, 1, 2)");
     check_bad("a > a fast", "unknown option \"fast\" (allowed: qos=0, qos=1, "
-              "qos=2, retain, stream, maxlen=N)");
+              "qos=2, retain, stream, maxlen=N, store=hash, hash=NAME, "
+              "envelope=json, envelope=none, unwrap, rate=N, burst=N)");
     check_bad("a", "expected 'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain] "
-              "[stream] [maxlen=N]' with ARROW one of <>, >, <");
+              "[stream] [maxlen=N] [hash=NAME] [envelope=json] [unwrap] "
+              "[rate=N] [burst=N]' with ARROW one of <>, >, <");
 }
 
 static void test_spec_options(void **state)
@@ -257,7 +259,8 @@ static void test_stream_routes(void **state)
     check_bad("a > a stream maxlen=0", "maxlen 0 is out of range (a stream must "
               "be bounded: 1 or more entries)");
     check_bad("a > a maxlen=x", "unknown option \"maxlen=x\" (allowed: qos=0, "
-              "qos=1, qos=2, retain, stream, maxlen=N)");
+              "qos=1, qos=2, retain, stream, maxlen=N, store=hash, hash=NAME, "
+              "envelope=json, envelope=none, unwrap, rate=N, burst=N)");
 
     /* A stream route and a pub/sub route to the same name are two targets;
      * the Redis-side lists keep the modes apart. */

@@ -1,0 +1,66 @@
+/*
+ * limits.c - the per-route rate limits (route options rate and burst): one
+ * array of token buckets indexed like the route table, allocated and freed
+ * in one place (see bridge_int.h for which thread owns which bucket).
+ *
+ * Over the limit, a QoS 0 message is dropped and counted (the route's
+ * rate_limited, summed as dropped_rate_limited in the stats line); a QoS 1/2
+ * one waits for a token: MQTT->Redis the ingest thread holds it (and so
+ * Paho's receive thread, and so the broker), Redis->MQTT it waits in out_q
+ * (pub/sub) or in the reader's window (streams).
+ */
+#include <stdlib.h>
+
+#include "bridge_int.h"
+
+mrb_route_limit *mrb_limits_alloc(const mrb_routes *t, int64_t now, mrb_err *err)
+{
+    size_t limited = 0;
+    *err = MRB_OK;
+    for (size_t i = 0; i < t->n; i++)
+        limited += t->route[i].rate > 0;
+    if (limited == 0)
+        return NULL;
+    mrb_route_limit *l = calloc(t->n, sizeof(*l));
+    if (!l) {
+        *err = MRB_ERR_NOMEM;
+        return NULL;
+    }
+    for (size_t i = 0; i < t->n; i++) {
+        const mrb_route *r = &t->route[i];
+        mrb_bucket_init(&l[i].to_redis, r->rate, r->burst, now);
+        mrb_bucket_init(&l[i].to_mqtt, r->rate, r->burst, now);
+        atomic_init(&l[i].rate_limited, 0);
+        atomic_init(&l[i].rate_delayed, 0);
+    }
+    return l;
+}
+
+void mrb_limits_free(mrb_route_limit *l)
+{
+    free(l);
+}
+
+uint64_t mrb_limits_dropped(const mrb_bridge *b)
+{
+    uint64_t n = 0;
+    if (b->limits)
+        for (size_t i = 0; i < b->routes.n; i++)
+            n += atomic_load(&b->limits[i].rate_limited);
+    return n;
+}
+
+void mrb_limits_dropped_one(mrb_bridge *b, size_t ri, mrb_ratelimit *rl,
+                            const char *side, const char *name, size_t len)
+{
+    uint64_t sup, n = atomic_fetch_add(&b->limits[ri].rate_limited, 1) + 1;
+    char esc[MRB_LOG_ESCAPE_MAX];
+    if (mrb_ratelimit_allow(rl, mrb_now_ms(), &sup)) {
+        char line[600];
+        mrb_route_format(&b->routes.route[ri], line, sizeof(line));
+        mrb_warn("dropped QoS 0 message from %s '%s': over the rate limit of "
+                 "route '%s'; rate_limited=%llu on that route (%llu similar "
+                 "not logged)", side, mrb_log_escape(name, len, esc, sizeof(esc)),
+                 line, (unsigned long long)n, (unsigned long long)sup);
+    }
+}
