@@ -200,6 +200,50 @@ class RouteOptionsTest(BridgeTestCase):
         self.assertEqual((c["dropped_malformed"], c["dropped_too_large"]),
                          ("1", "1"), line)
 
+    def test_stream_envelope_unwrap_and_rate(self):
+        """Stream routes: XADD carries the envelope; entries read for MQTT
+        are unwrapped and wait for the route's tokens (none dropped, even at
+        QoS 0: an entry is durable); a malformed one is acknowledged and
+        counted."""
+        b = self.bridge([{"mqtt": "sup/+", "redis": "sup:*", "mode": "stream",
+                          "direction": "mqtt_to_redis", "envelope": "json"},
+                         {"mqtt": "sdown", "redis": "sdown", "mode": "stream",
+                          "direction": "redis_to_mqtt", "unwrap": True,
+                          "qos": 0, "rate": 50, "burst": 10}])
+        pub = self.mqtt_client(self.mq.port, name="up")
+        msub = self.mqtt_client(self.mq.port, "sdown", name="down")
+        pub.publish("sup/a", b"\x00\xffbin", qos=1)
+        self.assertTrue(harness.wait_until(lambda: self.r.xlen("sup:a") == 1,
+                                           harness.DELIVERY_TIMEOUT))
+        (_, fields), = self.r.xrange("sup:a")
+        e = json.loads(fields[b"payload"])
+        self.assertEqual((e["topic"], e["encoding"], base64.b64decode(e["payload"])),
+                         ("sup/a", "base64", b"\x00\xffbin"), e)
+
+        n = 100
+        self.r.xadd("sdown", {"payload": b"not an envelope"})
+        start = time.monotonic()
+        for i in range(n):
+            self.r.xadd("sdown", {"payload": json.dumps({"payload": "m%d" % i})})
+        min_s = (n - 10) / 50.0  # 1.8 s
+        self.assertTrue(harness.wait_until(lambda: msub.count() >= n,
+                                           min_s + 10 * harness.SCALE),
+                        "%d of %d" % (msub.count(), n))
+        took = time.monotonic() - start
+        sys.stderr.write("\n  measured: %d stream entries at 50/s burst 10 in "
+                         "%.2f s (>= %.2f) ... " % (n, took, min_s))
+        self.assertGreaterEqual(took, 0.9 * min_s, "not slowed down")
+        self.assertEqual([m.payload for m in msub.snapshot()],
+                         [b"m%d" % i for i in range(n)])
+        group = "mqtt-redis-bridge:ro"
+        self.assertTrue(harness.wait_until(
+            lambda: self.r.xpending("sdown", group)["pending"] == 0,
+            harness.DELIVERY_TIMEOUT))
+        b.stop()
+        line, c = self.exit_stats(b)
+        self.assertEqual((c["dropped_malformed"], c["dropped_rate_limited"]),
+                         ("1", "0"), line)
+
     # ---- rate limits ----------------------------------------------------
 
     RATE, BURST, SECONDS, SEND_RATE = 200, 20, 5.0, 1000
