@@ -83,8 +83,11 @@ static int add_payload(cJSON *env, const void *payload, size_t plen)
     int text = memchr(copy, '\0', plen) == NULL && mrb_utf8_valid(copy, plen);
     int rc = -1;
     cJSON *json = NULL;
+    /* a lone JSON string stays text: embedded, it would unwrap without its
+     * quotes */
     if (text && plen > 0 &&
-        (json = cJSON_ParseWithLengthOpts(copy, plen + 1, NULL, 1)) != NULL) {
+        (json = cJSON_ParseWithLengthOpts(copy, plen + 1, NULL, 1)) != NULL &&
+        !cJSON_IsString(json)) {
         /* embedded as it came: reprinting would change numbers and spacing */
         rc = cJSON_AddRawToObject(env, "payload", copy) ? 0 : -1;
     } else if (text) {
@@ -170,9 +173,9 @@ mrb_err mrb_envelope_unwrap(const char *env, size_t len, char **out,
             n = strlen(res);
     }
     cJSON_Delete(j);
-    if (err != MRB_OK) {
+    if (err != MRB_OK || !res) {
         free(res);
-        return err;
+        return err != MRB_OK ? err : MRB_ERR_NOMEM;
     }
     res[n] = '\0';
     *out = res;

@@ -355,8 +355,8 @@ mrb_err mrb_route_parse_spec(const char *spec, mrb_route *out, char *msg,
     }
     const char *hash = NULL;
     for (int i = 3; i < n; i++) {
-        char *end = NULL;
-        if (long_opt(tok[i], "rate", &out->rate) ||
+        if (long_opt(tok[i], "maxlen", &out->maxlen) ||
+            long_opt(tok[i], "rate", &out->rate) ||
             long_opt(tok[i], "burst", &out->burst)) {
             /* range checked below */
         } else if (strcmp(tok[i], "store=hash") == 0) {
@@ -379,11 +379,6 @@ mrb_err mrb_route_parse_spec(const char *spec, mrb_route *out, char *msg,
         } else if (strncmp(tok[i], "qos=", 4) == 0 && tok[i][4] >= '0' &&
                    tok[i][4] <= '9' && tok[i][5] == '\0') {
             out->qos = tok[i][4] - '0';
-        } else if (strncmp(tok[i], "maxlen=", 7) == 0 && tok[i][7] >= '0' &&
-                   tok[i][7] <= '9' &&
-                   (errno = 0, out->maxlen = strtol(tok[i] + 7, &end, 10),
-                    errno == 0 && *end == '\0')) {
-            /* range checked below */
         } else {
             err = mrb_fail(E, msg, msglen,
                            "unknown option \"%s\" (allowed: qos=0, qos=1, "

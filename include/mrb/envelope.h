@@ -7,8 +7,8 @@
  *    "bridge":"id"}
  *
  * P is the payload itself when it is a JSON text (valid UTF-8 that cJSON
- * parses; embedded byte for byte), a JSON string when it is other UTF-8 text
- * without NUL bytes, and otherwise a base64 string (RFC 4648, padded) with
+ * parses, other than a lone JSON string; embedded byte for byte), a JSON
+ * string when it is other UTF-8 text without NUL bytes, and otherwise a base64 string (RFC 4648, padded) with
  * "encoding":"base64" added. ts is milliseconds since the epoch.
  *
  * Pure: buffers in, heap buffers out (free with free()), no I/O. JSON is

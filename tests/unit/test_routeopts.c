@@ -222,6 +222,10 @@ static void test_envelope_text_json_binary(void **state)
                      MRB_OK);
     assert_non_null(strstr(out, "\"payload\":{\"t\": 21.50, \"n\":[1,2]}"));
     free(out);
+    /* a lone JSON string is text (embedded, it would lose its quotes) */
+    j = wrap("\"abc\"", 5);
+    assert_string_equal(cJSON_GetObjectItem(j, "payload")->valuestring, "\"abc\"");
+    cJSON_Delete(j);
     j = wrap("42", 2);
     assert_true(cJSON_IsNumber(cJSON_GetObjectItem(j, "payload")));
     cJSON_Delete(j);
@@ -246,6 +250,7 @@ static void test_envelope_text_json_binary(void **state)
     round_trip("online", 6);
     round_trip("", 0);
     round_trip("{\"a\":1,\"b\":[true,null,\"x\"]}", 27);
+    round_trip("\"abc\"", 5);
     unsigned char bin[256];
     for (int i = 0; i < 256; i++)
         bin[i] = (unsigned char)(255 - i);
