@@ -67,8 +67,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (next)
             *next++ = '\0';
         if (mrb_route_parse_spec(line, &routes[n], msg, sizeof(msg)) == MRB_OK) {
-            char fmt[1024];
+            char fmt[1024], fmt2[1024];
             mrb_route_format(&routes[n], fmt, sizeof(fmt));
+            /* what --check prints is a spec that means the same route */
+            mrb_route again;
+            if (strlen(fmt) + 1 < sizeof(fmt)) {
+                if (mrb_route_parse_spec(fmt, &again, msg, sizeof(msg)) != MRB_OK)
+                    mrb_fuzz_fail("a formatted route does not parse", fmt);
+                mrb_route_format(&again, fmt2, sizeof(fmt2));
+                mrb_route_free(&again);
+                if (strcmp(fmt, fmt2) != 0)
+                    mrb_fuzz_fail("format(parse(format(r))) differs", fmt2);
+            }
+            if (routes[n].store == MRB_STORE_HASH) {
+                char field[256];
+                size_t fl;
+                mrb_route_hash_field(&routes[n], name, len, field, sizeof(field), &fl);
+            }
             n++;
         }
     }
@@ -83,6 +98,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                      name, len, &tg) == MRB_OK)
                 check_targets(&t, &tg, 0, name, len);
         mrb_routes_mqtt_canonical(&t, name, len);
+        mrb_routes_mqtt_stores(&t, name, len);
         mrb_routes_redis_canonical(&t, name, len);
         mrb_targets_free(&tg);
         mrb_routes_free(&t);
