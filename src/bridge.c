@@ -326,7 +326,7 @@ static void pump_out(mrb_bridge *b)
     mrb_msg *m;
     b->out_rate_wait_ms = 0;
     while ((m = mrb_queue_pop(&b->out_q)) != NULL) {
-        if (m->seq && b->limits) {
+        if (m->seq && b->limits && m->seq <= b->routes.n) {
             /* a QoS > 0 message over its route's rate limit: its turn
              * comes with the token (a timer of the loop) */
             mrb_bucket *k = &b->limits[m->seq - 1].to_mqtt;

@@ -559,7 +559,7 @@ static void publish_queued(mrb_bridge *b)
     b->sx_rate_wait_ms = 0;
     while ((m = b->sx_q.head) != NULL) {
         mrb_sx *sx = NULL;
-        if (m->seq && b->limits) {
+        if (m->seq && b->limits && m->seq <= b->routes.n) {
             /* over the route's rate: no token, no publish (and with the
              * window full, no more reading either) */
             mrb_bucket *k = &b->limits[m->seq - 1].to_mqtt;
