@@ -22,8 +22,14 @@
  *     completed, for main to XACK.
  * Paho callbacks never call into hiredis or Paho; they copy, post and wake
  * the main thread through wake_fd. The hiredis contexts are only ever used
- * by the main thread. The route table is immutable after start and is read
- * by both.
+ * by the main thread.
+ *
+ * The route table (routes) is replaced by the main thread on a reload
+ * (SIGHUP), under routes_lock. The main thread reads it without the lock
+ * (it is the only writer); Paho's receive thread (the canonical check) and
+ * the ingest thread (mapping a message and building its commands) hold
+ * routes_lock while they use it, and keep no pointer into it afterwards:
+ * a route index is only valid under the lock it was found under.
  */
 #ifndef MRB_BRIDGE_INT_H
 #define MRB_BRIDGE_INT_H
@@ -154,6 +160,8 @@ typedef struct mrb_mqtt {
     atomic_int window_waiting;   /* main waits for inflight to drop */
     atomic_int sock_fd;          /* the broker connection's socket, or -1 */
     atomic_int killed;           /* closed under Paho at shutdown: stay down */
+    char **unsub;                /* filters a reload removed while down: */
+    size_t n_unsub;              /* ... unsubscribed at the next connect */
 
     pthread_mutex_t ev_lock;
     unsigned ev;                 /* [ev_lock] MQTT_EV_* */
@@ -202,7 +210,10 @@ typedef struct mrb_bridge {
     const mrb_config *cfg;
     char mqtt_url[300];          /* URLs for logs, passwords as "***" */
     char redis_url[300];
-    mrb_routes routes;
+    mrb_routes routes;           /* swapped by main on reload, see above */
+    pthread_mutex_t routes_lock;
+    mrb_reload_fn reload;        /* reads the configuration again (SIGHUP) */
+    void *reload_ctx;
     int wake_fd[2];
     atomic_int wake_pending;
 
@@ -232,6 +243,8 @@ typedef struct mrb_bridge {
     int scanned_once;            /* first scan done: later groups start at 0 */
     int scan_busy;               /* SCAN/XGROUP replies outstanding */
     int scan_full;               /* this scan re-creates known keys' groups */
+    int scan_from_now;           /* this scan's new groups start at '$' */
+    int rescan;                  /* scan again when the current scan ends */
     size_t scan_sub;             /* stream_sub being scanned */
     int64_t next_scan_ms;
     mrb_queue sx_q;              /* entries read, waiting for the broker */
@@ -301,6 +314,11 @@ void mrb_mqtt_release_waiter(mrb_bridge *b);
  * more, a PUBACK included, reaches the broker. 0 if not known. */
 int mrb_mqtt_kill_socket(mrb_bridge *b);
 int mrb_mqtt_ready(const mrb_bridge *b);
+/* After a reload replaced old with b->routes: subscribe the new filters,
+ * unsubscribe the removed ones (now, or at the next connect). Counts both. */
+void mrb_mqtt_apply_routes(mrb_bridge *b, const mrb_routes *old, size_t *added,
+                           size_t *removed);
+void mrb_mqtt_free_pending(mrb_bridge *b);
 /* Publish "offline", disconnect; waits at most timeout_ms. */
 void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms);
 
@@ -314,6 +332,12 @@ void mrb_redis_handle(mrb_rconn *rc, short revents);
 int mrb_redis_pub_ready(const mrb_bridge *b);
 int mrb_redis_sub_ready(const mrb_bridge *b);
 void mrb_redis_close_sub(mrb_bridge *b);
+void mrb_redis_close_reader(mrb_bridge *b);
+/* After a reload replaced old with b->routes: SUBSCRIBE / UNSUBSCRIBE the
+ * difference on a subscriber that is up (else it subscribes the new table
+ * when it connects). Counts the Redis subscriptions added and removed. */
+void mrb_redis_apply_routes(mrb_bridge *b, const mrb_routes *old, size_t *added,
+                            size_t *removed);
 void mrb_redis_destroy(mrb_bridge *b);
 /* Send cmd (argv form) on the publisher; fn gets the reply (or NULL). */
 mrb_err mrb_redis_command(mrb_rconn *rc, redisCallbackFn *fn, void *priv,
@@ -346,5 +370,9 @@ void mrb_stream_tick(mrb_bridge *b, int64_t now);
 int64_t mrb_stream_next_timer(const mrb_bridge *b);
 void mrb_stream_pump(mrb_bridge *b);          /* publish, XACK, read */
 int mrb_stream_drained(mrb_bridge *b);
+/* After a reload replaced old with b->routes: stop following keys no stream
+ * route matches, find the new ones (their groups start at '$'). */
+mrb_err mrb_stream_apply_routes(mrb_bridge *b, const mrb_routes *old,
+                                size_t *added, size_t *removed);
 
 #endif

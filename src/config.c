@@ -558,6 +558,11 @@ void mrb_cli_usage(FILE *out)
 "the environment variables MRB_MQTT_PASSWORD / MRB_REDIS_PASSWORD; one\n"
 "source per side. They are never printed.\n"
 "\n"
+"Signals: SIGINT/SIGTERM stop cleanly; SIGHUP reads the configuration\n"
+"again and applies its routes and log_level without reconnecting (an\n"
+"invalid one is logged and changes nothing; other settings need a\n"
+"restart); SIGUSR1 logs the counters.\n"
+"\n"
 "Command-line values override the configuration file. Exit status: 0 after\n"
 "SIGINT/SIGTERM or --check, 2 for a bad command line or configuration,\n"
 "1 for a fatal run-time error.\n", out);

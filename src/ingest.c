@@ -191,8 +191,19 @@ fail:
 
 /* ---- sending ---- */
 
-/* Append m's commands. 0 if it has no target (finished here). */
+/* Append m's commands. 0 if it has no target (finished here). Holds
+ * routes_lock (bridge_int.h). */
+static int append_locked(mrb_bridge *b, mrb_msg *m);
+
 static int append(mrb_bridge *b, mrb_msg *m)
+{
+    pthread_mutex_lock(&b->routes_lock);
+    int r = append_locked(b, m);
+    pthread_mutex_unlock(&b->routes_lock);
+    return r;
+}
+
+static int append_locked(mrb_bridge *b, mrb_msg *m)
 {
     mrb_ingest *g = &b->ing;
     mrb_targets *tg = &g->tg;
