@@ -72,6 +72,8 @@ static void log_stats(mrb_bridge *b)
     unsigned long long sent_ok = atomic_load(&b->mqtt.sent_ok);
     unsigned long long sent_failed = atomic_load(&b->mqtt.sent_failed);
     const mrb_counters *c = &b->c;
+    mrb_replay_counters rc;
+    mrb_replay_get_counters(b, &rc);
     mrb_info("stats: mqtt_in=%llu redis_out=%llu redis_in=%llu stream_in=%llu "
              "mqtt_out=%llu stream_acked=%llu "
              "queued_to_redis=%zu queued_to_mqtt=%zu echoes=%llu duplicates=%llu "
@@ -80,7 +82,9 @@ static void log_stats(mrb_bridge *b)
              "dropped_unmappable=%llu dropped_too_large=%llu "
              "dropped_queue_full=%llu dropped_send_failed=%llu "
              "dropped_malformed=%llu "
-             "dropped_shutdown=%llu retained_skipped=%llu echo_evicted=%llu",
+             "dropped_shutdown=%llu retained_skipped=%llu echo_evicted=%llu "
+             "replay_requests=%llu replay_messages=%llu replay_errors=%llu "
+             "replay_dropped=%llu",
              (unsigned long long)ic.mqtt_in,
              (unsigned long long)atomic_load(&g->redis_out),
              (unsigned long long)c->redis_in, (unsigned long long)c->stream_in,
@@ -102,7 +106,9 @@ static void log_stats(mrb_bridge *b)
              (unsigned long long)c->dropped_malformed,
              (unsigned long long)(c->dropped_shutdown + ic.dropped_shutdown),
              (unsigned long long)ic.retained_skipped,
-             evicted);
+             evicted, (unsigned long long)rc.requests,
+             (unsigned long long)rc.messages, (unsigned long long)rc.errors,
+             (unsigned long long)rc.dropped);
 }
 
 void mrb_bridge_warn_too_large(mrb_bridge *b, const char *side,
@@ -373,6 +379,7 @@ static int run_loop(mrb_bridge *b)
         mrb_stream_tick(b, now);
         pump_out(b);
         mrb_stream_pump(b);
+        mrb_replay_pump(b);
         check_ready(b);
         if (b->fatal)
             return 1;
@@ -475,7 +482,7 @@ int mrb_bridge_run(const mrb_config *cfg)
     atomic_init(&b->sub_alive, 0);
     mrb_queue_init(&b->in_q, (size_t)cfg->queue_messages, (size_t)cfg->queue_bytes);
     mrb_queue_init(&b->out_q, (size_t)cfg->queue_messages, (size_t)cfg->queue_bytes);
-    if (mrb_stream_init(b) != MRB_OK) {
+    if (mrb_stream_init(b) != MRB_OK || mrb_replay_init(b) != MRB_OK) {
         mrb_error("out of memory");
         goto out;
     }
@@ -543,6 +550,7 @@ out:
         pthread_mutex_destroy(&b->echo_lock);
     }
     mrb_stream_free(b);
+    mrb_replay_free(b);
     mrb_queue_clear(&b->out_q);
     mrb_targets_free(&b->tg);
     mrb_seen_free(&b->redis_echo);

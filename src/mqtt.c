@@ -244,6 +244,12 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
         }
     }
 
+    if (mrb_replay_take(b, topic, len, msg)) { /* a request, never bridged */
+        MQTTAsync_freeMessage(&msg);
+        MQTTAsync_free(topic);
+        return 1;
+    }
+
     int64_t now = mrb_now_ms();
     uint64_t sup, seq = 0;
     char esc[MRB_LOG_ESCAPE_MAX];
@@ -556,12 +562,20 @@ static void mqtt_connect(mrb_bridge *b, int64_t now)
     m->state = CONN_CONNECTING;
 }
 
+/* The replay request topic is subscribed after the routes' filters, with
+ * the next Subscription Identifier (replay_io.c checks it). */
+static size_t n_subs(const mrb_bridge *b)
+{
+    return b->routes.n_mqtt_sub + (mrb_replay_topic(b) ? 1 : 0);
+}
+
 static void mqtt_subscribe_all(mrb_bridge *b)
 {
     mrb_mqtt *m = &b->mqtt;
     int v5 = m->version == MQTTVERSION_5;
-    for (size_t i = 0; i < b->routes.n_mqtt_sub; i++) {
-        const mrb_sub *s = &b->routes.mqtt_sub[i];
+    for (size_t i = 0; i < n_subs(b); i++) {
+        mrb_sub replay = {(char *)mrb_replay_topic(b), 1, 1};
+        const mrb_sub *s = i < b->routes.n_mqtt_sub ? &b->routes.mqtt_sub[i] : &replay;
         MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
         o.context = b;
         if (v5) {
@@ -732,11 +746,12 @@ int64_t mrb_mqtt_next_timer(const mrb_bridge *b)
 
 int mrb_mqtt_ready(const mrb_bridge *b)
 {
-    return b->mqtt.state == CONN_UP && b->mqtt.subacks >= b->routes.n_mqtt_sub;
+    return b->mqtt.state == CONN_UP && b->mqtt.subacks >= n_subs(b);
 }
 
 static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
-                       size_t len, int qos, int retain, mrb_sx *sx)
+                       size_t len, int qos, int retain, mrb_sx *sx,
+                       const mrb_pub_props *pp)
 {
     mrb_mqtt *m = &b->mqtt;
     if (m->state != CONN_UP)
@@ -781,6 +796,24 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
             }
         }
     } else if (v5) {
+        if (pp && pp->corr) {
+            MQTTProperty p;
+            memset(&p, 0, sizeof(p));
+            p.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA;
+            p.value.data.data = (char *)pp->corr;
+            p.value.data.len = (int)pp->corr_len;
+            MQTTProperties_add(&msg.properties, &p);
+        }
+        for (int i = 0; pp && i < pp->n_user; i++) {
+            MQTTProperty p;
+            memset(&p, 0, sizeof(p));
+            p.identifier = MQTTPROPERTY_CODE_USER_PROPERTY;
+            p.value.data.data = (char *)pp->names[i];
+            p.value.data.len = (int)strlen(pp->names[i]);
+            p.value.value.data = (char *)pp->vals[i];
+            p.value.value.len = (int)strlen(pp->vals[i]);
+            MQTTProperties_add(&msg.properties, &p);
+        }
         o.onSuccess5 = acked ? on_acked5 : on_sent5;
         o.onFailure5 = acked ? on_ack_fail5 : on_send_fail5;
     } else {
@@ -817,13 +850,20 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
 mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
                          size_t len, int qos, int retain)
 {
-    return publish(b, topic, payload, len, qos, retain, NULL);
+    return publish(b, topic, payload, len, qos, retain, NULL, NULL);
+}
+
+mrb_err mrb_mqtt_publish_props(mrb_bridge *b, const char *topic,
+                               const void *payload, size_t len, int qos,
+                               int retain, const mrb_pub_props *pp)
+{
+    return publish(b, topic, payload, len, qos, retain, NULL, pp);
 }
 
 mrb_err mrb_mqtt_publish_sx(mrb_bridge *b, const char *topic, const void *payload,
                             size_t len, int qos, int retain, mrb_sx *sx)
 {
-    return publish(b, topic, payload, len, qos, retain, sx);
+    return publish(b, topic, payload, len, qos, retain, sx, NULL);
 }
 
 void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms)
