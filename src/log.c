@@ -55,24 +55,16 @@ void mrb_log(mrb_log_level level, const char *fmt, ...)
         return;
 
     char line[1024];
-    if (log_to_syslog) {
-        /* syslog adds time, host, ident and PID; glibc's syslog() is
-         * thread-safe (its own lock), one datagram per line. */
-        static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(line, sizeof(line), fmt, ap);
-        va_end(ap);
-        syslog(prio[level], "%s", line);
-        return;
+    int n = 0;
+    if (!log_to_syslog) { /* syslog adds time, host, ident and PID itself */
+        struct timespec ts;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+        n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ldZ %s ",
+                      ts.tv_nsec / 1000000L, mrb_log_level_name(level));
     }
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    int n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-    n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ldZ %s ",
-                  ts.tv_nsec / 1000000L, mrb_log_level_name(level));
 
     va_list ap;
     va_start(ap, fmt);
@@ -83,6 +75,14 @@ void mrb_log(mrb_log_level level, const char *fmt, ...)
     size_t len = (size_t)n + (size_t)m;
     if (len > sizeof(line) - 2)
         len = sizeof(line) - 2; /* truncated: keep the line a line */
+    if (log_to_syslog) {
+        /* glibc's syslog() is thread-safe (its own lock): one datagram
+         * per line */
+        static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
+        line[len] = '\0';
+        syslog(prio[level], "%s", line);
+        return;
+    }
     line[len++] = '\n';
     fwrite(line, 1, len, stderr);
 }

@@ -244,7 +244,7 @@ static int queue_answer(mrb_replay *rp, const char *rtopic, int kind,
 {
     size_t klen = key ? strlen(key) : 0, ilen = id ? strlen(id) : 0;
     size_t tlen = 3 + corr_len + (key ? klen + 1 + ilen : 0);
-    char *tag = malloc(tlen);
+    char *tag = malloc(tlen + 1);
     if (!tag)
         return 0;
     tag[0] = (char)kind;
@@ -254,7 +254,7 @@ static int queue_answer(mrb_replay *rp, const char *rtopic, int kind,
         memcpy(tag + 3, corr, corr_len);
     if (key) {
         memcpy(tag + 3 + corr_len, key, klen + 1);
-        memcpy(tag + 3 + corr_len + klen + 1, id, ilen);
+        memcpy(tag + 3 + corr_len + klen + 1, id, ilen + 1);
     }
     mrb_msg *m = mrb_msg_new_tagged(rtopic, strlen(rtopic), payload, plen, tag,
                                     tlen, ANSWER_QOS, 0);
@@ -394,6 +394,25 @@ static char *stream_key(const mrb_bridge *b, const char *topic)
     return NULL;
 }
 
+/* A job without key and correlation data (the caller sets them); NULL when
+ * out of memory. */
+static rjob *new_job(mrb_bridge *b, const char *topic, long count,
+                     const char *rtopic)
+{
+    rjob *j = calloc(1, sizeof(*j));
+    if (!j)
+        return NULL;
+    j->b = b;
+    j->count = count;
+    j->topic = dup_n(topic, strlen(topic));
+    j->response_topic = dup_n(rtopic, strlen(rtopic));
+    if (!j->topic || !j->response_topic) {
+        job_free(j);
+        return NULL;
+    }
+    return j;
+}
+
 static void handle(mrb_bridge *b, rreq *r)
 {
     mrb_replay *rp = b->replay;
@@ -417,45 +436,32 @@ static void handle(mrb_bridge *b, rreq *r)
                            "request topic");
     }
     char *key = NULL;
-    if (err == MRB_OK && !(key = stream_key(b, req.topic)))
+    if (err == MRB_OK && (!req.topic || !(key = stream_key(b, req.topic))))
         err = mrb_fail(MRB_ERR_NOMATCH, msg, sizeof(msg),
                        "no stream route maps this topic");
     if (err == MRB_OK && !mrb_redis_pub_ready(b))
         err = mrb_fail(MRB_ERR_CONN, msg, sizeof(msg), "Redis is not connected");
-    rjob *j = NULL;
-    if (err == MRB_OK) {
-        j = calloc(1, sizeof(*j));
-        if (j) {
-            j->b = b;
-            j->count = req.count;
-            j->key = key;
-            key = NULL;
-            j->topic = dup_n(req.topic, strlen(req.topic));
-            j->response_topic = dup_n(rtopic, strlen(rtopic));
-            j->corr_len = r->corr_len;
-            j->corr = r->corr;
-            r->corr = NULL;
-        }
-        if (!j || !j->topic || !j->response_topic) {
+    if (err == MRB_OK && key && req.topic) { /* (both set when OK) */
+        rjob *j = new_job(b, req.topic, req.count, rtopic);
+        if (!j) {
             err = mrb_fail(MRB_ERR_NOMEM, msg, sizeof(msg), "out of memory");
-            if (j) {
-                r->corr = j->corr; /* still answered below */
+        } else {
+            char count[24];
+            snprintf(count, sizeof(count), "%ld", j->count);
+            const char *argv[] = {"XREVRANGE", key, "+", "-", "COUNT", count};
+            size_t lens[] = {9, strlen(key), 1, 1, 5, strlen(count)};
+            j->key = key;
+            j->corr = r->corr;
+            j->corr_len = r->corr_len;
+            if (mrb_redis_command(&b->rpub, on_xrevrange, j, 6, argv, lens) == MRB_OK) {
+                key = NULL;     /* the job's now */
+                r->corr = NULL;
+            } else {
+                err = mrb_fail(MRB_ERR_CONN, msg, sizeof(msg), "Redis is not connected");
+                j->key = NULL;
                 j->corr = NULL;
                 job_free(j);
-                j = NULL;
             }
-        }
-    }
-    if (err == MRB_OK) {
-        char count[24];
-        snprintf(count, sizeof(count), "%ld", j->count);
-        const char *argv[] = {"XREVRANGE", j->key, "+", "-", "COUNT", count};
-        size_t lens[] = {9, strlen(j->key), 1, 1, 5, strlen(count)};
-        if (mrb_redis_command(&b->rpub, on_xrevrange, j, 6, argv, lens) != MRB_OK) {
-            err = mrb_fail(MRB_ERR_CONN, msg, sizeof(msg), "Redis is not connected");
-            r->corr = j->corr;
-            j->corr = NULL;
-            job_free(j);
         }
     }
     if (err != MRB_OK)
