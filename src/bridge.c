@@ -9,6 +9,7 @@
  *   out_q (Redis -> MQTT): messages that arrived while the broker was down
  *                           or Paho's window was full.
  *   stream mode (Redis -> MQTT) is read and acknowledged in stream.c.
+ *   replay requests and their answers: replay_io.c.
  *
  * MQTT -> Redis does not pass here: Paho's receive thread hands messages
  * to the ingest thread (ingest.c), which has its own Redis connection.

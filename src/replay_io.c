@@ -40,6 +40,7 @@ typedef struct rreq {
     size_t corr_len;
     size_t len;                  /* payload bytes (0 if too_large) */
     int too_large;
+    int corr_too_long;           /* Correlation Data over the limit */
     char payload[];
 } rreq;
 
@@ -107,6 +108,8 @@ mrb_err mrb_replay_init(mrb_bridge *b)
     }
     snprintf(rp->topic, n, "bridge/%s/replay", b->cfg->id);
     snprintf(rp->default_response, n, "bridge/%s/replay/response", b->cfg->id);
+    mrb_info("replay: requests on %s (stream routes), answers by default on %s",
+             rp->topic, rp->default_response);
     mrb_queue_init(&rp->out, (size_t)b->cfg->queue_messages,
                    (size_t)b->cfg->queue_bytes);
     b->replay = rp;
@@ -176,8 +179,14 @@ int mrb_replay_take(mrb_bridge *b, const char *topic, size_t len,
         if (!mine)
             return 1;
     }
-    if (msg->retained || atomic_load(&b->intake_stopped))
-        return 1; /* a stored request is stale; none at shutdown */
+    if (msg->retained || atomic_load(&b->intake_stopped)) {
+        /* a stored request is stale; none at shutdown */
+        pthread_mutex_lock(&rp->lock);
+        rp->requests++;
+        rp->dropped++;
+        pthread_mutex_unlock(&rp->lock);
+        return 1;
+    }
 
     size_t plen = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
     int too_large = plen > MRB_REPLAY_MAX_REQUEST;
@@ -196,8 +205,8 @@ int mrb_replay_take(mrb_bridge *b, const char *topic, size_t len,
                 r->response_topic = dup_n(p->value.data.data, (size_t)p->value.data.len);
             p = MQTTProperties_getProperty(&msg->properties,
                                            MQTTPROPERTY_CODE_CORRELATION_DATA);
-            if (p && p->value.data.len > 0 &&
-                p->value.data.len <= MRB_REPLAY_MAX_CORRELATION) {
+            r->corr_too_long = p && p->value.data.len > MRB_REPLAY_MAX_CORRELATION;
+            if (p && p->value.data.len > 0 && !r->corr_too_long) {
                 r->corr = malloc((size_t)p->value.data.len);
                 if (r->corr) {
                     memcpy(r->corr, p->value.data.data, (size_t)p->value.data.len);
@@ -439,6 +448,10 @@ static void handle(mrb_bridge *b, rreq *r)
     if (err == MRB_OK && (!req.topic || !(key = stream_key(b, req.topic))))
         err = mrb_fail(MRB_ERR_NOMATCH, msg, sizeof(msg),
                        "no stream route maps this topic");
+    if (err == MRB_OK && r->corr_too_long)
+        err = mrb_fail(MRB_ERR_INVALID, msg, sizeof(msg),
+                       "Correlation Data longer than %d bytes",
+                       MRB_REPLAY_MAX_CORRELATION);
     if (err == MRB_OK && !mrb_redis_pub_ready(b))
         err = mrb_fail(MRB_ERR_CONN, msg, sizeof(msg), "Redis is not connected");
     if (err == MRB_OK && key && req.topic) { /* (both set when OK) */

@@ -180,6 +180,29 @@ class ReplayTest(BridgeTestCase):
         self.assertEqual((c["replay_requests"], c["replay_errors"]),
                          (str(len(cases) + 1), str(len(cases))))
 
+    def test_redis_down_and_long_correlation_data_are_answered(self):
+        b = self.bridge()
+        self.fill(2)
+        dev = self.mqtt_client(self.mq.port, name="dev")
+        rt = "dev/%s/answers" % unique("d")
+        ans = Answers(dev, rt)
+        dev.subscribe(rt)
+        self.request(dev, {"topic": "sensors/t1", "count": 1}, rt, b"x" * 1025)
+        msgs = ans.wait_end()
+        self.assertEqual(len(msgs), 1, msgs)
+        self.assertIsNone(msgs[0][1])
+        self.assertIn("Correlation Data longer than 1024 bytes",
+                      json.loads(msgs[0][0])["error"])
+        mark = b.mark()
+        self.rs.stop()
+        self.assert_log(b, harness.LOST_RE, since=mark)
+        self.request(dev, {"topic": "sensors/t1", "count": 1}, rt, b"down")
+        msgs = ans.wait_end(2)
+        self.assertEqual(len(msgs), 2, msgs)
+        self.assertEqual(msgs[1][1], b"down")
+        self.assertIn("Redis", json.loads(msgs[1][0])["error"])
+        self.assertTrue(b.alive())
+
     def test_mqtt311_answered_on_the_documented_topic(self):
         self.bridge(protocol="3.1.1")
         self.fill(6)
