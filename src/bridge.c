@@ -9,6 +9,7 @@
  *   out_q (Redis -> MQTT): messages that arrived while the broker was down
  *                           or Paho's window was full.
  *   stream mode (Redis -> MQTT) is read and acknowledged in stream.c.
+ *   replay requests and their answers: replay_io.c.
  *
  * MQTT -> Redis does not pass here: Paho's receive thread hands messages
  * to the ingest thread (ingest.c), which has its own Redis connection.
@@ -74,6 +75,8 @@ static void log_stats(mrb_bridge *b)
     unsigned long long sent_ok = atomic_load(&b->mqtt.sent_ok);
     unsigned long long sent_failed = atomic_load(&b->mqtt.sent_failed);
     const mrb_counters *c = &b->c;
+    mrb_replay_counters rc;
+    mrb_replay_get_counters(b, &rc);
     mrb_info("stats: mqtt_in=%llu redis_out=%llu redis_in=%llu stream_in=%llu "
              "mqtt_out=%llu stream_acked=%llu "
              "queued_to_redis=%zu queued_to_mqtt=%zu echoes=%llu duplicates=%llu "
@@ -82,7 +85,9 @@ static void log_stats(mrb_bridge *b)
              "dropped_unmappable=%llu dropped_too_large=%llu "
              "dropped_queue_full=%llu dropped_send_failed=%llu "
              "dropped_malformed=%llu "
-             "dropped_shutdown=%llu retained_skipped=%llu echo_evicted=%llu",
+             "dropped_shutdown=%llu retained_skipped=%llu echo_evicted=%llu "
+             "replay_requests=%llu replay_messages=%llu replay_errors=%llu "
+             "replay_dropped=%llu",
              (unsigned long long)ic.mqtt_in,
              (unsigned long long)atomic_load(&g->redis_out),
              (unsigned long long)c->redis_in, (unsigned long long)c->stream_in,
@@ -104,7 +109,9 @@ static void log_stats(mrb_bridge *b)
              (unsigned long long)c->dropped_malformed,
              (unsigned long long)(c->dropped_shutdown + ic.dropped_shutdown),
              (unsigned long long)ic.retained_skipped,
-             evicted);
+             evicted, (unsigned long long)rc.requests,
+             (unsigned long long)rc.messages, (unsigned long long)rc.errors,
+             (unsigned long long)rc.dropped);
 }
 
 void mrb_bridge_warn_too_large(mrb_bridge *b, const char *side,
@@ -412,6 +419,7 @@ static void reload(mrb_bridge *b)
         goto out;
     }
     mrb_routes t, old;
+    int had_replay = mrb_replay_topic(b) != NULL;
     if (mrb_routes_build_from(&t, nc.routes, nc.n_routes, &b->routes) != MRB_OK) {
         mrb_error("reload: out of memory; the running configuration stays as it is");
         goto out;
@@ -425,7 +433,8 @@ static void reload(mrb_bridge *b)
     size_t added = log_route_diff(&b->routes, &old, "added");
     size_t removed = log_route_diff(&old, &b->routes, "removed");
     size_t ma, mr, ra, rr, sa, sr;
-    mrb_mqtt_apply_routes(b, &old, &ma, &mr);
+    mrb_replay_update(b); /* the first stream route turns replay on */
+    mrb_mqtt_apply_routes(b, &old, had_replay, &ma, &mr);
     mrb_redis_apply_routes(b, &old, &ra, &rr);
     if (mrb_stream_apply_routes(b, &old, &sa, &sr) != MRB_OK)
         mrb_error("reload: out of memory: stream keys are not read until the "
@@ -483,6 +492,7 @@ static int run_loop(mrb_bridge *b)
         mrb_stream_tick(b, now);
         pump_out(b);
         mrb_stream_pump(b);
+        mrb_replay_pump(b);
         check_ready(b);
         if (b->fatal)
             return 1;
@@ -588,7 +598,7 @@ int mrb_bridge_run(const mrb_config *cfg, mrb_reload_fn reload_fn, void *reload_
     atomic_init(&b->sub_alive, 0);
     mrb_queue_init(&b->in_q, (size_t)cfg->queue_messages, (size_t)cfg->queue_bytes);
     mrb_queue_init(&b->out_q, (size_t)cfg->queue_messages, (size_t)cfg->queue_bytes);
-    if (mrb_stream_init(b) != MRB_OK) {
+    if (mrb_stream_init(b) != MRB_OK || mrb_replay_init(b) != MRB_OK) {
         mrb_error("out of memory");
         goto out;
     }
@@ -658,6 +668,7 @@ out:
     }
     mrb_stream_free(b);
     mrb_mqtt_free_pending(b);
+    mrb_replay_free(b);
     mrb_queue_clear(&b->out_q);
     mrb_targets_free(&b->tg);
     mrb_seen_free(&b->redis_echo);

@@ -19,7 +19,11 @@
  *   - mqtt.ev (connection events) guarded by mqtt.ev_lock, and
  *     mqtt.inflight (atomic), which Paho's completion callbacks decrement;
  *   - sx_done, guarded by sx_lock: stream entries whose MQTT publish Paho
- *     completed, for main to XACK.
+ *     completed, for main to XACK;
+ *   - replay requests (replay_io.c): the receive thread copies a request
+ *     from bridge/<id>/replay into a bounded list under the replay's own
+ *     lock and wakes main; main parses it, sends XREVRANGE on the
+ *     publisher connection, and publishes the answers (its own queue).
  * Paho callbacks never call into hiredis or Paho; they copy, post and wake
  * the main thread through wake_fd. The hiredis contexts are only ever used
  * by the main thread.
@@ -265,6 +269,7 @@ typedef struct mrb_bridge {
     mrb_targets tg;
     mrb_counters c;
     mrb_ratelimit rl_unmappable, rl_large, rl_full, rl_send, rl_malformed;
+    struct mrb_replay *replay;   /* replay_io.c; NULL: no stream route */
 
     int ready;                   /* logged "ready" for the current up-phase */
     int stopping;
@@ -307,6 +312,16 @@ mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
  * "stream" and "stream-id") is Paho's until it puts it on sx_done. */
 mrb_err mrb_mqtt_publish_sx(mrb_bridge *b, const char *topic, const void *payload,
                             size_t len, int qos, int retain, mrb_sx *sx);
+/* Extra MQTT 5 properties of a publish (ignored with MQTT 3.1.1). */
+typedef struct mrb_pub_props {
+    const void *corr;            /* Correlation Data, or NULL */
+    size_t corr_len;
+    const char *names[2], *vals[2]; /* user properties */
+    int n_user;
+} mrb_pub_props;
+mrb_err mrb_mqtt_publish_props(mrb_bridge *b, const char *topic,
+                               const void *payload, size_t len, int qos,
+                               int retain, const mrb_pub_props *pp);
 /* Let a receive thread waiting in the message callback return (after the
  * network connection is closed, so that its PUBACK is not sent). */
 void mrb_mqtt_release_waiter(mrb_bridge *b);
@@ -316,8 +331,8 @@ int mrb_mqtt_kill_socket(mrb_bridge *b);
 int mrb_mqtt_ready(const mrb_bridge *b);
 /* After a reload replaced old with b->routes: subscribe the new filters,
  * unsubscribe the removed ones (now, or at the next connect). Counts both. */
-void mrb_mqtt_apply_routes(mrb_bridge *b, const mrb_routes *old, size_t *added,
-                           size_t *removed);
+void mrb_mqtt_apply_routes(mrb_bridge *b, const mrb_routes *old, int had_replay,
+                           size_t *added, size_t *removed);
 void mrb_mqtt_free_pending(mrb_bridge *b);
 /* Publish "offline", disconnect; waits at most timeout_ms. */
 void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms);
@@ -374,5 +389,31 @@ int mrb_stream_drained(mrb_bridge *b);
  * route matches, find the new ones (their groups start at '$'). */
 mrb_err mrb_stream_apply_routes(mrb_bridge *b, const mrb_routes *old,
                                 size_t *added, size_t *removed);
+
+/* replay_io.c: replay requests for stream routes (README "Replay") */
+typedef struct mrb_replay_counters {
+    uint64_t requests;           /* requests taken */
+    uint64_t messages;           /* stream entries sent as answers */
+    uint64_t errors;             /* requests answered with an error */
+    uint64_t dropped;            /* requests or answers dropped (full, down) */
+} mrb_replay_counters;
+/* The replay request subscription's MQTT 5 Subscription Identifier: the
+ * largest allowed, apart from the routes' (mrb_sub.id counts up from 1). */
+#define MRB_REPLAY_SUB_ID 268435455u
+/* Main, before the MQTT client exists: on if any route is in stream mode. */
+mrb_err mrb_replay_init(mrb_bridge *b);
+/* Main, after a reload: turn replay on if a route is now in stream mode.
+ * 1 if it was turned on now (its topic is to be subscribed). */
+int mrb_replay_update(mrb_bridge *b);
+void mrb_replay_free(mrb_bridge *b);          /* main, after Paho and hiredis */
+/* The request topic bridge/<id>/replay, or NULL when replay is off. */
+const char *mrb_replay_topic(const mrb_bridge *b);
+/* Paho's receive thread: 1 if topic is the request topic, and then the
+ * message is dealt with (queued for main, or dropped and counted) and must
+ * not be bridged; 0 otherwise. */
+int mrb_replay_take(mrb_bridge *b, const char *topic, size_t len,
+                    MQTTAsync_message *msg);
+void mrb_replay_pump(mrb_bridge *b);          /* requests out, answers out */
+void mrb_replay_get_counters(mrb_bridge *b, mrb_replay_counters *out);
 
 #endif

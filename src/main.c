@@ -76,6 +76,8 @@ int main(int argc, char **argv)
         goto out_urls;
     }
     mrb_log_set_level(cfg.log_level);
+    if (cfg.syslog)
+        mrb_log_use_syslog();
     for (size_t i = 0; i < cfg.n_warnings; i++)
         mrb_warn("%s", cfg.warnings[i]);
     status = mrb_bridge_run(&cfg, reload_config, &rcli);
@@ -83,6 +85,7 @@ out_urls:
     free(rcli.mqtt_url);
     free(rcli.redis_url);
 out:
+    mrb_log_close();
     mrb_config_free(&cfg);
     mrb_cli_free(&cli);
     return status;

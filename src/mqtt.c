@@ -252,6 +252,12 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
         pthread_mutex_unlock(&b->routes_lock);
     }
 
+    if (mrb_replay_take(b, topic, len, msg)) { /* a request, never bridged */
+        MQTTAsync_freeMessage(&msg);
+        MQTTAsync_free(topic);
+        return 1;
+    }
+
     int64_t now = mrb_now_ms();
     uint64_t sup, seq = 0;
     char esc[MRB_LOG_ESCAPE_MAX];
@@ -564,6 +570,13 @@ static void mqtt_connect(mrb_bridge *b, int64_t now)
     m->state = CONN_CONNECTING;
 }
 
+/* The replay request topic is subscribed after the routes' filters, with
+ * its own Subscription Identifier (replay_io.c checks it). */
+static size_t n_subs(const mrb_bridge *b)
+{
+    return b->routes.n_mqtt_sub + (mrb_replay_topic(b) ? 1 : 0);
+}
+
 /* Filters removed by a reload while the broker was away: unsubscribed at
  * the next connect (a persistent session would keep them). */
 static void unsub_pending_flush(mrb_bridge *b)
@@ -635,11 +648,19 @@ static void subscribe_one(mrb_bridge *b, const mrb_sub *s)
     }
 }
 
+static void subscribe_replay(mrb_bridge *b)
+{
+    mrb_sub replay = {(char *)mrb_replay_topic(b), 1, 1, MRB_REPLAY_SUB_ID};
+    subscribe_one(b, &replay);
+}
+
 static void mqtt_subscribe_all(mrb_bridge *b)
 {
     unsub_pending_flush(b);
     for (size_t i = 0; i < b->routes.n_mqtt_sub; i++)
         subscribe_one(b, &b->routes.mqtt_sub[i]);
+    if (mrb_replay_topic(b))
+        subscribe_replay(b);
 }
 
 static const mrb_sub *sub_find(const mrb_sub *v, size_t n, const char *name)
@@ -650,8 +671,8 @@ static const mrb_sub *sub_find(const mrb_sub *v, size_t n, const char *name)
     return NULL;
 }
 
-void mrb_mqtt_apply_routes(mrb_bridge *b, const mrb_routes *old, size_t *added,
-                           size_t *removed)
+void mrb_mqtt_apply_routes(mrb_bridge *b, const mrb_routes *old, int had_replay,
+                           size_t *added, size_t *removed)
 {
     mrb_mqtt *m = &b->mqtt;
     const mrb_routes *t = &b->routes;
@@ -675,7 +696,11 @@ void mrb_mqtt_apply_routes(mrb_bridge *b, const mrb_routes *old, size_t *added,
     }
     /* a filter the session held when it was complete and still holds at
      * the same QoS needs nothing; a new one, or a new QoS, a SUBSCRIBE */
-    int complete = up && m->subacks >= old->n_mqtt_sub;
+    int complete = up && m->subacks >= old->n_mqtt_sub + (had_replay ? 1 : 0);
+    if (had_replay)
+        kept++; /* the replay topic stays subscribed */
+    else if (mrb_replay_topic(b) && up)
+        subscribe_replay(b); /* the first stream route came with this reload */
     for (size_t i = 0; i < t->n_mqtt_sub; i++) {
         const mrb_sub *s = &t->mqtt_sub[i];
         const mrb_sub *o = sub_find(old->mqtt_sub, old->n_mqtt_sub, s->name);
@@ -839,11 +864,12 @@ int64_t mrb_mqtt_next_timer(const mrb_bridge *b)
 
 int mrb_mqtt_ready(const mrb_bridge *b)
 {
-    return b->mqtt.state == CONN_UP && b->mqtt.subacks >= b->routes.n_mqtt_sub;
+    return b->mqtt.state == CONN_UP && b->mqtt.subacks >= n_subs(b);
 }
 
 static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
-                       size_t len, int qos, int retain, mrb_sx *sx)
+                       size_t len, int qos, int retain, mrb_sx *sx,
+                       const mrb_pub_props *pp)
 {
     mrb_mqtt *m = &b->mqtt;
     if (m->state != CONN_UP)
@@ -888,6 +914,24 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
             }
         }
     } else if (v5) {
+        if (pp && pp->corr) {
+            MQTTProperty p;
+            memset(&p, 0, sizeof(p));
+            p.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA;
+            p.value.data.data = (char *)pp->corr;
+            p.value.data.len = (int)pp->corr_len;
+            MQTTProperties_add(&msg.properties, &p);
+        }
+        for (int i = 0; pp && i < pp->n_user; i++) {
+            MQTTProperty p;
+            memset(&p, 0, sizeof(p));
+            p.identifier = MQTTPROPERTY_CODE_USER_PROPERTY;
+            p.value.data.data = (char *)pp->names[i];
+            p.value.data.len = (int)strlen(pp->names[i]);
+            p.value.value.data = (char *)pp->vals[i];
+            p.value.value.len = (int)strlen(pp->vals[i]);
+            MQTTProperties_add(&msg.properties, &p);
+        }
         o.onSuccess5 = acked ? on_acked5 : on_sent5;
         o.onFailure5 = acked ? on_ack_fail5 : on_send_fail5;
     } else {
@@ -924,13 +968,20 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
 mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
                          size_t len, int qos, int retain)
 {
-    return publish(b, topic, payload, len, qos, retain, NULL);
+    return publish(b, topic, payload, len, qos, retain, NULL, NULL);
+}
+
+mrb_err mrb_mqtt_publish_props(mrb_bridge *b, const char *topic,
+                               const void *payload, size_t len, int qos,
+                               int retain, const mrb_pub_props *pp)
+{
+    return publish(b, topic, payload, len, qos, retain, NULL, pp);
 }
 
 mrb_err mrb_mqtt_publish_sx(mrb_bridge *b, const char *topic, const void *payload,
                             size_t len, int qos, int retain, mrb_sx *sx)
 {
-    return publish(b, topic, payload, len, qos, retain, sx);
+    return publish(b, topic, payload, len, qos, retain, sx, NULL);
 }
 
 void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms)

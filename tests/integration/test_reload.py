@@ -177,6 +177,29 @@ class ReloadTest(BridgeTestCase):
                          "a removed stream route", quiet=1.5)
         b.stop()
 
+    def test_first_stream_route_turns_replay_on(self):
+        path = self.config([{"mqtt": "p/+", "redis": "p:*"}])
+        b = self.start_bridge(None, None, "-c", path)
+        resp = self.mqtt_client(self.mq.port, "bridge/rl/replay/response", name="resp")
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        self.assertNotIn("replay: requests on", b.log())
+        self.config([{"mqtt": "p/+", "redis": "p:*"},
+                     {"mqtt": "s/+", "redis": "s:*", "mode": "stream"}])
+        mark = self.hup(b)
+        self.assertIn("replay: requests on bridge/rl/replay", b.log()[mark:])
+        for i in range(3):
+            self.r.xadd("s:a", {"payload": b"e%d" % i})
+        # the request is sent until the replay subscription is in place
+        req = b'{"topic": "s/a", "count": 2}'
+        ok = harness.wait_until(
+            lambda: (pub.c.publish("bridge/rl/replay", req, qos=1),
+                     resp.count(payload=b"e2"))[1], 5 * harness.SCALE, interval=0.5)
+        self.assertTrue(ok, "no replay answer after the reload: %s" % resp.summary())
+        got = [m.payload for m in resp.snapshot()
+               if m.topic == "bridge/rl/replay/response" and not m.payload.startswith(b"{")]
+        self.assertEqual(got[:2], [b"e1", b"e2"])
+        b.stop()
+
     def test_filter_removed_while_the_broker_is_away(self):
         keep = {"mqtt": "keep/+", "redis": "keep:*", "qos": 1}
         gone = {"mqtt": "gone/+", "redis": "gone:*", "qos": 1}
