@@ -37,6 +37,11 @@ set(MRB_SYSTEMD_UNIT_DIR "lib/systemd/system"
 install(FILES "${MRB_BOARD_CONFIG}" DESTINATION "${_mrb_etc}")
 install(FILES "${MRB_BOARD_CONFIG}"
         DESTINATION "${CMAKE_INSTALL_DOCDIR}/examples")
+# the use-case configurations of examples/ (chat, stocks, scores,
+# announcements) with their README
+file(GLOB _mrb_examples "${PROJECT_SOURCE_DIR}/examples/*.json")
+install(FILES ${_mrb_examples} "${PROJECT_SOURCE_DIR}/examples/README.md"
+        DESTINATION "${CMAKE_INSTALL_DOCDIR}/examples")
 
 configure_file(packaging/mqtt-redis-bridge.service.in
                mqtt-redis-bridge.service @ONLY)

@@ -9,6 +9,7 @@
  *   out_q (Redis -> MQTT): messages that arrived while the broker was down
  *                           or Paho's window was full.
  *   stream mode (Redis -> MQTT) is read and acknowledged in stream.c.
+ *   replay requests and their answers: replay_io.c.
  *
  * MQTT -> Redis does not pass here: Paho's receive thread hands messages
  * to the ingest thread (ingest.c), which has its own Redis connection.
@@ -35,7 +36,7 @@
 #include "bridge_int.h"
 #include "mrb/envelope.h"
 
-static volatile sig_atomic_t got_stop, got_usr1;
+static volatile sig_atomic_t got_stop, got_usr1, got_hup;
 static int signal_fd = -1; /* write end of the wake pipe, for handlers */
 
 static void on_signal(int sig)
@@ -43,6 +44,8 @@ static void on_signal(int sig)
     int saved = errno;
     if (sig == SIGUSR1)
         got_usr1 = 1;
+    else if (sig == SIGHUP)
+        got_hup = 1;
     else
         got_stop = 1;
     if (signal_fd >= 0) {
@@ -73,6 +76,8 @@ static void log_stats(mrb_bridge *b)
     unsigned long long sent_ok = atomic_load(&b->mqtt.sent_ok);
     unsigned long long sent_failed = atomic_load(&b->mqtt.sent_failed);
     const mrb_counters *c = &b->c;
+    mrb_replay_counters rc;
+    mrb_replay_get_counters(b, &rc);
     mrb_info("stats: mqtt_in=%llu redis_out=%llu redis_in=%llu stream_in=%llu "
              "mqtt_out=%llu stream_acked=%llu "
              "queued_to_redis=%zu queued_to_mqtt=%zu echoes=%llu duplicates=%llu "
@@ -82,7 +87,9 @@ static void log_stats(mrb_bridge *b)
              "dropped_queue_full=%llu dropped_send_failed=%llu "
              "dropped_malformed=%llu dropped_rate_limited=%llu "
              "dropped_shutdown=%llu retained_skipped=%llu echo_evicted=%llu "
-             "hash_updates=%llu",
+             "hash_updates=%llu "
+             "replay_requests=%llu replay_messages=%llu replay_errors=%llu "
+             "replay_dropped=%llu",
              (unsigned long long)ic.mqtt_in,
              (unsigned long long)atomic_load(&g->redis_out),
              (unsigned long long)c->redis_in, (unsigned long long)c->stream_in,
@@ -106,7 +113,10 @@ static void log_stats(mrb_bridge *b)
              (unsigned long long)mrb_limits_dropped(b),
              (unsigned long long)(c->dropped_shutdown + ic.dropped_shutdown),
              (unsigned long long)ic.retained_skipped,
-             evicted, (unsigned long long)atomic_load(&g->hash_updates));
+             evicted, (unsigned long long)atomic_load(&g->hash_updates),
+             (unsigned long long)rc.requests,
+             (unsigned long long)rc.messages, (unsigned long long)rc.errors,
+             (unsigned long long)rc.dropped);
 }
 
 void mrb_bridge_warn_too_large(mrb_bridge *b, const char *side,
@@ -389,6 +399,7 @@ static void install_signals(void)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
 }
@@ -416,6 +427,128 @@ void mrb_trim(void)
 #endif
 }
 
+/* ---- reload (SIGHUP) ---- */
+
+/* What --check prints of cfg, apart from the routes and the log level: the
+ * settings a reload does not apply. NULL if out of memory. */
+static char *other_settings(const mrb_config *cfg)
+{
+    mrb_config c = *cfg; /* a shallow copy, only printed */
+    c.routes = NULL;
+    c.n_routes = 0;
+    c.log_level = MRB_LOG_INFO;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f)
+        return NULL;
+    mrb_config_print(&c, f);
+    fclose(f);
+    return text;
+}
+
+static int route_in(const mrb_routes *t, const char *line)
+{
+    char other[600];
+    for (size_t i = 0; i < t->n; i++) {
+        mrb_route_format(&t->route[i], other, sizeof(other));
+        if (strcmp(other, line) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Log the routes of a that b does not have, as "what: route"; count them. */
+static size_t log_route_diff(const mrb_routes *a, const mrb_routes *b,
+                             const char *what)
+{
+    size_t n = 0;
+    char line[600];
+    for (size_t i = 0; i < a->n; i++) {
+        mrb_route_format(&a->route[i], line, sizeof(line));
+        if (!route_in(b, line)) {
+            mrb_info("reload: route %s: %s", what, line);
+            n++;
+        }
+    }
+    return n;
+}
+
+/* Read the configuration again; if it is valid, apply its routes (subscribe
+ * and unsubscribe the difference, on connections that stay up) and its log
+ * level. An invalid one changes nothing. */
+static void reload(mrb_bridge *b)
+{
+    mrb_config nc;
+    char msg[1024];
+    mrb_config_init(&nc);
+    if (!b->reload) {
+        mrb_warn("reload: not supported here; SIGHUP ignored");
+        goto out;
+    }
+    mrb_info("reload: reading the configuration again (SIGHUP)");
+    mrb_err err = b->reload(b->reload_ctx, &nc, msg, sizeof(msg));
+    if (err != MRB_OK) {
+        mrb_error("reload: %s; the running configuration stays as it is",
+                  err == MRB_ERR_INVALID ? msg : mrb_strerror(err));
+        goto out;
+    }
+    mrb_routes t, old;
+    int had_replay = mrb_replay_topic(b) != NULL;
+    if (mrb_routes_build_from(&t, nc.routes, nc.n_routes, &b->routes) != MRB_OK) {
+        mrb_error("reload: out of memory; the running configuration stays as it is");
+        goto out;
+    }
+    /* the rate limits of the new table start full */
+    mrb_route_limit *limits = mrb_limits_alloc(&t, mrb_now_ms(), &err), *old_limits;
+    if (err != MRB_OK) {
+        mrb_routes_free(&t);
+        mrb_error("reload: out of memory; the running configuration stays as it is");
+        goto out;
+    }
+    pthread_mutex_lock(&b->routes_lock);
+    old = b->routes;
+    b->routes = t;
+    old_limits = b->limits;
+    b->limits = limits;
+    pthread_mutex_unlock(&b->routes_lock);
+    if (old_limits)
+        for (size_t i = 0; i < old.n; i++)
+            b->c.rate_limited_old += atomic_load(&old_limits[i].rate_limited);
+    mrb_limits_free(old_limits);
+    /* messages waiting for a token of the old table go without one */
+    for (mrb_msg *m = b->out_q.head; m; m = m->next)
+        m->seq = 0;
+    for (mrb_msg *m = b->sx_q.head; m; m = m->next)
+        m->seq = 0;
+    mrb_log_set_level(nc.log_level);
+
+    size_t added = log_route_diff(&b->routes, &old, "added");
+    size_t removed = log_route_diff(&old, &b->routes, "removed");
+    size_t ma, mr, ra, rr, sa, sr;
+    mrb_replay_update(b); /* the first stream route turns replay on */
+    mrb_mqtt_apply_routes(b, &old, had_replay, &ma, &mr);
+    mrb_redis_apply_routes(b, &old, &ra, &rr);
+    if (mrb_stream_apply_routes(b, &old, &sa, &sr) != MRB_OK)
+        mrb_error("reload: out of memory: stream keys are not read until the "
+                  "next reconnect");
+    mrb_routes_free(&old);
+    mrb_info("reload: done: %zu route(s), %zu added, %zu removed; MQTT "
+             "subscriptions +%zu -%zu, Redis subscriptions +%zu -%zu, stream "
+             "keys/patterns +%zu -%zu; log level %s",
+             b->routes.n, added, removed, ma, mr, ra, rr, sa, sr,
+             mrb_log_level_name(nc.log_level));
+
+    char *was = other_settings(b->cfg), *now = other_settings(&nc);
+    if (was && now && strcmp(was, now) != 0)
+        mrb_warn("reload: settings other than routes and log_level differ from "
+                 "the running ones; they take effect at the next restart");
+    free(was);
+    free(now);
+out:
+    mrb_config_free(&nc);
+}
+
 /* Returns 0 after a clean stop, 1 after a fatal error (logged). */
 static int run_loop(mrb_bridge *b)
 {
@@ -426,6 +559,11 @@ static int run_loop(mrb_bridge *b)
         if (got_usr1) {
             got_usr1 = 0;
             log_stats(b);
+        }
+        if (got_hup) {
+            got_hup = 0;
+            if (!b->stopping)
+                reload(b);
         }
         if (got_stop && !b->stopping) {
             pthread_mutex_lock(&b->in_lock);
@@ -447,6 +585,7 @@ static int run_loop(mrb_bridge *b)
         mrb_stream_tick(b, now);
         pump_out(b);
         mrb_stream_pump(b);
+        mrb_replay_pump(b);
         check_ready(b);
         if (b->fatal)
             return 1;
@@ -516,7 +655,7 @@ static int run_loop(mrb_bridge *b)
     }
 }
 
-int mrb_bridge_run(const mrb_config *cfg)
+int mrb_bridge_run(const mrb_config *cfg, mrb_reload_fn reload_fn, void *reload_ctx)
 {
     mrb_bridge *b = calloc(1, sizeof(*b));
     int status = 1, have_lock = 0, have_mqtt = 0;
@@ -525,6 +664,8 @@ int mrb_bridge_run(const mrb_config *cfg)
         return 1;
     }
     b->cfg = cfg;
+    b->reload = reload_fn;
+    b->reload_ctx = reload_ctx;
     b->wake_fd[0] = b->wake_fd[1] = -1;
     mrb_url_format_redacted(&cfg->mqtt, MRB_URL_MQTT, b->mqtt_url, sizeof(b->mqtt_url));
     mrb_url_format_redacted(&cfg->redis, MRB_URL_REDIS, b->redis_url,
@@ -550,6 +691,7 @@ int mrb_bridge_run(const mrb_config *cfg)
         goto out;
     if (pthread_cond_init(&b->in_cond, NULL) != 0 ||
         pthread_mutex_init(&b->sx_lock, NULL) != 0 ||
+        pthread_mutex_init(&b->routes_lock, NULL) != 0 ||
         pthread_mutex_init(&b->echo_lock, NULL) != 0) {
         pthread_mutex_destroy(&b->in_lock);
         goto out;
@@ -559,7 +701,7 @@ int mrb_bridge_run(const mrb_config *cfg)
     atomic_init(&b->sub_alive, 0);
     mrb_queue_init(&b->in_q, (size_t)cfg->queue_messages, (size_t)cfg->queue_bytes);
     mrb_queue_init(&b->out_q, (size_t)cfg->queue_messages, (size_t)cfg->queue_bytes);
-    if (mrb_stream_init(b) != MRB_OK) {
+    if (mrb_stream_init(b) != MRB_OK || mrb_replay_init(b) != MRB_OK) {
         mrb_error("out of memory");
         goto out;
     }
@@ -625,8 +767,11 @@ out:
         pthread_cond_destroy(&b->in_cond);
         pthread_mutex_destroy(&b->sx_lock);
         pthread_mutex_destroy(&b->echo_lock);
+        pthread_mutex_destroy(&b->routes_lock);
     }
     mrb_stream_free(b);
+    mrb_mqtt_free_pending(b);
+    mrb_replay_free(b);
     mrb_queue_clear(&b->out_q);
     mrb_targets_free(&b->tg);
     mrb_seen_free(&b->redis_echo);

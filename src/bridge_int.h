@@ -19,18 +19,29 @@
  *   - mqtt.ev (connection events) guarded by mqtt.ev_lock, and
  *     mqtt.inflight (atomic), which Paho's completion callbacks decrement;
  *   - sx_done, guarded by sx_lock: stream entries whose MQTT publish Paho
- *     completed, for main to XACK.
+ *     completed, for main to XACK;
+ *   - replay requests (replay_io.c): the receive thread copies a request
+ *     from bridge/<id>/replay into a bounded list under the replay's own
+ *     lock and wakes main; main parses it, sends XREVRANGE on the
+ *     publisher connection, and publishes the answers (its own queue).
  * Paho callbacks never call into hiredis or Paho; they copy, post and wake
  * the main thread through wake_fd. The hiredis contexts are only ever used
- * by the main thread. The route table is immutable after start and is read
- * by both.
+ * by the main thread.
+ *
+ * The route table (routes) is replaced by the main thread on a reload
+ * (SIGHUP), under routes_lock. The main thread reads it without the lock
+ * (it is the only writer); Paho's receive thread (the canonical check) and
+ * the ingest thread (mapping a message and building its commands) hold
+ * routes_lock while they use it, and keep no pointer into it afterwards:
+ * a route index is only valid under the lock it was found under.
  *
  * Route options (limits.c, ingest.c, bridge.c, stream.c): the rate-limit
- * buckets are one array, b->limits, indexed like b->routes.route. Each entry
- * has a bucket per direction, owned by the thread of that direction
- * (to_redis: the ingest thread; to_mqtt: main); its counts are atomics that
- * the stats line reads. Envelope wrapping and the presence hash (HSET/HDEL)
- * are the ingest thread's, unwrapping main's.
+ * buckets are one array, b->limits, indexed like b->routes.route and
+ * swapped with it (under routes_lock). Each entry has a bucket per
+ * direction, owned by the thread of that direction (to_redis: the ingest
+ * thread, under routes_lock; to_mqtt: main); its counts are atomics that the
+ * stats line reads. Envelope wrapping and the presence hash (HSET/HDEL) are
+ * the ingest thread's, unwrapping main's.
  */
 #ifndef MRB_BRIDGE_INT_H
 #define MRB_BRIDGE_INT_H
@@ -101,6 +112,8 @@ typedef struct mrb_counters {
     uint64_t stream_reread;      /* pending entries read again (maybe dups) */
     uint64_t dropped_malformed;  /* stream entries without a payload field */
     uint64_t stalls;             /* Redis stopped answering: reconnected */
+    uint64_t rate_limited_old;   /* dropped_rate_limited of tables a reload
+                                    replaced */
 } mrb_counters;
 
 /* MQTT -> Redis: the ingest thread's state (ingest.c). */
@@ -177,6 +190,8 @@ typedef struct mrb_mqtt {
     atomic_int window_waiting;   /* main waits for inflight to drop */
     atomic_int sock_fd;          /* the broker connection's socket, or -1 */
     atomic_int killed;           /* closed under Paho at shutdown: stay down */
+    char **unsub;                /* filters a reload removed while down: */
+    size_t n_unsub;              /* ... unsubscribed at the next connect */
 
     pthread_mutex_t ev_lock;
     unsigned ev;                 /* [ev_lock] MQTT_EV_* */
@@ -225,8 +240,12 @@ typedef struct mrb_bridge {
     const mrb_config *cfg;
     char mqtt_url[300];          /* URLs for logs, passwords as "***" */
     char redis_url[300];
-    mrb_routes routes;
-    mrb_route_limit *limits;     /* per route (see above); NULL: none limited */
+    mrb_routes routes;           /* swapped by main on reload, see above */
+    pthread_mutex_t routes_lock;
+    mrb_reload_fn reload;        /* reads the configuration again (SIGHUP) */
+    void *reload_ctx;
+    mrb_route_limit *limits;     /* per route (see above); NULL: none limited;
+                                    swapped with routes */
     int64_t out_rate_wait_ms;    /* main: out_q's head waits for a token until */
     int64_t sx_rate_wait_ms;     /* main: sx_q's head likewise (streams) */
     int wake_fd[2];
@@ -258,6 +277,8 @@ typedef struct mrb_bridge {
     int scanned_once;            /* first scan done: later groups start at 0 */
     int scan_busy;               /* SCAN/XGROUP replies outstanding */
     int scan_full;               /* this scan re-creates known keys' groups */
+    int scan_from_now;           /* this scan's new groups start at '$' */
+    int rescan;                  /* scan again when the current scan ends */
     size_t scan_sub;             /* stream_sub being scanned */
     int64_t next_scan_ms;
     mrb_queue sx_q;              /* entries read, waiting for the broker */
@@ -278,6 +299,7 @@ typedef struct mrb_bridge {
     mrb_targets tg;
     mrb_counters c;
     mrb_ratelimit rl_unmappable, rl_large, rl_full, rl_send, rl_malformed;
+    struct mrb_replay *replay;   /* replay_io.c; NULL: no stream route */
 
     int ready;                   /* logged "ready" for the current up-phase */
     int stopping;
@@ -318,7 +340,8 @@ int mrb_bridge_unwrap(mrb_bridge *b, const char *side, const char *name,
  * memory (*err says which). */
 mrb_route_limit *mrb_limits_alloc(const mrb_routes *t, int64_t now, mrb_err *err);
 void mrb_limits_free(mrb_route_limit *l);
-/* Sum of the routes' rate_limited counts (any thread). */
+/* Sum of the routes' rate_limited counts, with those of tables a reload
+ * replaced (main thread). */
 uint64_t mrb_limits_dropped(const mrb_bridge *b);
 /* One rate-limited warning for a QoS 0 message dropped over route ri's
  * limit, counted (the calling direction's thread, its rl). */
@@ -338,6 +361,16 @@ mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
  * "stream" and "stream-id") is Paho's until it puts it on sx_done. */
 mrb_err mrb_mqtt_publish_sx(mrb_bridge *b, const char *topic, const void *payload,
                             size_t len, int qos, int retain, mrb_sx *sx);
+/* Extra MQTT 5 properties of a publish (ignored with MQTT 3.1.1). */
+typedef struct mrb_pub_props {
+    const void *corr;            /* Correlation Data, or NULL */
+    size_t corr_len;
+    const char *names[2], *vals[2]; /* user properties */
+    int n_user;
+} mrb_pub_props;
+mrb_err mrb_mqtt_publish_props(mrb_bridge *b, const char *topic,
+                               const void *payload, size_t len, int qos,
+                               int retain, const mrb_pub_props *pp);
 /* Let a receive thread waiting in the message callback return (after the
  * network connection is closed, so that its PUBACK is not sent). */
 void mrb_mqtt_release_waiter(mrb_bridge *b);
@@ -345,6 +378,11 @@ void mrb_mqtt_release_waiter(mrb_bridge *b);
  * more, a PUBACK included, reaches the broker. 0 if not known. */
 int mrb_mqtt_kill_socket(mrb_bridge *b);
 int mrb_mqtt_ready(const mrb_bridge *b);
+/* After a reload replaced old with b->routes: subscribe the new filters,
+ * unsubscribe the removed ones (now, or at the next connect). Counts both. */
+void mrb_mqtt_apply_routes(mrb_bridge *b, const mrb_routes *old, int had_replay,
+                           size_t *added, size_t *removed);
+void mrb_mqtt_free_pending(mrb_bridge *b);
 /* Publish "offline", disconnect; waits at most timeout_ms. */
 void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms);
 
@@ -358,6 +396,12 @@ void mrb_redis_handle(mrb_rconn *rc, short revents);
 int mrb_redis_pub_ready(const mrb_bridge *b);
 int mrb_redis_sub_ready(const mrb_bridge *b);
 void mrb_redis_close_sub(mrb_bridge *b);
+void mrb_redis_close_reader(mrb_bridge *b);
+/* After a reload replaced old with b->routes: SUBSCRIBE / UNSUBSCRIBE the
+ * difference on a subscriber that is up (else it subscribes the new table
+ * when it connects). Counts the Redis subscriptions added and removed. */
+void mrb_redis_apply_routes(mrb_bridge *b, const mrb_routes *old, size_t *added,
+                            size_t *removed);
 void mrb_redis_destroy(mrb_bridge *b);
 /* Send cmd (argv form) on the publisher; fn gets the reply (or NULL). */
 mrb_err mrb_redis_command(mrb_rconn *rc, redisCallbackFn *fn, void *priv,
@@ -390,5 +434,35 @@ void mrb_stream_tick(mrb_bridge *b, int64_t now);
 int64_t mrb_stream_next_timer(const mrb_bridge *b);
 void mrb_stream_pump(mrb_bridge *b);          /* publish, XACK, read */
 int mrb_stream_drained(mrb_bridge *b);
+/* After a reload replaced old with b->routes: stop following keys no stream
+ * route matches, find the new ones (their groups start at '$'). */
+mrb_err mrb_stream_apply_routes(mrb_bridge *b, const mrb_routes *old,
+                                size_t *added, size_t *removed);
+
+/* replay_io.c: replay requests for stream routes (README "Replay") */
+typedef struct mrb_replay_counters {
+    uint64_t requests;           /* requests taken */
+    uint64_t messages;           /* stream entries sent as answers */
+    uint64_t errors;             /* requests answered with an error */
+    uint64_t dropped;            /* requests or answers dropped (full, down) */
+} mrb_replay_counters;
+/* The replay request subscription's MQTT 5 Subscription Identifier: the
+ * largest allowed, apart from the routes' (mrb_sub.id counts up from 1). */
+#define MRB_REPLAY_SUB_ID 268435455u
+/* Main, before the MQTT client exists: on if any route is in stream mode. */
+mrb_err mrb_replay_init(mrb_bridge *b);
+/* Main, after a reload: turn replay on if a route is now in stream mode.
+ * 1 if it was turned on now (its topic is to be subscribed). */
+int mrb_replay_update(mrb_bridge *b);
+void mrb_replay_free(mrb_bridge *b);          /* main, after Paho and hiredis */
+/* The request topic bridge/<id>/replay, or NULL when replay is off. */
+const char *mrb_replay_topic(const mrb_bridge *b);
+/* Paho's receive thread: 1 if topic is the request topic, and then the
+ * message is dealt with (queued for main, or dropped and counted) and must
+ * not be bridged; 0 otherwise. */
+int mrb_replay_take(mrb_bridge *b, const char *topic, size_t len,
+                    MQTTAsync_message *msg);
+void mrb_replay_pump(mrb_bridge *b);          /* requests out, answers out */
+void mrb_replay_get_counters(mrb_bridge *b, mrb_replay_counters *out);
 
 #endif

@@ -108,6 +108,7 @@ static const field route_fields[] = {
 static const field top_fields[] = {
     {"id", F_STRING, C(id), 0, 0, NULL, NULL, 0, check_id},
     {"log_level", F_ENUM, C(log_level), 0, 0, log_levels, NULL, 0, NULL},
+    {"syslog", F_BOOL, C(syslog), 0, 0, NULL, NULL, 0, NULL},
     {"mqtt", F_OBJECT, 0, 0, 0, NULL, mqtt_fields, 0, NULL},
     {"redis", F_OBJECT, 0, 0, 0, NULL, redis_fields, 0, NULL},
     {"routes", F_ROUTES, 0, 0, 0, NULL, route_fields, 0, NULL},
@@ -567,13 +568,26 @@ void mrb_cli_usage(FILE *out)
 "      --check         validate the configuration, print it and exit\n"
 "  -v, --verbose       log debug messages too\n"
 "  -q, --quiet         log only warnings and errors\n"
+"      --syslog        log to syslog (ident mqtt-redis-bridge, facility\n"
+"                      daemon) instead of stderr\n"
 "  -h, --help          show this help and exit\n"
 "  -V, --version       show the version and exit\n"
+"\n"
+"Replay (with a stream route): publish {\"topic\": \"T\", \"count\": N} (N up\n"
+"to 1000) to bridge/<id>/replay to get the last N messages of topic T's\n"
+"stream, oldest first, then an end marker {\"replay\":\"end\",...}, on the\n"
+"request's MQTT 5 Response Topic, else its \"response_topic\", else\n"
+"bridge/<id>/replay/response.\n"
 "\n"
 "Passwords: rather than in a URL (visible to other users until the bridge\n"
 "has started), give them in mqtt.password_file / redis.password_file or in\n"
 "the environment variables MRB_MQTT_PASSWORD / MRB_REDIS_PASSWORD; one\n"
 "source per side. They are never printed.\n"
+"\n"
+"Signals: SIGINT/SIGTERM stop cleanly; SIGHUP reads the configuration\n"
+"again and applies its routes and log_level without reconnecting (an\n"
+"invalid one is logged and changes nothing; other settings need a\n"
+"restart); SIGUSR1 logs the counters.\n"
 "\n"
 "Command-line values override the configuration file. Exit status: 0 after\n"
 "SIGINT/SIGTERM or --check, 2 for a bad command line or configuration,\n"
@@ -583,7 +597,7 @@ void mrb_cli_usage(FILE *out)
 mrb_err mrb_cli_parse(int argc, char **argv, mrb_cli *cli, char *msg,
                       size_t msglen)
 {
-    enum { O_MQTT = 256, O_REDIS, O_ID, O_ROUTE, O_CHECK };
+    enum { O_MQTT = 256, O_REDIS, O_ID, O_ROUTE, O_CHECK, O_SYSLOG };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"mqtt", required_argument, NULL, O_MQTT},
@@ -593,6 +607,7 @@ mrb_err mrb_cli_parse(int argc, char **argv, mrb_cli *cli, char *msg,
         {"check", no_argument, NULL, O_CHECK},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
+        {"syslog", no_argument, NULL, O_SYSLOG},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
@@ -614,6 +629,7 @@ mrb_err mrb_cli_parse(int argc, char **argv, mrb_cli *cli, char *msg,
         case O_CHECK: cli->check = 1; break;
         case 'v': cli->verbosity = 1; break;
         case 'q': cli->verbosity = -1; break;
+        case O_SYSLOG: cli->syslog = 1; break;
         case 'h': cli->help = 1; break;
         case 'V': cli->version = 1; break;
         case ':':
@@ -687,6 +703,8 @@ mrb_err mrb_config_apply_cli(mrb_config *cfg, const mrb_cli *cli, char *msg,
         cfg->log_level = MRB_LOG_DEBUG;
     else if (cli->verbosity < 0)
         cfg->log_level = MRB_LOG_WARNING;
+    if (cli->syslog)
+        cfg->syslog = 1;
     if (cli->n_routes == 0)
         return MRB_OK;
     mrb_route *routes = calloc(cli->n_routes, sizeof(*routes));
@@ -923,7 +941,8 @@ void mrb_config_print(const mrb_config *cfg, FILE *out)
 {
     char url[512], line[1024];
     fprintf(out, "id: %s\n", cfg->id);
-    fprintf(out, "log_level: %s\n", mrb_log_level_name(cfg->log_level));
+    fprintf(out, "log_level: %s (to %s)\n", mrb_log_level_name(cfg->log_level),
+            cfg->syslog ? "syslog" : "stderr");
     mrb_url_format_redacted(&cfg->mqtt, MRB_URL_MQTT, url, sizeof(url));
     fprintf(out, "mqtt: %s (protocol %s, client id %s, keepalive %ld s, "
             "session expiry %ld s)\n", url, protocols[cfg->protocol],

@@ -251,8 +251,19 @@ static int append_store(mrb_bridge *b, const mrb_route *r, const mrb_msg *m,
 }
 
 /* Append m's commands. 0 if it has nothing to send (finished here). A
- * message sent again after a reconnect (resend) is not counted again. */
+ * message sent again after a reconnect (resend) is not counted again. Holds
+ * routes_lock (bridge_int.h). */
+static int append_locked(mrb_bridge *b, mrb_msg *m, int resend);
+
 static int append(mrb_bridge *b, mrb_msg *m, int resend)
+{
+    pthread_mutex_lock(&b->routes_lock);
+    int r = append_locked(b, m, resend);
+    pthread_mutex_unlock(&b->routes_lock);
+    return r;
+}
+
+static int append_locked(mrb_bridge *b, mrb_msg *m, int resend)
 {
     mrb_ingest *g = &b->ing;
     mrb_targets *tg = &g->tg;
@@ -334,7 +345,18 @@ static int append(mrb_bridge *b, mrb_msg *m, int resend)
  * over a route's limit is not sent there (counted); a QoS > 0 one waits
  * until every limited route has a token. Returns the ms to wait (0: go).
  * Retained messages (hash state) are not limited. */
+static int64_t admit_locked(mrb_bridge *b, mrb_msg *m, int first_try);
+
+/* routes_lock: the table and its buckets may be swapped by a reload */
 static int64_t admit(mrb_bridge *b, mrb_msg *m, int first_try)
+{
+    pthread_mutex_lock(&b->routes_lock);
+    int64_t w = admit_locked(b, m, first_try);
+    pthread_mutex_unlock(&b->routes_lock);
+    return w;
+}
+
+static int64_t admit_locked(mrb_bridge *b, mrb_msg *m, int first_try)
 {
     mrb_ingest *g = &b->ing;
     mrb_targets *tg = &g->tg;

@@ -43,7 +43,7 @@ void mrb_limits_free(mrb_route_limit *l)
 
 uint64_t mrb_limits_dropped(const mrb_bridge *b)
 {
-    uint64_t n = 0;
+    uint64_t n = b->c.rate_limited_old;
     if (b->limits)
         for (size_t i = 0; i < b->routes.n; i++)
             n += atomic_load(&b->limits[i].rate_limited);

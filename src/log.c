@@ -1,12 +1,16 @@
-/* log.c - the stderr logger and the rate limiter for repeated warnings. */
+/* log.c - the logger (stderr, or syslog(3) with --syslog) and the rate
+ * limiter for repeated warnings. */
 #include "mrb/log.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <syslog.h>
 #include <time.h>
 
 static volatile int log_level = MRB_LOG_INFO;
+/* Set once by main before any other thread exists, read by all after. */
+static int log_to_syslog;
 
 static const char *const level_names[] = {"error", "warning", "info", "debug"};
 
@@ -29,19 +33,38 @@ const char *mrb_log_level_name(mrb_log_level level)
     return (unsigned)level <= MRB_LOG_DEBUG ? level_names[level] : "?";
 }
 
+void mrb_log_use_syslog(void)
+{
+    /* LOG_NDELAY: connect to /dev/log now, while the process may still
+     * open files (before any sandboxing), not at the first line. */
+    openlog("mqtt-redis-bridge", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+    log_to_syslog = 1;
+}
+
+void mrb_log_close(void)
+{
+    if (log_to_syslog) {
+        closelog();
+        log_to_syslog = 0;
+    }
+}
+
 void mrb_log(mrb_log_level level, const char *fmt, ...)
 {
     if (!mrb_log_enabled(level))
         return;
 
     char line[1024];
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    int n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-    n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ldZ %s ",
-                  ts.tv_nsec / 1000000L, mrb_log_level_name(level));
+    int n = 0;
+    if (!log_to_syslog) { /* syslog adds time, host, ident and PID itself */
+        struct timespec ts;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+        n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ldZ %s ",
+                      ts.tv_nsec / 1000000L, mrb_log_level_name(level));
+    }
 
     va_list ap;
     va_start(ap, fmt);
@@ -52,6 +75,14 @@ void mrb_log(mrb_log_level level, const char *fmt, ...)
     size_t len = (size_t)n + (size_t)m;
     if (len > sizeof(line) - 2)
         len = sizeof(line) - 2; /* truncated: keep the line a line */
+    if (log_to_syslog) {
+        /* glibc's syslog() is thread-safe (its own lock): one datagram
+         * per line */
+        static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
+        line[len] = '\0';
+        syslog(prio[level], "%s", line);
+        return;
+    }
     line[len++] = '\n';
     fwrite(line, 1, len, stderr);
 }

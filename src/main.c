@@ -1,12 +1,27 @@
 /* main.c - command line and configuration in, bridge run, exit status out. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "mrb/bridge.h"
 #include "mrb/config.h"
 #include "mrb/log.h"
 
 #define EXIT_USAGE 2
+
+/* A reload reads the configuration as the start did: the file, then the
+ * command line over it (its URLs as given: argv is masked by then). */
+static mrb_err reload_config(void *ctx, mrb_config *out, char *msg, size_t msglen)
+{
+    const mrb_cli *cli = ctx;
+    mrb_err err = MRB_OK;
+    if ((cli->config_file &&
+         (err = mrb_config_load_file(out, cli->config_file, msg, msglen)) != MRB_OK) ||
+        (err = mrb_config_apply_cli(out, cli, msg, msglen)) != MRB_OK ||
+        (err = mrb_config_finish(out, msg, msglen)) != MRB_OK)
+        return err;
+    return MRB_OK;
+}
 
 int main(int argc, char **argv)
 {
@@ -42,6 +57,15 @@ int main(int argc, char **argv)
         status = err == MRB_ERR_INVALID ? EXIT_USAGE : 1;
         goto out;
     }
+    /* for reloads: the URLs as given, before argv is masked */
+    mrb_cli rcli = cli;
+    rcli.mqtt_url = cli.mqtt_url ? strdup(cli.mqtt_url) : NULL;
+    rcli.redis_url = cli.redis_url ? strdup(cli.redis_url) : NULL;
+    if ((cli.mqtt_url && !rcli.mqtt_url) || (cli.redis_url && !rcli.redis_url)) {
+        fprintf(stderr, "mqtt-redis-bridge: out of memory\n");
+        status = 1;
+        goto out_urls;
+    }
     mrb_cli_scrub(&cli); /* the URLs were copied: hide their passwords */
     if (cli.check) {
         mrb_config_print(&cfg, stdout);
@@ -49,13 +73,19 @@ int main(int argc, char **argv)
             printf("warning: %s\n", cfg.warnings[i]);
         printf("configuration OK\n");
         status = 0;
-        goto out;
+        goto out_urls;
     }
     mrb_log_set_level(cfg.log_level);
+    if (cfg.syslog)
+        mrb_log_use_syslog();
     for (size_t i = 0; i < cfg.n_warnings; i++)
         mrb_warn("%s", cfg.warnings[i]);
-    status = mrb_bridge_run(&cfg);
+    status = mrb_bridge_run(&cfg, reload_config, &rcli);
+out_urls:
+    free(rcli.mqtt_url);
+    free(rcli.redis_url);
 out:
+    mrb_log_close();
     mrb_config_free(&cfg);
     mrb_cli_free(&cli);
     return status;

@@ -8,10 +8,13 @@
  *
  * Subscriptions: one SUBSCRIBE per filter, in route-table order. With MQTT 5
  * each carries No Local (our own publishes do not come back) and a
- * Subscription Identifier (index + 1), so that of the copies a broker sends
- * for overlapping filters the bridge forwards only the one that carries the
- * first matching filter's identifier. MQTT 3.1.1 has neither: own publishes
- * are recognised by fingerprint instead (bridge.c).
+ * Subscription Identifier (mrb_sub.id, kept across reloads), so that of the
+ * copies a broker sends for overlapping filters the bridge forwards only the
+ * one that carries the first matching filter's identifier. MQTT 3.1.1 has
+ * neither: own publishes are recognised by fingerprint instead (bridge.c).
+ * A reload (SIGHUP) subscribes the filters that are new, unsubscribes the
+ * ones that are gone (at once, or at the next connect while down: the
+ * persistent session keeps them otherwise) and leaves the others alone.
  *
  * At least once from MQTT: the session is persistent (clean start off, a
  * session expiry), subscriptions are at most QoS 1, and Paho sends the
@@ -230,18 +233,41 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
     size_t len = tlen > 0 ? (size_t)tlen : strlen(topic);
     int duplicate = 0, queued = 0;
 
-    if (b->mqtt.version == MQTTVERSION_5 && b->routes.n_mqtt_sub > 1) {
-        int n = MQTTProperties_propertyCount(&msg->properties,
-                                             MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER);
-        if (n > 0) {
+    int n = b->mqtt.version == MQTTVERSION_5
+                ? MQTTProperties_propertyCount(&msg->properties,
+                                               MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER)
+                : 0;
+    if (n > 0) {
+        pthread_mutex_lock(&b->routes_lock); /* main may swap the table */
+        if (b->routes.n_mqtt_sub > 1) {
             size_t canon = mrb_routes_mqtt_canonical(&b->routes, topic, len);
+            unsigned want = canon == MRB_NO_SUB ? 0 : b->routes.mqtt_sub[canon].id;
             duplicate = 1;
             for (int i = 0; i < n; i++)
-                if ((size_t)MQTTProperties_getNumericValueAt(
+                if ((unsigned)MQTTProperties_getNumericValueAt(
                         &msg->properties, MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER,
-                        i) == canon + 1)
+                        i) == want)
                     duplicate = 0;
         }
+        pthread_mutex_unlock(&b->routes_lock);
+    }
+
+    /* MQTT 3.1.1 sets the retained flag only on stored messages sent
+     * because we subscribed (MQTT 5 sends them only for store routes'
+     * filters: Retain Handling 0 there, 2 elsewhere). A store route takes
+     * them into its hash (HSET again is harmless, so a copy per overlapping
+     * subscription is not a duplicate here); anything else skips them. */
+    int stored = 0;
+    if (msg->retained) {
+        pthread_mutex_lock(&b->routes_lock);
+        stored = mrb_routes_mqtt_stores(&b->routes, topic, len);
+        pthread_mutex_unlock(&b->routes_lock);
+    }
+
+    if (mrb_replay_take(b, topic, len, msg)) { /* a request, never bridged */
+        MQTTAsync_freeMessage(&msg);
+        MQTTAsync_free(topic);
+        return 1;
     }
 
     int64_t now = mrb_now_ms();
@@ -267,13 +293,6 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
     }
     if (msg->dup)
         b->ic.redelivered++;
-    /* MQTT 3.1.1 sets the flag only on stored messages sent because we
-     * subscribed (MQTT 5 sends them only for store routes' filters:
-     * Retain Handling 0 there, 2 elsewhere). A store route takes them into
-     * its hash (HSET again is harmless, so a copy per overlapping
-     * subscription is not a duplicate here); anything else skips them. */
-    int stored = msg->retained &&
-                 mrb_routes_mqtt_stores(&b->routes, topic, len);
     if (duplicate && !stored) {
         b->ic.duplicates++;
     } else if (msg->retained && !stored) {
@@ -561,19 +580,59 @@ static void mqtt_connect(mrb_bridge *b, int64_t now)
     m->state = CONN_CONNECTING;
 }
 
-static void mqtt_subscribe_all(mrb_bridge *b)
+/* The replay request topic is subscribed after the routes' filters, with
+ * its own Subscription Identifier (replay_io.c checks it). */
+static size_t n_subs(const mrb_bridge *b)
+{
+    return b->routes.n_mqtt_sub + (mrb_replay_topic(b) ? 1 : 0);
+}
+
+/* Filters removed by a reload while the broker was away: unsubscribed at
+ * the next connect (a persistent session would keep them). */
+static void unsub_pending_flush(mrb_bridge *b)
+{
+    mrb_mqtt *m = &b->mqtt;
+    for (size_t i = 0; i < m->n_unsub; i++) {
+        MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
+        int rc = MQTTAsync_unsubscribe(m->client, m->unsub[i], &o);
+        if (rc != MQTTASYNC_SUCCESS)
+            mrb_warn("mqtt: cannot unsubscribe from '%s': %s", m->unsub[i],
+                     MQTTAsync_strerror(rc));
+        free(m->unsub[i]);
+    }
+    m->n_unsub = 0;
+}
+
+static void unsub_pending_add(mrb_bridge *b, const char *filter)
+{
+    mrb_mqtt *m = &b->mqtt;
+    for (size_t i = 0; i < m->n_unsub; i++)
+        if (strcmp(m->unsub[i], filter) == 0)
+            return;
+    char **v = realloc(m->unsub, (m->n_unsub + 1) * sizeof(*v));
+    char *copy = v ? strdup(filter) : NULL;
+    if (v)
+        m->unsub = v;
+    if (!copy) {
+        mrb_warn("mqtt: out of memory: '%s' stays subscribed in the session "
+                 "until it expires", filter);
+        return;
+    }
+    m->unsub[m->n_unsub++] = copy;
+}
+
+static void subscribe_one(mrb_bridge *b, const mrb_sub *s)
 {
     mrb_mqtt *m = &b->mqtt;
     int v5 = m->version == MQTTVERSION_5;
-    for (size_t i = 0; i < b->routes.n_mqtt_sub; i++) {
-        const mrb_sub *s = &b->routes.mqtt_sub[i];
+    {
         MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
         o.context = b;
         if (v5) {
             MQTTProperty p;
             memset(&p, 0, sizeof(p));
             p.identifier = MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER;
-            p.value.integer4 = (unsigned)(i + 1);
+            p.value.integer4 = s->id;
             MQTTProperties_add(&o.properties, &p);
             o.subscribeOptions.noLocal = 1;
             /* the broker's stored retained messages are state, not news:
@@ -600,6 +659,87 @@ static void mqtt_subscribe_all(mrb_bridge *b)
             suback(b, 0);
         }
     }
+}
+
+static void subscribe_replay(mrb_bridge *b)
+{
+    mrb_sub replay = {.name = (char *)mrb_replay_topic(b), .qos = 1, .exact = 1,
+                      .id = MRB_REPLAY_SUB_ID};
+    subscribe_one(b, &replay);
+}
+
+static void mqtt_subscribe_all(mrb_bridge *b)
+{
+    unsub_pending_flush(b);
+    for (size_t i = 0; i < b->routes.n_mqtt_sub; i++)
+        subscribe_one(b, &b->routes.mqtt_sub[i]);
+    if (mrb_replay_topic(b))
+        subscribe_replay(b);
+}
+
+static const mrb_sub *sub_find(const mrb_sub *v, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i].name, name) == 0)
+            return &v[i];
+    return NULL;
+}
+
+void mrb_mqtt_apply_routes(mrb_bridge *b, const mrb_routes *old, int had_replay,
+                           size_t *added, size_t *removed)
+{
+    mrb_mqtt *m = &b->mqtt;
+    const mrb_routes *t = &b->routes;
+    int up = m->state == CONN_UP && !b->stopping;
+    size_t kept = 0;
+    *added = *removed = 0;
+    for (size_t i = 0; i < old->n_mqtt_sub; i++) {
+        const mrb_sub *s = &old->mqtt_sub[i];
+        if (sub_find(t->mqtt_sub, t->n_mqtt_sub, s->name))
+            continue;
+        (*removed)++;
+        if (up) {
+            MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
+            int rc = MQTTAsync_unsubscribe(m->client, s->name, &o);
+            if (rc == MQTTASYNC_SUCCESS)
+                continue;
+            mrb_warn("mqtt: cannot unsubscribe from '%s': %s (tried again at "
+                     "the next connect)", s->name, MQTTAsync_strerror(rc));
+        }
+        unsub_pending_add(b, s->name);
+    }
+    /* a filter the session held when it was complete and still holds at
+     * the same QoS needs nothing; a new one, or a new QoS, a SUBSCRIBE */
+    int complete = up && m->subacks >= old->n_mqtt_sub + (had_replay ? 1 : 0);
+    if (had_replay)
+        kept++; /* the replay topic stays subscribed */
+    else if (mrb_replay_topic(b) && up)
+        subscribe_replay(b); /* the first stream route came with this reload */
+    for (size_t i = 0; i < t->n_mqtt_sub; i++) {
+        const mrb_sub *s = &t->mqtt_sub[i];
+        const mrb_sub *o = sub_find(old->mqtt_sub, old->n_mqtt_sub, s->name);
+        /* a filter that a store route now uses (or no longer uses) is
+         * subscribed again for its retained messages' option */
+        if (o && o->qos == s->qos && o->retained == s->retained) {
+            kept++;
+            continue;
+        }
+        (*added)++;
+        if (up)
+            subscribe_one(b, s);
+    }
+    if (complete)
+        m->subacks = kept; /* the new ones' SUBACKs count on from here */
+}
+
+void mrb_mqtt_free_pending(mrb_bridge *b)
+{
+    mrb_mqtt *m = &b->mqtt;
+    for (size_t i = 0; i < m->n_unsub; i++)
+        free(m->unsub[i]);
+    free(m->unsub);
+    m->unsub = NULL;
+    m->n_unsub = 0;
 }
 
 /* Is fd a TCP socket connected to the broker's port? */
@@ -740,11 +880,12 @@ int64_t mrb_mqtt_next_timer(const mrb_bridge *b)
 
 int mrb_mqtt_ready(const mrb_bridge *b)
 {
-    return b->mqtt.state == CONN_UP && b->mqtt.subacks >= b->routes.n_mqtt_sub;
+    return b->mqtt.state == CONN_UP && b->mqtt.subacks >= n_subs(b);
 }
 
 static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
-                       size_t len, int qos, int retain, mrb_sx *sx)
+                       size_t len, int qos, int retain, mrb_sx *sx,
+                       const mrb_pub_props *pp)
 {
     mrb_mqtt *m = &b->mqtt;
     if (m->state != CONN_UP)
@@ -789,6 +930,24 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
             }
         }
     } else if (v5) {
+        if (pp && pp->corr) {
+            MQTTProperty p;
+            memset(&p, 0, sizeof(p));
+            p.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA;
+            p.value.data.data = (char *)pp->corr;
+            p.value.data.len = (int)pp->corr_len;
+            MQTTProperties_add(&msg.properties, &p);
+        }
+        for (int i = 0; pp && i < pp->n_user; i++) {
+            MQTTProperty p;
+            memset(&p, 0, sizeof(p));
+            p.identifier = MQTTPROPERTY_CODE_USER_PROPERTY;
+            p.value.data.data = (char *)pp->names[i];
+            p.value.data.len = (int)strlen(pp->names[i]);
+            p.value.value.data = (char *)pp->vals[i];
+            p.value.value.len = (int)strlen(pp->vals[i]);
+            MQTTProperties_add(&msg.properties, &p);
+        }
         o.onSuccess5 = acked ? on_acked5 : on_sent5;
         o.onFailure5 = acked ? on_ack_fail5 : on_send_fail5;
     } else {
@@ -825,13 +984,20 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
 mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
                          size_t len, int qos, int retain)
 {
-    return publish(b, topic, payload, len, qos, retain, NULL);
+    return publish(b, topic, payload, len, qos, retain, NULL, NULL);
+}
+
+mrb_err mrb_mqtt_publish_props(mrb_bridge *b, const char *topic,
+                               const void *payload, size_t len, int qos,
+                               int retain, const mrb_pub_props *pp)
+{
+    return publish(b, topic, payload, len, qos, retain, NULL, pp);
 }
 
 mrb_err mrb_mqtt_publish_sx(mrb_bridge *b, const char *topic, const void *payload,
                             size_t len, int qos, int retain, mrb_sx *sx)
 {
-    return publish(b, topic, payload, len, qos, retain, sx);
+    return publish(b, topic, payload, len, qos, retain, sx, NULL);
 }
 
 void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms)

@@ -488,6 +488,59 @@ mrb_err mrb_redis_command(mrb_rconn *rc, redisCallbackFn *fn, void *priv,
 /* For stream.c's reply callbacks. */
 void mrb_redis_got_reply(mrb_rconn *rc) { got_reply(rc); }
 
+static int has_sub(const mrb_sub *v, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i].name, name) == 0)
+            return 1;
+    return 0;
+}
+
+void mrb_redis_apply_routes(mrb_bridge *b, const mrb_routes *old, size_t *added,
+                            size_t *removed)
+{
+    const mrb_routes *t = &b->routes;
+    mrb_rconn *rc = &b->rsub;
+    *added = *removed = 0;
+    for (size_t i = 0; i < old->n_redis_sub; i++)
+        *removed += !has_sub(t->redis_sub, t->n_redis_sub, old->redis_sub[i].name);
+    for (size_t i = 0; i < t->n_redis_sub; i++)
+        *added += !has_sub(old->redis_sub, old->n_redis_sub, t->redis_sub[i].name);
+    if ((*added == 0 && *removed == 0) || !rc->ac || b->stopping)
+        return; /* a connection made later subscribes from the new table */
+    if (t->n_redis_sub == 0 || rc->state != CONN_UP) {
+        /* nothing left to subscribe, or still confirming the old set:
+         * close; a new connection (if needed) subscribes the new table */
+        redisAsyncFree(rc->ac);
+        rc->state = CONN_DOWN;
+        rc->next_attempt_ms = 0;
+        return;
+    }
+    /* Up: change only the difference, so the unchanged subscriptions keep
+     * delivering. The unsubscribe replies come to the channel's callback
+     * (on_sub_reply), which ignores them. */
+    for (size_t i = 0; i < t->n_redis_sub; i++) {
+        const mrb_sub *s = &t->redis_sub[i];
+        if (!has_sub(old->redis_sub, old->n_redis_sub, s->name))
+            redisAsyncCommand(rc->ac, on_sub_reply, NULL,
+                              s->exact ? "SUBSCRIBE %s" : "PSUBSCRIBE %s", s->name);
+    }
+    for (size_t i = 0; i < old->n_redis_sub; i++) {
+        const mrb_sub *s = &old->redis_sub[i];
+        if (!has_sub(t->redis_sub, t->n_redis_sub, s->name))
+            redisAsyncCommand(rc->ac, NULL, NULL,
+                              s->exact ? "UNSUBSCRIBE %s" : "PUNSUBSCRIBE %s", s->name);
+    }
+    rc->confirmed = t->n_redis_sub; /* (counts only while connecting) */
+}
+
+void mrb_redis_close_reader(mrb_bridge *b)
+{
+    if (b->rread.ac)
+        redisAsyncFree(b->rread.ac);
+    b->rread.state = CONN_DOWN;
+}
+
 void mrb_redis_close_sub(mrb_bridge *b)
 {
     mrb_rconn *rcs[2] = {&b->rsub, &b->rread};

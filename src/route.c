@@ -798,7 +798,38 @@ static mrb_err sub_add(mrb_sub *subs, size_t *n, const char *name, int qos,
     return MRB_OK;
 }
 
+/* Order subs: those prev also has first, in prev's order and with prev's
+ * id; then the new ones in their own order, numbered on from prev's
+ * highest id. Without prev, ids are 1, 2, ... in table order. */
+static void subs_order(mrb_sub *subs, size_t n, const mrb_sub *prev, size_t np)
+{
+    unsigned next_id = 1;
+    for (size_t j = 0; j < np; j++)
+        if (prev[j].id >= next_id)
+            next_id = prev[j].id + 1;
+    size_t k = 0;
+    for (size_t j = 0; j < np; j++) {
+        for (size_t i = k; i < n; i++) {
+            if (strcmp(subs[i].name, prev[j].name) == 0) {
+                mrb_sub tmp = subs[i];
+                memmove(&subs[k + 1], &subs[k], (i - k) * sizeof(*subs));
+                subs[k] = tmp;
+                subs[k++].id = prev[j].id;
+                break;
+            }
+        }
+    }
+    for (size_t i = k; i < n; i++)
+        subs[i].id = next_id++;
+}
+
 mrb_err mrb_routes_build(mrb_routes *t, const mrb_route *routes, size_t n)
+{
+    return mrb_routes_build_from(t, routes, n, NULL);
+}
+
+mrb_err mrb_routes_build_from(mrb_routes *t, const mrb_route *routes, size_t n,
+                              const mrb_routes *prev)
 {
     memset(t, 0, sizeof(*t));
     t->route = calloc(n ? n : 1, sizeof(*t->route));
@@ -821,7 +852,8 @@ mrb_err mrb_routes_build(mrb_routes *t, const mrb_route *routes, size_t n)
     }
     /* Exact channels first: Redis sends a channel's subscribers their copy
      * before the pattern subscribers theirs, and the canonical subscription
-     * is the first one that matches. */
+     * is the first one that matches. (After a reload, new subscriptions
+     * follow the ones already held, exact or not: subs_order.) */
     for (int pass = 0; pass < 2; pass++) {
         for (size_t i = 0; i < n; i++) {
             const mrb_route *r = &t->route[i];
@@ -834,6 +866,12 @@ mrb_err mrb_routes_build(mrb_routes *t, const mrb_route *routes, size_t n)
                 goto nomem;
         }
     }
+    subs_order(t->mqtt_sub, t->n_mqtt_sub, prev ? prev->mqtt_sub : NULL,
+               prev ? prev->n_mqtt_sub : 0);
+    subs_order(t->redis_sub, t->n_redis_sub, prev ? prev->redis_sub : NULL,
+               prev ? prev->n_redis_sub : 0);
+    subs_order(t->stream_sub, t->n_stream_sub, prev ? prev->stream_sub : NULL,
+               prev ? prev->n_stream_sub : 0);
     if (routes_index(t) != MRB_OK)
         goto nomem;
     return MRB_OK;

@@ -135,7 +135,10 @@ static void scan_next(mrb_bridge *b, const char *cursor);
 static int has_patterns(const mrb_bridge *b)
 {
     const mrb_routes *t = &b->routes;
-    return t->n_stream_sub > 0 && !t->stream_sub[t->n_stream_sub - 1].exact;
+    for (size_t i = 0; i < t->n_stream_sub; i++) /* any order after a reload */
+        if (!t->stream_sub[i].exact)
+            return 1;
+    return 0;
 }
 
 static void scan_done_one(mrb_bridge *b)
@@ -143,9 +146,15 @@ static void scan_done_one(mrb_bridge *b)
     if (--b->scan_busy > 0)
         return;
     b->scanned_once = 1;
+    b->scan_from_now = 0;
     b->next_scan_ms = b->cfg->scan_interval > 0 && has_patterns(b)
                           ? mrb_now_ms() + b->cfg->scan_interval * 1000
                           : INT64_MAX;
+    if (b->rescan) { /* the routes changed during this scan */
+        b->rescan = 0;
+        b->scan_from_now = 1;
+        b->next_scan_ms = mrb_now_ms();
+    }
     mrb_bridge_wake(b); /* ready may now be logged, reads may start */
 }
 
@@ -179,7 +188,8 @@ static void group_create(mrb_bridge *b, const char *key, size_t len, int mkstrea
     memcpy(copy, key, len);
     copy[len] = '\0';
     const char *argv[] = {"XGROUP", "CREATE", key, b->group,
-                          b->scanned_once ? "0" : "$", "MKSTREAM"};
+                          b->scanned_once && !b->scan_from_now ? "0" : "$",
+                          "MKSTREAM"};
     size_t lens[] = {6, 6, len, strlen(b->group), 1, 8};
     if (mrb_redis_command(&b->rpub, on_group_reply, copy, mkstream ? 6 : 5, argv,
                           lens) != MRB_OK) {
@@ -263,6 +273,68 @@ void mrb_stream_on_pub_up(mrb_bridge *b)
 {
     /* Redis may have restarted without its data: make sure of the groups */
     scan_start(b, 1);
+}
+
+static int stream_sub_has(const mrb_routes *t, const char *name)
+{
+    for (size_t i = 0; i < t->n_stream_sub; i++)
+        if (strcmp(t->stream_sub[i].name, name) == 0)
+            return 1;
+    return 0;
+}
+
+mrb_err mrb_stream_apply_routes(mrb_bridge *b, const mrb_routes *old,
+                                size_t *added, size_t *removed)
+{
+    const mrb_routes *t = &b->routes;
+    *added = *removed = 0;
+    for (size_t i = 0; i < old->n_stream_sub; i++)
+        *removed += !stream_sub_has(t, old->stream_sub[i].name);
+    for (size_t i = 0; i < t->n_stream_sub; i++)
+        *added += !stream_sub_has(old, t->stream_sub[i].name);
+    if (*added == 0 && *removed == 0)
+        return MRB_OK;
+    if (t->n_stream_sub == 0) {
+        /* no stream route to MQTT any more: stop reading (what was read and
+         * not acknowledged stays pending in Redis) */
+        mrb_redis_close_reader(b);
+        mrb_stream_on_reader_down(b);
+        keys_clear(b);
+        return MRB_OK;
+    }
+    if (!b->skeys && !(b->skeys = calloc(MRB_STREAM_KEYS_MAX, sizeof(*b->skeys))))
+        return MRB_ERR_NOMEM;
+    /* forget the keys no stream route matches now */
+    size_t k = 0;
+    for (size_t i = 0; i < b->n_skeys; i++) {
+        mrb_skey *key = &b->skeys[i];
+        int keep = 0;
+        for (size_t j = 0; j < t->n_stream_sub && !keep; j++) {
+            const mrb_sub *s = &t->stream_sub[j];
+            keep = s->exact ? strcmp(s->name, key->name) == 0
+                            : mrb_glob_matches(s->name, key->name, strlen(key->name));
+        }
+        if (keep)
+            b->skeys[k++] = *key;
+        else
+            free(key->name);
+    }
+    b->n_skeys = k;
+    b->keys_dirty = 1; /* a blocked read is ended and re-issued */
+    if (!b->scanned_once) {
+        /* the first stream route: its first scan, as on connect (a scan
+         * under way already reads the new table) */
+        if (!b->scan_busy)
+            scan_start(b, 1);
+        return MRB_OK;
+    }
+    if (b->scan_busy) {
+        b->rescan = 1;
+    } else {
+        b->scan_from_now = 1;
+        b->next_scan_ms = 0;
+    }
+    return MRB_OK;
 }
 
 /* ---- reading ---- */

@@ -44,6 +44,7 @@ typedef enum mrb_tls_version {
 typedef struct mrb_config {
     char *id;                 /* bridge id: client id and status topic */
     mrb_log_level log_level;
+    int syslog;               /* log to syslog(3) instead of stderr */
     char *mqtt_url;           /* text as given */
     char *client_id;          /* default "mqtt-redis-bridge-<id>" */
     mrb_mqtt_protocol protocol;
@@ -93,6 +94,7 @@ typedef struct mrb_cli {
     size_t n_routes;
     int check;
     int verbosity;            /* -1 quiet, 0 default, 1 verbose */
+    int syslog;               /* --syslog */
     int help, version;
 } mrb_cli;
 

@@ -2,8 +2,12 @@
  * log.h - one printf-style logger for the whole daemon.
  *
  * Lines go to stderr as "<UTC time> <level> <message>"; systemd/procd
- * capture them. The level is checked before any formatting. The logger is
- * safe to call from any thread (each line is one fwrite under stdio's lock).
+ * capture them. With mrb_log_use_syslog() they go to syslog(3) instead
+ * (ident "mqtt-redis-bridge", LOG_PID, facility LOG_DAEMON; error/warning/
+ * info/debug as LOG_ERR/LOG_WARNING/LOG_INFO/LOG_DEBUG; no time or level
+ * prefix of ours). The level is checked before any formatting. The logger
+ * is safe to call from any thread (each line is one fwrite under stdio's
+ * lock, or one syslog() call under glibc's lock).
  *
  * mrb_ratelimit keeps a repeated warning (a drop per message, say) to one line
  * per interval, saying how many were suppressed in between.
@@ -22,6 +26,10 @@ typedef enum mrb_log_level {
 } mrb_log_level;
 
 void mrb_log_set_level(mrb_log_level level);
+/* Log to syslog from now on. Call once from main before other threads
+ * start; mrb_log_close() at exit. */
+void mrb_log_use_syslog(void);
+void mrb_log_close(void);
 int mrb_log_enabled(mrb_log_level level);
 
 /* Parse "error" | "warning" | "info" | "debug"; returns 0 on success. */

@@ -132,6 +132,7 @@ typedef struct mrb_sub {
     int exact;         /* Redis: no '*', so SUBSCRIBE instead of PSUBSCRIBE */
     int retained;      /* MQTT: a store route uses it: have the broker send
                           its retained messages on subscribe */
+    unsigned id;       /* MQTT 5 subscription identifier; kept across reloads */
 } mrb_sub;
 
 typedef struct mrb_routes {
@@ -155,6 +156,13 @@ typedef struct mrb_routes {
 
 /* Build the table from n checked routes (copied). Free with mrb_routes_free. */
 mrb_err mrb_routes_build(mrb_routes *t, const mrb_route *routes, size_t n);
+/* The same for a table that replaces prev (a reload): the subscriptions prev
+ * also has come first, in prev's order and with prev's ids, so that a
+ * subscription the bridge already holds stays the canonical one for the
+ * messages it carries; new subscriptions follow, with new ids. Table order
+ * is the priority order of the canonical lookups below. */
+mrb_err mrb_routes_build_from(mrb_routes *t, const mrb_route *routes, size_t n,
+                              const mrb_routes *prev);
 void mrb_routes_free(mrb_routes *t);
 
 /* The first MQTT subscription whose filter matches topic, or MRB_NO_SUB. A

@@ -135,6 +135,42 @@ class RouteOptionsTest(BridgeTestCase):
     def test_presence_filled_from_retained_at_start_mqtt311(self):
         self.check_fill_from_retained("3.1.1")
 
+    def test_presence_added_by_reload_fills_from_retained(self):
+        pub = self.mqtt_client(self.mq.port, name="devs")
+        pub.publish("devices/d4/status", b"online", retain=True)
+        plain = {"mqtt": "devices/+/status", "redis": "presence:*",
+                 "direction": "mqtt_to_redis"}
+        b = self.bridge([plain])
+        rsub = self.redis_sub(self.rs.port, patterns=["presence:*", "lamps:*"])
+        self.assertEqual(self.hash("devices"), {})
+        # the same filter gains a store route, and a rate-limited route
+        self.write_config({
+            "id": "ro", "mqtt": {"url": self.mq.url},
+            "redis": {"url": self.rs.url},
+            "reconnect": {"min_ms": 100, "max_ms": 500},
+            "routes": [dict(plain, store="hash", hash="devices"),
+                       {"mqtt": "lamps/+", "redis": "lamps:*", "qos": 0,
+                        "direction": "mqtt_to_redis", "rate": 5, "burst": 1}]},
+            name="ro.json")
+        mark = b.mark()
+        b.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(b.wait_log("reload: done", harness.DELIVERY_TIMEOUT,
+                                   since=mark), b.tail())
+        self.assertTrue(harness.wait_until(
+            lambda: self.hash("devices") == {"d4": "online"},
+            harness.DELIVERY_TIMEOUT), "after the reload: %r" % self.hash("devices"))
+        # the new route's limit holds: 20 at once, burst 1, 5/s
+        for i in range(20):
+            pub.c.publish("lamps/l1", b"%d" % i, qos=0)
+        time.sleep(harness.QUIET)
+        self.assertLessEqual(rsub.count("lamps:l1"), 5, rsub.summary())
+        self.assertGreaterEqual(rsub.count("lamps:l1"), 1, rsub.summary())
+        self.assertEqual(rsub.count("presence:d4"), 0, "state, not news")
+        b.stop()
+        line, c = self.exit_stats(b)
+        self.assertEqual(int(c["dropped_rate_limited"]), 20 - rsub.count("lamps:l1"),
+                         line)
+
     # ---- envelope -------------------------------------------------------
 
     def test_envelope_round_trip(self):

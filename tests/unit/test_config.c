@@ -176,7 +176,7 @@ static void test_value_errors_name_the_key(void **state)
                  "client_id, protocol, keepalive, session_expiry, password_file, tls)");
     expect_error("{\"colour\": 1}",
                  "cfg.json: colour: unknown key (known keys here: id, log_level, "
-                 "mqtt, redis, routes, limits, reconnect, shutdown_timeout_ms)");
+                 "syslog, mqtt, redis, routes, limits, reconnect, shutdown_timeout_ms)");
     expect_error("{\"routes\": [{\"mqtt\": \"a\", \"redis\": \"a\", \"qos\": 3}]}",
                  "cfg.json: routes[0].qos: invalid value 3 (allowed: an integer "
                  "from 0 to 2)");
@@ -257,7 +257,7 @@ static void test_cli_overrides(void **state)
 {
     char *argv[] = {"mrb", "--mqtt", "mqtt://h:1", "--redis", "unix:/tmp/r.sock",
                     "--id", "b2", "--route", "a/+ > x:*", "--route",
-                    "n < n qos=2 retain", "-q", NULL};
+                    "n < n qos=2 retain", "-q", "--syslog", NULL};
     mrb_config cfg;
     char msg[256] = "";
     mrb_config_init(&cfg);
@@ -266,7 +266,7 @@ static void test_cli_overrides(void **state)
     assert_int_equal(mrb_config_load_json(&cfg, json, strlen(json), "f.json", msg,
                                           sizeof(msg)), MRB_OK);
     mrb_cli c;
-    assert_int_equal(mrb_cli_parse(12, argv, &c, msg, sizeof(msg)), MRB_OK);
+    assert_int_equal(mrb_cli_parse(13, argv, &c, msg, sizeof(msg)), MRB_OK);
     assert_int_equal(mrb_config_apply_cli(&cfg, &c, msg, sizeof(msg)), MRB_OK);
     assert_int_equal(mrb_config_finish(&cfg, msg, sizeof(msg)), MRB_OK);
     mrb_cli_free(&c);
@@ -277,6 +277,7 @@ static void test_cli_overrides(void **state)
     assert_int_equal(cfg.routes[1].qos, 2);
     assert_int_equal(cfg.routes[1].retain, 1);
     assert_int_equal(cfg.log_level, MRB_LOG_WARNING);
+    assert_int_equal(cfg.syslog, 1);
     mrb_config_free(&cfg);
 }
 

@@ -195,6 +195,51 @@ static mrb_routes table(const char **specs, size_t n)
     return t;
 }
 
+/* A reload keeps the subscriptions it already has first, in their order and
+ * with their ids; new ones follow with new ids. */
+static void test_table_reload_order(void **state)
+{
+    (void)state;
+    const char *a[] = {"user/+ <> user:*", "news <> news", "cmd/+ <> cmd:*"};
+    const char *b[] = {"alerts <> alerts", "cmd/+ <> cmd:*", "user/+ <> user:*",
+                       "prices/+ <> prices:*"};
+    mrb_routes old = table(a, 3);
+    assert_int_equal(old.n_mqtt_sub, 3);
+    assert_int_equal(old.mqtt_sub[0].id, 1);
+    assert_int_equal(old.mqtt_sub[2].id, 3);
+    assert_string_equal(old.redis_sub[0].name, "news"); /* exact first */
+
+    mrb_route r[4];
+    mrb_routes t;
+    for (size_t i = 0; i < 4; i++)
+        r[i] = mk(b[i]);
+    assert_int_equal(mrb_routes_build_from(&t, r, 4, &old), MRB_OK);
+    for (size_t i = 0; i < 4; i++)
+        mrb_route_free(&r[i]);
+    /* kept: user/+ (id 1), cmd/+ (id 3) in the old order; then alerts,
+     * prices/+ with ids from 4 on ("news" is gone) */
+    assert_int_equal(t.n_mqtt_sub, 4);
+    assert_string_equal(t.mqtt_sub[0].name, "user/+");
+    assert_int_equal(t.mqtt_sub[0].id, 1);
+    assert_string_equal(t.mqtt_sub[1].name, "cmd/+");
+    assert_int_equal(t.mqtt_sub[1].id, 3);
+    assert_string_equal(t.mqtt_sub[2].name, "alerts");
+    assert_int_equal(t.mqtt_sub[2].id, 4);
+    assert_string_equal(t.mqtt_sub[3].name, "prices/+");
+    assert_int_equal(t.mqtt_sub[3].id, 5);
+    assert_string_equal(t.redis_sub[0].name, "user:*");
+    assert_string_equal(t.redis_sub[1].name, "cmd:*");
+    assert_string_equal(t.redis_sub[2].name, "alerts"); /* new: after the old */
+    assert_string_equal(t.redis_sub[3].name, "prices:*");
+    /* the lookups use the new order */
+    assert_int_equal(mrb_routes_mqtt_canonical(&t, "cmd/x", 5), 1);
+    assert_int_equal(mrb_routes_redis_canonical(&t, "alerts", 6), 2);
+    assert_int_equal(mrb_routes_redis_sub_index(&t, "prices:*", 8), 3);
+    assert_int_equal(mrb_routes_redis_sub_index(&t, "news", 4), MRB_NO_SUB);
+    mrb_routes_free(&t);
+    mrb_routes_free(&old);
+}
+
 static void test_table_subscriptions(void **state)
 {
     const char *specs[] = {"user/+ <> user:*", "news <> news", "alerts > alerts",
@@ -382,6 +427,7 @@ int main(void)
         cmocka_unit_test(test_targets_are_distinct),
         cmocka_unit_test(test_stream_routes),
         cmocka_unit_test(test_index_matches_scan),
+        cmocka_unit_test(test_table_reload_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

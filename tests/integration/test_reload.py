@@ -1,0 +1,259 @@
+#!/usr/bin/python3
+"""Hot reload (SIGHUP): routes added and removed without reconnecting and
+without losing messages on unchanged routes; an invalid configuration keeps
+the running one; stream routes; filters removed while the broker is away are
+unsubscribed when it returns."""
+
+import os
+import re
+import signal
+import sys
+import threading
+import time
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import harness  # noqa: E402
+from harness import BridgeTestCase, unique
+
+
+N_FLOW = 1000  # messages each way on the unchanged route during the reload
+
+
+class ReloadTest(BridgeTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.rs = self.start_redis()
+        self.mq = self.start_mosquitto()
+        self.r = self.redis_client(self.rs.port)
+
+    def config(self, routes, bid="rl", **extra):
+        cfg = {"id": bid, "mqtt": {"url": self.mq.url},
+               "redis": {"url": self.rs.url, "scan_interval": 1},
+               "reconnect": {"min_ms": 100, "max_ms": 500},
+               "routes": routes}
+        cfg.update(extra)
+        return self.write_config(cfg, name=bid + ".json")
+
+    def hup(self, b, what="reload"):
+        mark = b.mark()
+        b.proc.send_signal(signal.SIGHUP)
+        self.assert_log(b, re.compile(r"reload: (done|.*the running configuration stays)"),
+                        since=mark, what=what)
+        return mark
+
+    def test_routes_added_and_removed_while_messages_flow(self):
+        flow = {"mqtt": "flow/+", "redis": "flow:*", "qos": 1}
+        old = {"mqtt": "old/+", "redis": "old:*"}
+        new = {"mqtt": "new/+", "redis": "new:*"}
+        path = self.config([flow, old])
+        b = self.start_bridge(None, None, "-c", path)
+        rsub = self.redis_sub(self.rs.port, patterns=["flow:*", "old:*", "new:*"])
+        msub = self.mqtt_client(self.mq.port, "flow/in", "old/#", "new/#", name="sub")
+        pub = self.mqtt_client(self.mq.port, name="pub")
+
+        # both routes work before the reload
+        pub.publish("old/a", b"before")
+        self.assertIsNotNone(harness.wait_until(
+            lambda: rsub.count("old:a", b"before"), harness.DELIVERY_TIMEOUT) or None)
+
+        # 1,000 messages each way on the unchanged route, the reload in the
+        # middle of them
+        errors = []
+
+        def mqtt_side():
+            try:
+                for i in range(N_FLOW):
+                    pub.c.publish("flow/out", b"m%d" % i, qos=1)
+                    time.sleep(0.002)
+            except Exception as e:  # reported below
+                errors.append(e)
+
+        def redis_side():
+            try:
+                for i in range(N_FLOW):
+                    self.r.publish("flow:in", b"r%d" % i)
+                    time.sleep(0.002)
+            except Exception as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=mqtt_side), threading.Thread(target=redis_side)]
+        for t in threads:
+            t.start()
+        time.sleep(0.8)
+        self.config([flow, new])
+        mark = self.hup(b)
+        for t in threads:
+            t.join(30 * harness.SCALE)
+        self.assertEqual(errors, [])
+        self.assertFalse(any(t.is_alive() for t in threads), "publishers hung")
+        self.assertNotRegex(b.log()[mark:], r"reload: .*configuration stays")
+        self.assertRegex(b.log()[mark:], r"reload: route added: new/\+ <> new:\*")
+        self.assertRegex(b.log()[mark:], r"reload: route removed: old/\+ <> old:\*")
+        # the reload happened while the messages flowed
+        done_at = b.log()[mark:]
+        self.assertIn("reload: done", done_at)
+
+        want_out = [b"m%d" % i for i in range(N_FLOW)]
+        want_in = [b"r%d" % i for i in range(N_FLOW)]
+        harness.wait_until(lambda: rsub.count("flow:out") >= N_FLOW and
+                           msub.count("flow/in") >= N_FLOW, 20 * harness.SCALE)
+        got_out = [m.data for m in rsub.snapshot() if m.channel == b"flow:out"]
+        got_in = [m.payload for m in msub.snapshot() if m.topic == "flow/in"]
+        self.assertEqual(len(got_out), N_FLOW, "MQTT -> Redis on the unchanged route")
+        self.assertEqual(got_out, want_out, "MQTT -> Redis: lost, doubled or reordered")
+        self.assertEqual(len(got_in), N_FLOW, "Redis -> MQTT on the unchanged route")
+        self.assertEqual(got_in, want_in, "Redis -> MQTT: lost, doubled or reordered")
+
+        # the new route carries both ways, the removed one neither way
+        x, y = unique("x").encode(), unique("y").encode()
+        pub.publish("new/a", x)
+        self.r.publish("new:b", y)
+        self.assert_once_each({"redis new:a": lambda: rsub.count("new:a", x),
+                               "mqtt new/b": lambda: msub.count("new/b", y)},
+                              "the added route", subscribers=[msub])
+        pub.publish("old/a", b"after")
+        self.r.publish("old:b", b"after")
+        self.assert_none({"redis old:a": lambda: rsub.count("old:a", b"after"),
+                          "mqtt old/b": lambda: msub.count("old/b", b"after")},
+                         "the removed route")
+        # without reconnecting
+        self.assertNotRegex(b.log(), r"connection lost|reconnected")
+        b.stop()
+        line, c = self.exit_stats(b)
+        self.assertEqual((c["dropped_unmappable"], c["dropped_send_failed"]),
+                         ("0", "0"), line)
+
+    def test_invalid_configuration_keeps_the_running_one(self):
+        path = self.config([{"mqtt": "a/+", "redis": "a:*"}])
+        b = self.start_bridge(None, None, "-c", path)
+        rsub = self.redis_sub(self.rs.port, patterns=["a:*", "b:*"])
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        cases = [
+            ('{"routes": [', r"reload: .*rl\.json:\d+:\d+.*the running configuration stays"),
+            ('{"routes": [{"mqtt": "b/#/x", "redis": "b:*"}]}',
+             r"reload: .*routes\[0\]: MQTT filter \"b/#/x\" is not a valid.*the running configuration stays"),
+        ]
+        for text, pattern in cases:
+            with open(path, "w") as f:
+                f.write(text)
+            mark = self.hup(b)
+            self.assertRegex(b.log()[mark:], pattern)
+            x = unique("x").encode()
+            pub.publish("a/1", x)
+            self.assert_once_each({"a:1": lambda: rsub.count("a:1", x)},
+                                  "the old route after a refused reload")
+        # a missing file too
+        os.unlink(path)
+        mark = self.hup(b)
+        self.assertRegex(b.log()[mark:], r"reload: .*the running configuration stays")
+        self.assertTrue(b.alive())
+        # one line per refused reload, an error
+        self.assertEqual(b.count(" error reload: "), 3, b.tail())
+
+    def test_stream_route_added_and_removed(self):
+        plain = {"mqtt": "p/+", "redis": "p:*"}
+        jobs = {"mqtt": "jobs/+", "redis": "jobs:*", "mode": "stream",
+                "direction": "redis_to_mqtt", "qos": 1}
+        path = self.config([plain])
+        b = self.start_bridge(None, None, "-c", path)
+        msub = self.mqtt_client(self.mq.port, "jobs/#", name="sub")
+        self.r.xadd("jobs:a", {"payload": b"before the route"})
+        self.config([plain, jobs])
+        self.hup(b)
+        # a route added by a reload starts at the end of an existing stream
+        # ('$'), like a bridge started then: new entries only
+        harness.wait_until(lambda: self.r.execute_command(
+            "XINFO", "GROUPS", "jobs:a"), 5 * harness.SCALE)
+        self.r.xadd("jobs:a", {"payload": b"j1"})
+        self.assertIsNotNone(msub.wait_for(lambda m: m.payload == b"j1",
+                                           5 * harness.SCALE),
+                             "the stream route added by the reload carries nothing")
+        self.assertEqual(msub.count(payload=b"before the route"), 0)
+        self.config([plain])
+        self.hup(b)
+        self.r.xadd("jobs:a", {"payload": b"j2"})
+        self.assert_none({"j2": lambda: msub.count(payload=b"j2")},
+                         "a removed stream route", quiet=1.5)
+        b.stop()
+
+    def test_first_stream_route_turns_replay_on(self):
+        path = self.config([{"mqtt": "p/+", "redis": "p:*"}])
+        b = self.start_bridge(None, None, "-c", path)
+        resp = self.mqtt_client(self.mq.port, "bridge/rl/replay/response", name="resp")
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        self.assertNotIn("replay: requests on", b.log())
+        self.config([{"mqtt": "p/+", "redis": "p:*"},
+                     {"mqtt": "s/+", "redis": "s:*", "mode": "stream"}])
+        mark = self.hup(b)
+        self.assertIn("replay: requests on bridge/rl/replay", b.log()[mark:])
+        for i in range(3):
+            self.r.xadd("s:a", {"payload": b"e%d" % i})
+        # the request is sent until the replay subscription is in place
+        req = b'{"topic": "s/a", "count": 2}'
+        ok = harness.wait_until(
+            lambda: (pub.c.publish("bridge/rl/replay", req, qos=1),
+                     resp.count(payload=b"e2"))[1], 5 * harness.SCALE, interval=0.5)
+        self.assertTrue(ok, "no replay answer after the reload: %s" % resp.summary())
+        got = [m.payload for m in resp.snapshot()
+               if m.topic == "bridge/rl/replay/response" and not m.payload.startswith(b"{")]
+        self.assertEqual(got[:2], [b"e1", b"e2"])
+        b.stop()
+
+    def test_filter_removed_while_the_broker_is_away(self):
+        keep = {"mqtt": "keep/+", "redis": "keep:*", "qos": 1}
+        gone = {"mqtt": "gone/+", "redis": "gone:*", "qos": 1}
+        self.mq.stop()
+        self.mq = self.start_mosquitto(persistence=True)
+        path = self.config([keep, gone])
+        b = self.start_bridge(None, None, "-c", path)
+        # the broker goes away; the route is removed meanwhile; the broker
+        # comes back with its persistent session (still subscribed to gone/+)
+        self.mq.stop()
+        self.assert_log(b, harness.LOST_RE, what="broker stopped")
+        self.config([keep])
+        self.hup(b)
+        mark = b.mark()
+        self.mq.start()
+        self.assert_log(b, "mqtt: reconnected", since=mark,
+                        timeout=harness.RECOVERY_TIMEOUT)
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        rsub = self.redis_sub(self.rs.port, patterns=["keep:*", "gone:*"])
+        # the kept route carries (once the subscriptions are back)
+        x = unique("x").encode()
+        ok = harness.wait_until(lambda: (pub.publish("keep/a", x), rsub.count("keep:a", x))[1],
+                                harness.RECOVERY_TIMEOUT, interval=0.5)
+        self.assertTrue(ok, "the kept route does not carry after the broker returned")
+        for i in range(5):
+            pub.publish("gone/a", b"g%d" % i)
+        time.sleep(harness.QUIET)
+        b.stop()
+        line, c = self.exit_stats(b)
+        # the session no longer holds gone/+: nothing of it reached the
+        # bridge at all (not even to be dropped)
+        self.assertEqual(rsub.count("gone:a"), 0)
+        self.assertEqual(int(c["mqtt_in"]), rsub.count("keep:a"), line)
+
+    def test_mqtt311_route_added(self):
+        path = self.config([{"mqtt": "a/+", "redis": "a:*"}],
+                           mqtt={"url": self.mq.url, "protocol": "3.1.1"})
+        b = self.start_bridge(None, None, "-c", path)
+        rsub = self.redis_sub(self.rs.port, patterns=["a:*", "b:*"])
+        msub = self.mqtt_client(self.mq.port, "b/#", name="sub")
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        self.config([{"mqtt": "a/+", "redis": "a:*"}, {"mqtt": "b/+", "redis": "b:*"}],
+                    mqtt={"url": self.mq.url, "protocol": "3.1.1"})
+        self.hup(b)
+        x, y = unique("x").encode(), unique("y").encode()
+        pub.publish("b/1", x)
+        self.r.publish("b:2", y)
+        # exactly once each, no echo of our own publish in either direction
+        self.assert_once_each({"redis b:1": lambda: rsub.count("b:1", x),
+                               "mqtt b/2": lambda: msub.count("b/2", y)},
+                              "route added over MQTT 3.1.1", subscribers=[msub])
+        self.assertEqual(rsub.count("b:2"), 1)
+        b.stop()
+
+
+if __name__ == "__main__":
+    harness.main()

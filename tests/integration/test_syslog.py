@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""--syslog: lines go to syslog(3) with ident mqtt-redis-bridge, facility
+daemon, the PID, our levels as syslog priorities, and no password.
+
+glibc's syslog() always writes to /dev/log, so the test needs that path: it
+binds its own datagram socket there when nothing exists at /dev/log (CI: a
+root container without a syslog daemon) and removes it afterwards. If
+/dev/log already exists (a real syslog daemon, or another run of this test)
+or cannot be created (not root), the test is SKIPPED, says why on stderr,
+and the file exits 77, which ctest shows as "Skipped" (SKIP_RETURN_CODE)."""
+
+import os
+import re
+import socket
+import stat
+import sys
+import threading
+import time
+
+import harness
+from harness import READY_TIMEOUT, BridgeTestCase, wait_until
+
+DEV_LOG = "/dev/log"
+LOG_DAEMON = 3 << 3
+PRI = {"err": 3, "warning": 4, "info": 6, "debug": 7}
+SKIPPED = []
+
+# "<PRI>Mmm dd hh:mm:ss ident[pid]: message" (glibc, RFC 3164 style)
+LINE_RE = re.compile(r"^<(\d+)>\w{3} [ \d]\d \d\d:\d\d:\d\d ([^\[]+)\[(\d+)\]: (.*)$",
+                     re.S)
+
+
+class DevLog:
+    """A datagram socket bound at /dev/log that records what arrives."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(DEV_LOG)  # raises if it exists or we may not
+        self.ino = os.stat(DEV_LOG).st_ino
+        self.sock.settimeout(0.1)
+        self.lock = threading.Lock()
+        self.lines = []
+        self.quit = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.quit:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.lines.append(data.decode("utf-8", "replace"))
+
+    def snapshot(self):
+        with self.lock:
+            return list(self.lines)
+
+    def close(self):
+        self.quit = True
+        self.thread.join(5)
+        self.sock.close()
+        try:  # remove only our own socket
+            st = os.lstat(DEV_LOG)
+            if st.st_ino == self.ino and stat.S_ISSOCK(st.st_mode):
+                os.unlink(DEV_LOG)
+        except FileNotFoundError:
+            pass
+
+
+class SyslogTest(BridgeTestCase):
+    def setUp(self):
+        super().setUp()
+        why = None
+        if os.path.lexists(DEV_LOG):
+            why = ("%s exists (a syslog daemon, or another run of this test): "
+                   "the test needs its own /dev/log; check by hand with "
+                   "journalctl -t mqtt-redis-bridge" % DEV_LOG)
+        else:
+            try:
+                self.devlog = DevLog()
+            except OSError as e:
+                why = "cannot bind %s: %s (run as root)" % (DEV_LOG, e)
+        if why:
+            SKIPPED.append(why)
+            sys.stderr.write("SKIPPED test_syslog: %s\n" % why)
+            self.skipTest(why)
+        self.addCleanup(self.devlog.close)
+
+    def parsed(self):
+        out = []
+        for raw in self.devlog.snapshot():
+            m = LINE_RE.match(raw)
+            self.assertIsNotNone(m, "not a syslog line: %r" % raw)
+            out.append((int(m.group(1)), m.group(2), int(m.group(3)),
+                        m.group(4)))
+        return out
+
+    def wait_syslog(self, pri, text, timeout):
+        def found():
+            return [l for l in self.parsed()
+                    if l[0] == LOG_DAEMON | PRI[pri] and text in l[3]]
+        r = wait_until(found, timeout)
+        if not r:
+            self.fail("no syslog line of priority daemon.%s containing %r "
+                      "within %.1fs; got:\n%s" % (pri, text, timeout,
+                                                  "\n".join(self.devlog.snapshot())))
+        return r[0]
+
+    def test_priorities_ident_pid_no_password(self):
+        secret = "Syslog-Secret-42"
+        rs = self.start_redis(password=secret)
+        mq = self.start_mosquitto(start=False)  # down at first: a warning
+        b = self.start_bridge(None, None, "--syslog", "-v",
+                              "--mqtt", mq.url,
+                              "--redis", "redis://default:%s@127.0.0.1:%d"
+                              % (secret, rs.port), ready=False)
+        self.wait_syslog("warning", "mqtt: cannot connect to %s" % mq.url,
+                         READY_TIMEOUT)
+        mq.start()
+        ready = self.wait_syslog("info", "ready: ", READY_TIMEOUT)
+        self.assertEqual(ready[1], "mqtt-redis-bridge")
+        self.assertEqual(ready[2], b.proc.pid)
+        self.assertIn("redis://default:***@127.0.0.1:%d" % rs.port, ready[3])
+        self.assertFalse(ready[3].endswith("\n"), "a line ends without a "
+                         "newline of ours: %r" % ready[3])
+        # -v: debug lines are there too, as daemon.debug
+        self.assertTrue(any(l[0] == LOG_DAEMON | PRI["debug"]
+                            for l in self.parsed()), self.devlog.snapshot())
+        # a wrong password: one error line, password not in it
+        b2 = self.start_bridge(mq.port, None, "--syslog", "--id", "b2",
+                               "--redis", "redis://default:wrong-%s@127.0.0.1:%d"
+                               % (secret, rs.port), ready=False, name="b2")
+        err = self.wait_syslog("err", "redis: redis://default:***@127.0.0.1:%d "
+                               "refused the" % rs.port, READY_TIMEOUT)
+        self.assertEqual(err[2], b2.proc.pid)
+        b2.stop()
+        code, _ = b.stop()
+        self.assertEqual(code, 0)
+        self.wait_syslog("info", "stats: ", READY_TIMEOUT)
+        lines = self.devlog.snapshot()
+        for raw in lines:
+            self.assertNotIn(secret, raw)
+            m = LINE_RE.match(raw)
+            self.assertIsNotNone(m, raw)
+            self.assertEqual(int(m.group(1)) & ~7, LOG_DAEMON, raw)
+            self.assertEqual(m.group(2), "mqtt-redis-bridge", raw)
+            # no time stamp or level of our own in front of the message
+            self.assertIsNone(re.match(r"\d{4}-\d\d-\d\dT", m.group(4)), raw)
+            self.assertIsNone(re.match(r"(error|warning|info|debug) ",
+                                       m.group(4)), raw)
+        # nothing logged to stderr while logging to syslog
+        self.assertNotIn("ready:", b.log())
+        self.assertEqual(b.log().strip(), "", b.log())
+
+
+if __name__ == "__main__":
+    try:
+        harness.main()
+    except SystemExit as e:
+        if e.code in (0, None, False) and SKIPPED:
+            sys.exit(77)
+        raise
