@@ -1,10 +1,12 @@
 /* main.c - command line and configuration in, bridge run, exit status out. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "mrb/bridge.h"
 #include "mrb/config.h"
 #include "mrb/log.h"
+#include "mrb/statscmd.h"
 
 #define EXIT_USAGE 2
 
@@ -15,6 +17,8 @@ int main(int argc, char **argv)
     char msg[1024];
     int status = EXIT_USAGE;
 
+    if (argc > 1 && strcmp(argv[1], "stats") == 0)
+        return mrb_statscmd_main(argc - 1, argv + 1);
     mrb_config_init(&cfg);
     mrb_err err = mrb_cli_parse(argc, argv, &cli, msg, sizeof(msg));
     if (err != MRB_OK) {
