@@ -229,8 +229,12 @@ class StatsTest(BridgeTestCase):
         self.assertTrue(harness.wait_until(
             lambda: r.hget("bridge:sp:stats", "status") == b"running",
             harness.DELIVERY_TIMEOUT), "first report at ready")
+        rsub = self.redis_sub(self.rs.port, patterns=["a:*"])
         pub = self.mqtt_client(self.mq.port, name="pub")
         pub.publish("a/x", b"one")
+        # the broker's PUBACK says nothing about the bridge: wait for Redis
+        self.assertTrue(harness.wait_until(lambda: rsub.count() == 1,
+                                           harness.DELIVERY_TIMEOUT))
         rc, in_time = bridge.stop()
         self.assertTrue(in_time and rc == 0, bridge.tail())
         self.assertEqual(r.hget("bridge:sp:stats", "status"), b"stopped")
