@@ -184,9 +184,8 @@ static void report(mrb_bridge *b, const char *status)
                  (unsigned long long)kv_get(kv, n, "mqtt_in"));
         snprintf(m2r_out, sizeof(m2r_out), "%llu",
                  (unsigned long long)kv_get(kv, n, "redis_out"));
-        snprintf(r2m_in, sizeof(r2m_in), "%llu",
-                 (unsigned long long)(kv_get(kv, n, "redis_in") +
-                                      kv_get(kv, n, "stream_in")));
+        uint64_t from_redis = kv_get(kv, n, "redis_in") + kv_get(kv, n, "stream_in");
+        snprintf(r2m_in, sizeof(r2m_in), "%llu", (unsigned long long)from_redis);
         snprintf(r2m_out, sizeof(r2m_out), "%llu",
                  (unsigned long long)kv_get(kv, n, "mqtt_out"));
         snprintf(dropped, sizeof(dropped), "%llu", (unsigned long long)kv_dropped(kv, n));

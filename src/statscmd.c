@@ -410,7 +410,7 @@ static int show(redisContext *c, int json)
     size_t n;
     if (read_bridges(c, &rows, &n) != 0)
         return 1;
-    char *pats[PATTERNS_MAX];
+    char *pats[PATTERNS_MAX] = {0};
     size_t np = route_patterns(rows, n, pats, PATTERNS_MAX);
     cJSON *pl = cJSON_CreateArray();
     int rc = pl ? 0 : 1;
