@@ -179,6 +179,56 @@ class StatsTest(BridgeTestCase):
         self.assertTrue(r.sismember("bridges", "st1"))
         bridge.stop()
 
+    def test_stream_route_counts(self):
+        """A stream route both ways: XADD confirmed counts MQTT->Redis, an
+        entry published to MQTT (stream-id context) counts Redis->MQTT."""
+        cfg = self.config("ss", self.mq, 1,
+                          [{"mqtt": "s/+", "redis": "s:*", "mode": "stream"}],
+                          redis={"url": self.rs.url, "scan_interval": 1})
+        bridge = self.start_bridge(None, None, "-c", cfg)
+        msub = self.mqtt_client(self.mq.port, "s/+", name="msub")
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        r = self.redis_client(self.rs.port)
+        for i in range(3):
+            pub.publish("s/in", b"x%d" % i)
+        self.assertTrue(harness.wait_until(lambda: r.xlen("s:in") == 3,
+                                           harness.DELIVERY_TIMEOUT))
+        r.xadd("s:out", {"payload": b"from-redis"})
+        # a new key of a pattern is found by the next scan (1 s)
+        self.assertIsNotNone(msub.wait_for(lambda m: m.payload == b"from-redis",
+                                           harness.DELIVERY_TIMEOUT + 2))
+
+        def done(d):
+            x = d["routes"][0]
+            return (x["mqtt_to_redis"]["out"], x["redis_to_mqtt"]["out"]) == (3, 1)
+        doc = self.retained_doc("ss", done)
+        self.assertTrue(doc and done(doc), json.dumps(doc))
+        x = doc["routes"][0]
+        self.assertEqual((x["mode"], x["mqtt_to_redis"]["in"],
+                          x["mqtt_to_redis"]["bytes_out"], x["redis_to_mqtt"]["in"],
+                          x["redis_to_mqtt"]["bytes_out"]), ("stream", 3, 6, 1, 10))
+        bridge.stop()
+
+    def test_reconnects_and_last_error(self):
+        cfg = self.config("rc", self.mq, 1, [ROUTE_IN],
+                          reconnect={"min_ms": 100, "max_ms": 500})
+        bridge = self.start_bridge(None, None, "-c", cfg)
+        mark = bridge.mark()
+        self.rs.stop()
+        self.assert_log(bridge, harness.LOST_RE, since=mark, what="Redis down")
+        self.rs.start()  # same port
+        self.assert_log(bridge, re.compile(r"redis: reconnected"), since=mark,
+                        timeout=harness.RECOVERY_TIMEOUT)
+        # the publisher came back (the idle ingest connection notices only
+        # when it next sends; no subscriber for an MQTT->Redis route)
+        doc = self.retained_doc("rc", lambda d: d["redis"]["reconnects"] >= 1 and
+                                d["redis"]["connected"])
+        self.assertIsNotNone(doc)
+        self.assertTrue(doc["redis"]["connected"], json.dumps(doc["redis"]))
+        self.assertRegex(doc["redis"]["last_error"], r"closed|reset|refused")
+        self.assertEqual((doc["mqtt"]["reconnects"], doc["mqtt"]["last_error"]), (0, ""))
+        bridge.stop()
+
     def test_interval_zero_writes_nothing(self):
         cfg = self.config("st0", self.mq, 0, [ROUTE_IN])
         bridge = self.start_bridge(None, None, "-c", cfg)
