@@ -229,6 +229,38 @@ class StatsTest(BridgeTestCase):
         self.assertEqual((doc["mqtt"]["reconnects"], doc["mqtt"]["last_error"]), (0, ""))
         bridge.stop()
 
+    def test_message_through_two_routes_counts_in_each(self):
+        """One message, two routes, two targets: each route counts it, and
+        each reply/completion is counted for its own route."""
+        routes = ["m/+ > m1:*", "m/+ > m2:*", "n/+ < nn:*", "o/+ < nn:*"]
+        cfg = self.config("tw", self.mq, 0, routes)
+        bridge = self.start_bridge(None, None, "-c", cfg)
+        rsub = self.redis_sub(self.rs.port, patterns=["m1:*", "m2:*"])
+        msub = self.mqtt_client(self.mq.port, "n/+", "o/+", name="msub")
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        for i in range(2):
+            pub.publish("m/x", b"abc")
+        self.redis_client(self.rs.port).publish("nn:y", b"hello")
+        self.assertTrue(harness.wait_until(
+            lambda: rsub.count() == 4 and msub.count() == 2,
+            harness.DELIVERY_TIMEOUT), "%r %r" % (rsub.summary(), msub.summary()))
+        mark = bridge.mark()
+        bridge.proc.send_signal(signal.SIGUSR1)
+        self.assert_log(bridge, re.compile(r"route stats \[3\]"), since=mark)
+        lines = [harness.log_message(l) for l in bridge.lines(mark)]
+        got = {}
+        for l in lines:
+            m = re.match(r"route stats \[(\d)\] .*: (\w+): in=(\d+) out=(\d+) "
+                         r"bytes_in=(\d+) bytes_out=(\d+)", l)
+            if m:
+                got[int(m.group(1))] = m.group(2, 3, 4, 5, 6)
+        self.assertEqual(got, {0: ("mqtt_to_redis", "2", "2", "6", "6"),
+                               1: ("mqtt_to_redis", "2", "2", "6", "6"),
+                               2: ("redis_to_mqtt", "1", "1", "5", "5"),
+                               3: ("redis_to_mqtt", "1", "1", "5", "5")},
+                         "\n".join(lines))
+        bridge.stop()
+
     def test_interval_zero_writes_nothing(self):
         cfg = self.config("st0", self.mq, 0, [ROUTE_IN])
         bridge = self.start_bridge(None, None, "-c", cfg)
