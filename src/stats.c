@@ -67,6 +67,14 @@ uint64_t mrb_lat_quantile(const uint64_t counts[MRB_LAT_BUCKETS], double q)
     return mrb_lat_bucket_max(MRB_LAT_BUCKETS - 1);
 }
 
+mrb_lat_summary mrb_lat_summarize(const uint64_t counts[MRB_LAT_BUCKETS])
+{
+    mrb_lat_summary s = {0, mrb_lat_quantile(counts, 0.5), mrb_lat_quantile(counts, 0.99)};
+    for (unsigned i = 0; i < MRB_LAT_BUCKETS; i++)
+        s.count += counts[i];
+    return s;
+}
+
 /* ---- the table ---- */
 
 static size_t first_route(const mrb_routes *t, const char *name, int redis)
@@ -107,8 +115,10 @@ void mrb_stats_table_free(mrb_stats_table *st)
     memset(st, 0, sizeof(*st));
 }
 
-static void read_dir(mrb_dir_stats *d, mrb_dir_snap *s, int take)
+static void read_dir(mrb_dir_stats *d, mrb_dir_snap *s, int take,
+                     uint64_t acc[MRB_LAT_BUCKETS])
 {
+    uint64_t lat[MRB_LAT_BUCKETS] = {0};
 #define LD(f) atomic_load_explicit(&d->f, memory_order_relaxed)
     s->in = LD(in);
     s->bytes_in = LD(bytes_in);
@@ -120,21 +130,24 @@ static void read_dir(mrb_dir_stats *d, mrb_dir_snap *s, int take)
     s->rate_limited = LD(dropped_rate_limited);
     s->send_failed = LD(dropped_send_failed);
 #undef LD
-    memset(s->lat, 0, sizeof(s->lat));
     if (take)
-        mrb_lat_take(&d->lat, s->lat);
+        mrb_lat_take(&d->lat, lat);
     else
         for (unsigned i = 0; i < MRB_LAT_BUCKETS; i++)
-            s->lat[i] = atomic_load_explicit(&d->lat.n[i], memory_order_relaxed);
+            lat[i] = atomic_load_explicit(&d->lat.n[i], memory_order_relaxed);
+    s->lat = mrb_lat_summarize(lat);
+    for (unsigned i = 0; acc && i < MRB_LAT_BUCKETS; i++)
+        acc[i] += lat[i];
 }
 
 void mrb_stats_read(mrb_stats_table *st, const mrb_routes *t, mrb_route_snap *snap,
-                    int take)
+                    int take, uint64_t m2r[MRB_LAT_BUCKETS],
+                    uint64_t r2m[MRB_LAT_BUCKETS])
 {
     for (size_t i = 0; i < st->n; i++) {
         snap[i].route = &t->route[i];
-        read_dir(&st->r[i].m2r, &snap[i].m2r, take);
-        read_dir(&st->r[i].r2m, &snap[i].r2m, take);
+        read_dir(&st->r[i].m2r, &snap[i].m2r, take, m2r);
+        read_dir(&st->r[i].r2m, &snap[i].r2m, take, r2m);
     }
 }
 
@@ -145,15 +158,12 @@ static int add_num(cJSON *o, const char *name, double v)
     return cJSON_AddNumberToObject(o, name, v) != NULL;
 }
 
-static cJSON *latency(const uint64_t lat[MRB_LAT_BUCKETS])
+static cJSON *latency(const mrb_lat_summary *l)
 {
     cJSON *o = cJSON_CreateObject();
-    uint64_t n = 0;
-    for (unsigned i = 0; i < MRB_LAT_BUCKETS; i++)
-        n += lat[i];
-    if (o && add_num(o, "count", (double)n) &&
-        add_num(o, "p50_us", (double)mrb_lat_quantile(lat, 0.5)) &&
-        add_num(o, "p99_us", (double)mrb_lat_quantile(lat, 0.99)))
+    if (o && add_num(o, "count", (double)l->count) &&
+        add_num(o, "p50_us", (double)l->p50_us) &&
+        add_num(o, "p99_us", (double)l->p99_us))
         return o;
     cJSON_Delete(o);
     return NULL;
@@ -161,7 +171,7 @@ static cJSON *latency(const uint64_t lat[MRB_LAT_BUCKETS])
 
 static cJSON *dir_json(const mrb_dir_snap *d)
 {
-    cJSON *o = cJSON_CreateObject(), *dr = cJSON_CreateObject(), *lat = latency(d->lat);
+    cJSON *o = cJSON_CreateObject(), *dr = cJSON_CreateObject(), *lat = latency(&d->lat);
     if (!o || !dr || !lat || !add_num(o, "in", (double)d->in) ||
         !add_num(o, "bytes_in", (double)d->bytes_in) || !add_num(o, "out", (double)d->out) ||
         !add_num(o, "bytes_out", (double)d->bytes_out) ||
@@ -228,7 +238,6 @@ char *mrb_stats_json(const mrb_stats_snap *s)
     cJSON *doc = cJSON_CreateObject(), *totals = cJSON_CreateObject();
     cJSON *lat = cJSON_CreateObject(), *routes = cJSON_CreateArray();
     cJSON *mq = side_json(&s->mqtt), *rd = side_json(&s->redis);
-    uint64_t m2r[MRB_LAT_BUCKETS] = {0}, r2m[MRB_LAT_BUCKETS] = {0};
     if (!doc || !totals || !lat || !routes || !mq || !rd) {
         cJSON_Delete(totals);
         cJSON_Delete(lat);
@@ -258,12 +267,8 @@ char *mrb_stats_json(const mrb_stats_snap *s)
         if (!r)
             goto out;
         cJSON_AddItemToArray(routes, r);
-        for (unsigned k = 0; k < MRB_LAT_BUCKETS; k++) {
-            m2r[k] += s->routes[i].m2r.lat[k];
-            r2m[k] += s->routes[i].r2m.lat[k];
-        }
     }
-    cJSON *a = latency(m2r), *b = latency(r2m);
+    cJSON *a = latency(&s->lat_m2r), *b = latency(&s->lat_r2m);
     if (!a || !b) {
         cJSON_Delete(a);
         cJSON_Delete(b);

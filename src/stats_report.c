@@ -97,7 +97,7 @@ void mrb_stats_log(mrb_bridge *b)
     mrb_route_snap *rs = b->st.n ? calloc(b->st.n, sizeof(*rs)) : NULL;
     size_t n_rs = rs ? b->st.n : 0;
     if (rs) /* the latency interval is the publisher's: only read */
-        mrb_stats_read(&b->st, &b->routes, rs, 0);
+        mrb_stats_read(&b->st, &b->routes, rs, 0, NULL, NULL);
     mrb_stat_kv kv[N_TOTALS];
     size_t n = totals(b, rs, n_rs, kv);
     char line[2048];
@@ -148,7 +148,8 @@ static void report(mrb_bridge *b, const char *status)
     mrb_route_snap *rs = b->st.n ? calloc(b->st.n, sizeof(*rs)) : NULL;
     if (b->st.n && !rs)
         return; /* out of memory: skip this turn */
-    mrb_stats_read(&b->st, &b->routes, rs, 1);
+    uint64_t m2r[MRB_LAT_BUCKETS] = {0}, r2m[MRB_LAT_BUCKETS] = {0};
+    mrb_stats_read(&b->st, &b->routes, rs, 1, m2r, r2m);
     mrb_stat_kv kv[N_TOTALS];
     size_t n = totals(b, rs, b->st.n, kv);
     int64_t now = (int64_t)time(NULL);
@@ -164,7 +165,8 @@ static void report(mrb_bridge *b, const char *status)
                       reconnects(b->rread.connects) +
                       reconnects(atomic_load(&b->ing.connects)),
                   redis_last_error(b)},
-        .totals = kv, .n_totals = n, .routes = rs, .n_routes = b->st.n};
+        .totals = kv, .n_totals = n, .lat_m2r = mrb_lat_summarize(m2r),
+        .lat_r2m = mrb_lat_summarize(r2m), .routes = rs, .n_routes = b->st.n};
     char *json = mrb_stats_json(&s);
     free(rs);
     if (!json)

@@ -53,6 +53,11 @@ void mrb_lat_take(mrb_lat_hist *h, uint64_t acc[MRB_LAT_BUCKETS]);
  * that holds it, so at most 50% high; 0 when there are no counts. */
 uint64_t mrb_lat_quantile(const uint64_t counts[MRB_LAT_BUCKETS], double q);
 
+typedef struct mrb_lat_summary {
+    uint64_t count, p50_us, p99_us;
+} mrb_lat_summary;
+mrb_lat_summary mrb_lat_summarize(const uint64_t counts[MRB_LAT_BUCKETS]);
+
 /* One route, one direction. */
 typedef struct mrb_dir_stats {
     atomic_ullong in, bytes_in;     /* taken from the source via this route */
@@ -102,7 +107,7 @@ int64_t mrb_now_us(void);
 typedef struct mrb_dir_snap {
     uint64_t in, bytes_in, out, bytes_out;
     uint64_t too_large, unmappable, queue_full, rate_limited, send_failed;
-    uint64_t lat[MRB_LAT_BUCKETS];  /* this interval's latencies */
+    mrb_lat_summary lat;            /* this interval's latencies */
 } mrb_dir_snap;
 
 typedef struct mrb_route_snap {
@@ -129,15 +134,18 @@ typedef struct mrb_stats_snap {
     mrb_side_snap mqtt, redis;
     const mrb_stat_kv *totals;
     size_t n_totals;
+    mrb_lat_summary lat_m2r, lat_r2m;  /* all routes, this interval */
     const mrb_route_snap *routes;
     size_t n_routes;
 } mrb_stats_snap;
 
 /* Copy route stats st->r[i] into snap[i] (snap holds st->n entries). take:
  * the latency buckets are taken (zeroed: a new interval begins); else they
- * are only read. */
+ * are only read. The buckets of all routes are added to m2r and r2m (each
+ * may be NULL), for the totals. */
 void mrb_stats_read(mrb_stats_table *st, const mrb_routes *t, mrb_route_snap *snap,
-                    int take);
+                    int take, uint64_t m2r[MRB_LAT_BUCKETS],
+                    uint64_t r2m[MRB_LAT_BUCKETS]);
 
 /* The document (see README, "Statistics"), compact JSON, NUL-terminated;
  * NULL when out of memory. Free with free(). */

@@ -130,14 +130,18 @@ static void test_json_document(void **state)
     mrb_stats_count(&st.r[1].r2m.dropped_unmappable, 1);
     mrb_lat_add(&st.r[1].r2m.lat, 20);
     mrb_route_snap snap[2];
-    mrb_stats_read(&st, &t, snap, 1);
+    uint64_t m2r[MRB_LAT_BUCKETS] = {0}, r2m[MRB_LAT_BUCKETS] = {0};
+    mrb_stats_read(&st, &t, snap, 1, m2r, r2m);
     mrb_stat_kv kv[] = {{"mqtt_in", 10}, {"dropped_unmappable", 1}};
     mrb_stats_snap s = {.id = "b1", .version = "9.9", .status = "running",
                         .now_unix = 1000, .started_unix = 900, .uptime_s = 100,
                         .interval_s = 60,
                         .mqtt = {"mqtt://h:1883", 1, 2, ""},
                         .redis = {"redis://:***@h:6379", 0, 0, "refused"},
-                        .totals = kv, .n_totals = 2, .routes = snap, .n_routes = 2};
+                        .totals = kv, .n_totals = 2,
+                        .lat_m2r = mrb_lat_summarize(m2r),
+                        .lat_r2m = mrb_lat_summarize(r2m),
+                        .routes = snap, .n_routes = 2};
     char *text = mrb_stats_json(&s);
     assert_non_null(text);
     cJSON *d = cJSON_Parse(text);
@@ -166,11 +170,14 @@ static void test_json_document(void **state)
     assert_true(num(r0, "mqtt_to_redis.dropped.rate_limited") == 0);
     assert_true(num(r1, "redis_to_mqtt.dropped.unmappable") == 1);
     assert_true(num(r1, "mqtt_to_redis.latency.count") == 0);
+    assert_true(num(r0, "mqtt_to_redis.latency.count") == 10);
+    assert_true(num(r0, "mqtt_to_redis.latency.p99_us") == 383);
+    assert_true(num(r1, "redis_to_mqtt.latency.p50_us") == 23);
     cJSON_Delete(d);
     free(text);
     /* the interval's latencies were taken */
-    mrb_stats_read(&st, &t, snap, 0);
-    assert_int_equal(mrb_lat_quantile(snap[0].m2r.lat, 0.5), 0);
+    mrb_stats_read(&st, &t, snap, 0, NULL, NULL);
+    assert_int_equal(snap[0].m2r.lat.count, 0);
     assert_int_equal(snap[0].m2r.in, 10); /* counters are not reset */
     mrb_stats_table_free(&st);
     mrb_routes_free(&t);
