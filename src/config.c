@@ -530,13 +530,21 @@ mrb_err mrb_config_load_file(mrb_config *cfg, const char *path, char *msg,
 
 void mrb_cli_usage(FILE *out)
 {
+#if MRB_WITH_STATS_CMD
     fputs(
 "Usage: " PROG " [OPTIONS]\n"
 "       " PROG " stats [--redis URL] [-c FILE] [--json] [--watch N]\n"
 "Bridge MQTT topics and Redis pub/sub channels or streams both ways.\n"
 "The stats subcommand prints what the bridges report to Redis (every\n"
 "stats_interval seconds: counters per route, drops, latency) and the active\n"
-"channels of their routes; see '" PROG " stats --help'.\n"
+"channels of their routes; see '" PROG " stats --help'.\n", out);
+#else
+    fputs(
+"Usage: " PROG " [OPTIONS]\n"
+"Bridge MQTT topics and Redis pub/sub channels or streams both ways.\n"
+"(Built without the stats subcommand.)\n", out);
+#endif
+    fputs(
 "\n"
 "  -c, --config FILE   read a JSON configuration file (keys: see README)\n"
 "      --mqtt URL      broker, mqtt://[user[:pass]@]host[:port] or, with\n"

@@ -22,6 +22,11 @@ ROUTE_OUT = "b/+ < b:*"   # Redis -> MQTT only
 M2R_N, R2M_N = 10, 7
 
 
+def has_stats_cmd():
+    """Built WITH_STATS_CMD? (--version says "stats command: yes")."""
+    return b"stats command: yes" in harness.run_bridge(["--version"]).stdout
+
+
 def stats_cmd(*args, timeout=15):
     return subprocess.run([harness.BRIDGE, "stats"] + list(args),
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -329,6 +334,8 @@ class StatsTest(BridgeTestCase):
     def test_stats_command_two_bridges(self):
         """Two bridges (two brokers, one Redis): the table and --json list
         both with their counts; a channel with 3 Redis subscribers shows 3."""
+        if not has_stats_cmd():
+            self.skipTest("built without the stats subcommand (WITH_STATS_CMD=OFF)")
         mq2 = self.start_mosquitto()
         routes = ["w/+ <> watch:*"]
         b1 = self.start_bridge(None, None, "-c",
@@ -398,6 +405,8 @@ class StatsTest(BridgeTestCase):
         b1.stop()
 
     def test_stats_command_errors(self):
+        if not has_stats_cmd():
+            self.skipTest("built without the stats subcommand (WITH_STATS_CMD=OFF)")
         port = harness.free_port()
         out = stats_cmd("--redis", "redis://127.0.0.1:%d" % port)
         self.assertEqual(out.returncode, 1)
@@ -414,6 +423,13 @@ class StatsTest(BridgeTestCase):
         out = stats_cmd("--redis", self.rs.url)
         self.assertEqual(out.returncode, 0)
         self.assertIn(b"no bridge reports to this Redis", out.stdout)
+
+    def test_without_stats_command(self):
+        if has_stats_cmd():
+            self.skipTest("built with the stats subcommand")
+        out = stats_cmd("--redis", self.rs.url)
+        self.assertEqual(out.returncode, 2)
+        self.assertIn(b"built without the stats subcommand", out.stderr)
 
 
 if __name__ == "__main__":
