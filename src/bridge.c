@@ -516,6 +516,10 @@ int mrb_bridge_run(const mrb_config *cfg)
 
 out:
     mrb_ingest_stop(b); /* (again: a no-op after a clean stop) */
+    if (!have_mqtt) { /* mrb_mqtt_init failed part way: no Paho thread ran */
+        free(b->mqtt.slot);
+        b->mqtt.slot = NULL;
+    }
     if (have_mqtt) {
         mrb_redis_destroy(b);
         /* after this no Paho thread runs: what is left is counted below,
