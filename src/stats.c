@@ -115,6 +115,43 @@ void mrb_stats_table_free(mrb_stats_table *st)
     memset(st, 0, sizeof(*st));
 }
 
+static void carry_dir(mrb_dir_stats *to, mrb_dir_stats *from)
+{
+#define MV(f) mrb_stats_count(&to->f, atomic_load_explicit(&from->f, memory_order_relaxed))
+    MV(in);
+    MV(bytes_in);
+    MV(out);
+    MV(bytes_out);
+    MV(dropped_too_large);
+    MV(dropped_unmappable);
+    MV(dropped_queue_full);
+    MV(dropped_rate_limited);
+    MV(dropped_send_failed);
+#undef MV
+    for (unsigned i = 0; i < MRB_LAT_BUCKETS; i++)
+        atomic_fetch_add_explicit(&to->lat.n[i],
+                                  atomic_load_explicit(&from->lat.n[i],
+                                                       memory_order_relaxed),
+                                  memory_order_relaxed);
+}
+
+void mrb_stats_table_carry(mrb_stats_table *st, const mrb_routes *t,
+                           mrb_stats_table *old, const mrb_routes *old_t)
+{
+    char a[600], b[600];
+    for (size_t i = 0; i < st->n && i < t->n; i++) {
+        mrb_route_format(&t->route[i], a, sizeof(a));
+        for (size_t j = 0; j < old->n && j < old_t->n; j++) {
+            mrb_route_format(&old_t->route[j], b, sizeof(b));
+            if (strcmp(a, b) == 0) {
+                carry_dir(&st->r[i].m2r, &old->r[j].m2r);
+                carry_dir(&st->r[i].r2m, &old->r[j].r2m);
+                break;
+            }
+        }
+    }
+}
+
 static void read_dir(mrb_dir_stats *d, mrb_dir_snap *s, int take,
                      uint64_t acc[MRB_LAT_BUCKETS])
 {

@@ -84,6 +84,12 @@ typedef struct mrb_stats_table {
 /* Allocate zeroed counters for t. Free with mrb_stats_table_free. */
 mrb_err mrb_stats_table_alloc(mrb_stats_table *st, const mrb_routes *t);
 void mrb_stats_table_free(mrb_stats_table *st);
+/* For a route table swapped in (reload): add the counters of each route of
+ * old_t to the route of new_t with the same text (mrb_route_format), so
+ * that a route that stays keeps counting on. Routes that went away are
+ * dropped. Call when no thread counts into old any more. */
+void mrb_stats_table_carry(mrb_stats_table *st, const mrb_routes *t,
+                           mrb_stats_table *old, const mrb_routes *old_t);
 
 static inline void mrb_stats_count(atomic_ullong *c, uint64_t n)
 {

@@ -185,6 +185,35 @@ static void test_json_document(void **state)
         mrb_route_free(&r[i]);
 }
 
+static void test_carry_by_route_text(void **state)
+{
+    static const char *const old_specs[] = {"a/+ > a:*", "b/+ <> b:*"};
+    static const char *const new_specs[] = {"c <> c", "b/+ <> b:*"};
+    mrb_route ro[2], rn[2];
+    mrb_routes to, tn;
+    mrb_stats_table so, sn;
+    routes_of(&to, ro, old_specs, 2);
+    routes_of(&tn, rn, new_specs, 2);
+    assert_int_equal(mrb_stats_table_alloc(&so, &to), MRB_OK);
+    assert_int_equal(mrb_stats_table_alloc(&sn, &tn), MRB_OK);
+    mrb_stats_count(&so.r[0].m2r.in, 5);   /* a/+: gone */
+    mrb_stats_count(&so.r[1].r2m.out, 7);  /* b/+: stays, now index 1 */
+    mrb_lat_add(&so.r[1].r2m.lat, 40);
+    mrb_stats_table_carry(&sn, &tn, &so, &to);
+    assert_int_equal(atomic_load(&sn.r[0].m2r.in), 0);
+    assert_int_equal(atomic_load(&sn.r[1].r2m.out), 7);
+    assert_int_equal(atomic_load(&sn.r[1].m2r.in), 0);
+    assert_int_equal(atomic_load(&sn.r[1].r2m.lat.n[mrb_lat_bucket(40)]), 1);
+    mrb_stats_table_free(&so);
+    mrb_stats_table_free(&sn);
+    mrb_routes_free(&to);
+    mrb_routes_free(&tn);
+    for (size_t i = 0; i < 2; i++) {
+        mrb_route_free(&ro[i]);
+        mrb_route_free(&rn[i]);
+    }
+}
+
 static void test_queue_pop_if_full(void **state)
 {
     mrb_queue q;
@@ -210,6 +239,7 @@ int main(void)
         cmocka_unit_test(test_quantiles_and_take),
         cmocka_unit_test(test_table_sub_routes),
         cmocka_unit_test(test_json_document),
+        cmocka_unit_test(test_carry_by_route_text),
         cmocka_unit_test(test_queue_pop_if_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
