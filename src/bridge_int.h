@@ -24,6 +24,17 @@
  *     from bridge/<id>/replay into a bounded list under the replay's own
  *     lock and wakes main; main parses it, sends XREVRANGE on the
  *     publisher connection, and publishes the answers (its own queue).
+ *   - st, the per-route counters (mrb_stats_table, include/mrb/stats.h):
+ *     relaxed atomics, each written by the thread that owns that step of
+ *     the direction (the table in stats.h says which), read by main for
+ *     the stats report. Allocated and freed by main with the route table,
+ *     and like it swapped by a reload under routes_lock: the other threads
+ *     count into it holding routes_lock, and a route index they kept from
+ *     before a reload (a publish slot, a reply awaited) may then count for
+ *     another route of the new table (bounds-checked; documented).
+ *   - pub_slot[]: one per MQTT publish in flight (route, start time) as
+ *     Paho's context; main takes a free one (busy 0 -> 1), the completion
+ *     callback counts the route's out and latency and sets busy back to 0.
  * Paho callbacks never call into hiredis or Paho; they copy, post and wake
  * the main thread through wake_fd. The hiredis contexts are only ever used
  * by the main thread.
@@ -52,6 +63,7 @@
 #include "mrb/queue.h"
 #include "mrb/route.h"
 #include "mrb/seen.h"
+#include "mrb/stats.h"
 
 /* At most this many sends may be in flight inside Paho, and this many
  * PUBLISH/XADD replies outstanding on the ingest connection: past that, messages
@@ -118,8 +130,12 @@ typedef struct mrb_ingest {
     int outage_logged;
     int64_t down_since_ms;
     mrb_ratelimit rl_unmappable, rl_send;
+    /* route index of each command sent and not answered yet, in order
+     * (per-route stats of the replies); grows like tg, then reused */
+    unsigned *cmd_route;
+    size_t cmd_cap, cmd_head, cmd_n;
     /* counters, read by the stats line */
-    atomic_ullong redis_out, resent, echoes, stalls;
+    atomic_ullong redis_out, resent, echoes, stalls, connects;
     atomic_ullong dropped_unmappable, dropped_send_failed;
 } mrb_ingest;
 
@@ -144,6 +160,18 @@ enum {
     MQTT_EV_WINDOW = 1u << 4
 };
 
+/* One MQTT publish in flight: Paho's context for its completion. */
+typedef struct mrb_pubslot {
+    atomic_int busy;
+    struct mrb_bridge *b;
+    unsigned route;              /* MRB_NO_ROUTE: not a route's message */
+    size_t bytes;
+    int64_t t0_us;               /* taken from Redis */
+} mrb_pubslot;
+#define MRB_NO_ROUTE ((unsigned)-1)
+/* more than MRB_MQTT_WINDOW: a free one is found while below the window */
+#define MRB_PUB_SLOTS (MRB_MQTT_WINDOW + 8)
+
 typedef struct mrb_mqtt {
     MQTTAsync client;            /* main thread creates/destroys */
     int version;                 /* MQTTVERSION_5 or MQTTVERSION_3_1_1 */
@@ -166,6 +194,10 @@ typedef struct mrb_mqtt {
     atomic_int killed;           /* closed under Paho at shutdown: stay down */
     char **unsub;                /* filters a reload removed while down: */
     size_t n_unsub;              /* ... unsubscribed at the next connect */
+    mrb_pubslot *slot;           /* [MRB_PUB_SLOTS] */
+    size_t slot_next;            /* main: where to look for a free one */
+    uint64_t connects;           /* sessions begun (main) */
+    char last_error[200];        /* why the last connect failed / ended (main) */
 
     pthread_mutex_t ev_lock;
     unsigned ev;                 /* [ev_lock] MQTT_EV_* */
@@ -188,6 +220,7 @@ typedef struct mrb_rconn {
     size_t cmds;                 /* publisher, reader: any replies pending */
     int64_t wait_since_ms;       /* ... awaited since (stall check) */
     int64_t last_io_ms;          /* last reply or connect (keepalive PING) */
+    uint64_t connects;           /* times it came up */
     long long client_id;         /* reader: CLIENT ID, for CLIENT UNBLOCK */
     int reading;                 /* reader: an XREADGROUP is outstanding */
     int blocked;                 /* reader: ... and it may block */
@@ -207,6 +240,9 @@ typedef struct mrb_sx {
     struct mrb_sx *next;
     struct mrb_bridge *b;
     int ok;
+    unsigned route;              /* for the stats: route, size, start */
+    size_t bytes;
+    int64_t t0_us;
     char tag[];                  /* key '\0' id '\0' */
 } mrb_sx;
 
@@ -268,6 +304,12 @@ typedef struct mrb_bridge {
     mrb_seen mqtt_echo;          /* [echo_lock] MQTT 3.1.1 only: no No Local */
     mrb_targets tg;
     mrb_counters c;
+    mrb_stats_table st;          /* per-route counters (see above) */
+    int64_t started_unix, started_ms;
+    int64_t next_stats_ms;       /* stats_interval: next report due */
+    int stats_reported;          /* the first report (at "ready") is out */
+    int stats_final;             /* the "stopped" report was sent */
+    size_t stats_pending;        /* its Redis replies outstanding */
     mrb_ratelimit rl_unmappable, rl_large, rl_full, rl_send, rl_malformed;
     struct mrb_replay *replay;   /* replay_io.c; NULL: no stream route */
 
@@ -307,7 +349,12 @@ int64_t mrb_mqtt_next_timer(const mrb_bridge *b);
 /* MRB_OK sent; MRB_ERR_FULL try later; MRB_ERR_CONN down; MRB_ERR_INVALID
  * refused by Paho (dropped by the caller). */
 mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
-                         size_t len, int qos, int retain);
+                         size_t len, int qos, int retain, unsigned route,
+                         int64_t t0_us);
+/* A QoS 0 message of the bridge's own (stats), not counted; MRB_ERR_CONN
+ * when not connected. */
+mrb_err mrb_mqtt_publish_own(mrb_bridge *b, const char *topic, const void *payload,
+                             size_t len, int retain);
 /* The same for a stream entry: sx (key and entry id, MQTT 5 user properties
  * "stream" and "stream-id") is Paho's until it puts it on sx_done. */
 mrb_err mrb_mqtt_publish_sx(mrb_bridge *b, const char *topic, const void *payload,
@@ -364,6 +411,23 @@ int64_t mrb_redis_connect_timeout_ms(const mrb_bridge *b);
 /* Is this Redis error a refusal of our credentials or by the ACL (any
  * thread)? */
 int mrb_redis_is_refusal(const char *err);
+
+/* stats_report.c: main thread */
+void mrb_stats_tick(mrb_bridge *b, int64_t now);     /* publish when due */
+int64_t mrb_stats_next_timer(const mrb_bridge *b);
+void mrb_stats_log(mrb_bridge *b);                   /* SIGUSR1 and exit */
+void mrb_stats_stopped(mrb_bridge *b);               /* status "stopped" */
+/* The route behind a subscription, for drops before mapping (any thread). */
+static inline mrb_route_stats *mrb_stats_by_mqtt_sub(mrb_bridge *b, size_t sub)
+{
+    size_t r = sub < b->routes.n_mqtt_sub ? b->st.mqtt_sub_route[sub] : MRB_NO_SUB;
+    return r < b->st.n ? &b->st.r[r] : NULL;
+}
+static inline mrb_route_stats *mrb_stats_by_redis_sub(mrb_bridge *b, size_t sub)
+{
+    size_t r = sub < b->routes.n_redis_sub ? b->st.redis_sub_route[sub] : MRB_NO_SUB;
+    return r < b->st.n ? &b->st.r[r] : NULL;
+}
 
 /* ingest.c */
 mrb_err mrb_ingest_start(mrb_bridge *b);

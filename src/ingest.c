@@ -60,9 +60,50 @@ static void finish(mrb_bridge *b, mrb_msg *m)
     free(m);
 }
 
+/* ---- per-route stats of the replies ---- */
+
+/* The route of each command sent, in order: replies come in that order.
+ * If it cannot grow, attribution stops until the next connection (whose
+ * commands are all sent again) rather than going out of step. */
+static void cmd_push(mrb_ingest *g, unsigned route)
+{
+    if (g->cmd_n == SIZE_MAX)
+        return; /* off for this connection */
+    if (g->cmd_n == g->cmd_cap) {
+        size_t cap = g->cmd_cap ? 2 * g->cmd_cap : 1024;
+        unsigned *v = malloc(cap * sizeof(*v));
+        if (!v) {
+            g->cmd_n = SIZE_MAX;
+            return;
+        }
+        for (size_t i = 0; i < g->cmd_n; i++)
+            v[i] = g->cmd_route[(g->cmd_head + i) % g->cmd_cap];
+        free(g->cmd_route);
+        g->cmd_route = v;
+        g->cmd_cap = cap;
+        g->cmd_head = 0;
+    }
+    g->cmd_route[(g->cmd_head + g->cmd_n) % g->cmd_cap] = route;
+    g->cmd_n++;
+}
+
+static unsigned cmd_pop(mrb_ingest *g)
+{
+    if (g->cmd_n == 0 || g->cmd_n == SIZE_MAX)
+        return MRB_NO_ROUTE;
+    unsigned r = g->cmd_route[g->cmd_head];
+    g->cmd_head = (g->cmd_head + 1) % g->cmd_cap;
+    g->cmd_n--;
+    return r;
+}
+
 static void warn_unmappable(mrb_bridge *b, const mrb_msg *m)
 {
     mrb_ingest *g = &b->ing;
+    mrb_route_stats *rs = mrb_stats_by_mqtt_sub(
+        b, mrb_routes_mqtt_canonical(&b->routes, mrb_msg_name(m), m->name_len));
+    if (rs)
+        mrb_stats_count(&rs->m2r.dropped_unmappable, 1);
     uint64_t n = atomic_fetch_add(&g->dropped_unmappable, 1) + 1;
     mrb_warn_unmappable(&g->rl_unmappable, n, "MQTT topic", mrb_msg_name(m),
                         m->name_len);
@@ -94,6 +135,8 @@ static void conn_lost(mrb_bridge *b, const char *why)
         g->c = NULL;
     }
     atomic_store(&g->up, 0);
+    g->cmd_n = 0; /* in step again: every command goes again */
+    g->cmd_head = 0;
     g->unsent = g->unacked.head; /* all of them go again */
     g->outstanding = 0;
     g->outstanding_bytes = 0;
@@ -165,6 +208,7 @@ static int try_connect(mrb_bridge *b)
     redisSetTimeout(c, (struct timeval){0, 0});
     g->c = c;
     atomic_store(&g->up, 1);
+    atomic_fetch_add(&g->connects, 1);
     mrb_backoff_reset(&g->backoff);
     if (g->outage_logged) {
         if (g->unacked.count)
@@ -191,19 +235,19 @@ fail:
 
 /* ---- sending ---- */
 
-/* Append m's commands. 0 if it has no target (finished here). Holds
- * routes_lock (bridge_int.h). */
-static int append_locked(mrb_bridge *b, mrb_msg *m);
+/* Append m's commands (fresh: sent for the first time, so counted in). 0
+ * if it has no target (finished here). Holds routes_lock (bridge_int.h). */
+static int append_locked(mrb_bridge *b, mrb_msg *m, int fresh);
 
-static int append(mrb_bridge *b, mrb_msg *m)
+static int append(mrb_bridge *b, mrb_msg *m, int fresh)
 {
     pthread_mutex_lock(&b->routes_lock);
-    int r = append_locked(b, m);
+    int r = append_locked(b, m, fresh);
     pthread_mutex_unlock(&b->routes_lock);
     return r;
 }
 
-static int append_locked(mrb_bridge *b, mrb_msg *m)
+static int append_locked(mrb_bridge *b, mrb_msg *m, int fresh)
 {
     mrb_ingest *g = &b->ing;
     mrb_targets *tg = &g->tg;
@@ -215,9 +259,15 @@ static int append_locked(mrb_bridge *b, mrb_msg *m)
     int64_t now = mrb_now_ms();
     m->pending = 0;
     for (size_t i = 0; i < tg->n; i++) {
-        const mrb_route *r = &b->routes.route[tg->v[i].route];
+        unsigned ri = (unsigned)tg->v[i].route;
+        const mrb_route *r = &b->routes.route[ri];
         const char *name = tg->buf + tg->v[i].off;
         size_t nlen = tg->v[i].len;
+        cmd_push(g, ri);
+        if (fresh) {
+            mrb_stats_count(&b->st.r[ri].m2r.in, 1);
+            mrb_stats_count(&b->st.r[ri].m2r.bytes_in, m->payload_len);
+        }
         if (r->mode == MRB_MODE_STREAM) {
             char maxlen[24];
             snprintf(maxlen, sizeof(maxlen), "%ld", r->maxlen);
@@ -259,7 +309,7 @@ static void send_some(mrb_bridge *b)
 {
     mrb_ingest *g = &b->ing;
     for (; g->unsent && !window_full(g); g->unsent = g->unsent->next) {
-        if (append(b, g->unsent))
+        if (append(b, g->unsent, 0))
             atomic_fetch_add(&g->resent, 1);
     }
     if (g->unsent)
@@ -288,7 +338,7 @@ static void send_some(mrb_bridge *b)
                 continue;
             }
         }
-        if (!append(b, m)) {
+        if (!append(b, m, 1)) {
             finish(b, m);
             continue;
         }
@@ -305,6 +355,18 @@ static void take_reply(mrb_bridge *b, redisReply *r)
         freeReplyObject(r); /* not ours (cannot happen) */
         return;
     }
+    unsigned ri = cmd_pop(g);
+    int64_t dt = mrb_now_us() - m->taken_us;
+    pthread_mutex_lock(&b->routes_lock); /* a reload may swap b->st */
+    mrb_dir_stats *d = ri < b->st.n ? &b->st.r[ri].m2r : NULL;
+    if (d && r->type == REDIS_REPLY_ERROR) {
+        mrb_stats_count(&d->dropped_send_failed, 1);
+    } else if (d) {
+        mrb_stats_count(&d->out, 1);
+        mrb_stats_count(&d->bytes_out, m->payload_len);
+        mrb_lat_add(&d->lat, dt > 0 ? (uint64_t)dt : 0);
+    }
+    pthread_mutex_unlock(&b->routes_lock);
     if (r->type == REDIS_REPLY_ERROR) {
         /* refused (a key of another type, OOM...): sending again would not
          * help; dropped and counted */
@@ -549,4 +611,7 @@ void mrb_ingest_clear(mrb_bridge *b, size_t *lost, size_t *kept)
         free(m);
     }
     mrb_targets_free(&b->ing.tg);
+    free(b->ing.cmd_route);
+    b->ing.cmd_route = NULL;
+    b->ing.cmd_cap = b->ing.cmd_n = b->ing.cmd_head = 0;
 }

@@ -428,8 +428,10 @@ static void take_entry(mrb_bridge *b, const redisReply *key, const redisReply *e
         memcpy(tag + key->len + 1, id->str, id->len);
         tlen = key->len + 1 + id->len;
     }
+    int64_t t0_us = mrb_now_us();
     for (size_t i = 0; i < tg->n; i++) {
-        const mrb_route *r = &b->routes.route[tg->v[i].route];
+        unsigned ri = (unsigned)tg->v[i].route;
+        const mrb_route *r = &b->routes.route[ri];
         /* the entry is acknowledged when the last of its topics has it */
         int last = i + 1 == tg->n;
         mrb_msg *m = mrb_msg_new_tagged(tg->buf + tg->v[i].off, tg->v[i].len,
@@ -439,6 +441,10 @@ static void take_entry(mrb_bridge *b, const redisReply *key, const redisReply *e
             b->c.dropped_send_failed++; /* stays pending: read again later */
             return;
         }
+        m->route = ri;
+        m->taken_us = t0_us;
+        mrb_stats_count(&b->st.r[ri].r2m.in, 1);
+        mrb_stats_count(&b->st.r[ri].r2m.bytes_in, payload->len);
         mrb_queue_push(&b->sx_q, m);
     }
 }
@@ -607,6 +613,9 @@ static void publish_queued(mrb_bridge *b)
             sx->b = b;
             sx->next = NULL;
             sx->ok = 0;
+            sx->route = m->route;
+            sx->bytes = m->payload_len;
+            sx->t0_us = m->taken_us;
             memcpy(sx->tag, mrb_msg_tag(m), m->tag_len + 1);
         }
         int noted = mrb_bridge_note_mqtt_publish(b, mrb_msg_name(m), m->name_len,
@@ -614,7 +623,8 @@ static void publish_queued(mrb_bridge *b)
         mrb_err err = sx ? mrb_mqtt_publish_sx(b, mrb_msg_name(m), mrb_msg_payload(m),
                                                m->payload_len, m->qos, m->retain, sx)
                          : mrb_mqtt_publish(b, mrb_msg_name(m), mrb_msg_payload(m),
-                                            m->payload_len, m->qos, m->retain);
+                                            m->payload_len, m->qos, m->retain,
+                                            m->route, m->taken_us);
         if (err != MRB_OK && noted)
             mrb_bridge_unnote_mqtt_publish(b, mrb_msg_name(m), m->name_len,
                                            mrb_msg_payload(m), m->payload_len);
@@ -625,6 +635,8 @@ static void publish_queued(mrb_bridge *b)
         if (err != MRB_OK) {
             /* refused by Paho: it never will take it; do not loop on it */
             b->c.dropped_send_failed++;
+            if (m->route < b->st.n)
+                mrb_stats_count(&b->st.r[m->route].r2m.dropped_send_failed, 1);
             if (sx) {
                 size_t klen = strlen(sx->tag);
                 xack(b, sx->tag, klen, sx->tag + klen + 1, strlen(sx->tag + klen + 1));
