@@ -4,6 +4,9 @@
 #
 #   WITH_TLS=ON     (default) link Paho's TLS library (paho-mqtt3as +
 #                   OpenSSL) instead of paho-mqtt3a: mqtts:// to the broker.
+#   WITH_STATS_CMD=ON (default) the `stats` subcommand (src/statscmd.c: reads
+#                   the bridges' reports from Redis); OFF leaves it out of
+#                   the binary (the bridge still reports its statistics).
 #   MRB_STATIC=ON   a fully static mqtt-redis-bridge (glibc included), for
 #                   boards that have none of the libraries. Needs Debian's
 #                   static libpaho-mqtt3a.a / libhiredis.a (shipped in the -dev
@@ -23,6 +26,12 @@
 # (minimum TLS version, the cause of a failed handshake).
 option(WITH_TLS "Support mqtts:// (Paho's paho-mqtt3as + OpenSSL)" ON)
 option(MRB_STATIC "Link mqtt-redis-bridge fully statically" OFF)
+option(WITH_STATS_CMD "The stats subcommand (reads the bridges' reports from Redis)" ON)
+if(WITH_STATS_CMD)
+  add_compile_definitions(MRB_WITH_STATS_CMD=1)
+else()
+  add_compile_definitions(MRB_WITH_STATS_CMD=0)
+endif()
 set(MRB_CJSON_SOURCE_DIR "" CACHE PATH "cJSON sources (cJSON.c) for MRB_STATIC")
 
 if(WITH_TLS)

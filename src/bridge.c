@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #ifdef __GLIBC__
 #include <malloc.h> /* malloc_trim */
@@ -61,62 +62,6 @@ void mrb_bridge_wake(mrb_bridge *b)
         return;
     ssize_t n = write(b->wake_fd[1], "w", 1);
     (void)n; /* a full pipe already holds a wake-up */
-}
-
-static void log_stats(mrb_bridge *b)
-{
-    pthread_mutex_lock(&b->in_lock);
-    mrb_in_counters ic = b->ic;
-    size_t in_queued = b->ing.busy;
-    pthread_mutex_unlock(&b->in_lock);
-    mrb_ingest *g = &b->ing;
-    pthread_mutex_lock(&b->echo_lock);
-    unsigned long long evicted = b->redis_echo.evicted + b->mqtt_echo.evicted;
-    pthread_mutex_unlock(&b->echo_lock);
-    unsigned long long sent_ok = atomic_load(&b->mqtt.sent_ok);
-    unsigned long long sent_failed = atomic_load(&b->mqtt.sent_failed);
-    const mrb_counters *c = &b->c;
-    mrb_replay_counters rc;
-    mrb_replay_get_counters(b, &rc);
-    mrb_info("stats: mqtt_in=%llu redis_out=%llu redis_in=%llu stream_in=%llu "
-             "mqtt_out=%llu stream_acked=%llu "
-             "queued_to_redis=%zu queued_to_mqtt=%zu echoes=%llu duplicates=%llu "
-             "redelivered=%llu redis_resent=%llu stream_reread=%llu "
-             "left_with_broker=%llu stalls=%llu "
-             "dropped_unmappable=%llu dropped_too_large=%llu "
-             "dropped_queue_full=%llu dropped_send_failed=%llu "
-             "dropped_malformed=%llu dropped_rate_limited=%llu "
-             "dropped_shutdown=%llu retained_skipped=%llu echo_evicted=%llu "
-             "hash_updates=%llu "
-             "replay_requests=%llu replay_messages=%llu replay_errors=%llu "
-             "replay_dropped=%llu",
-             (unsigned long long)ic.mqtt_in,
-             (unsigned long long)atomic_load(&g->redis_out),
-             (unsigned long long)c->redis_in, (unsigned long long)c->stream_in,
-             sent_ok, (unsigned long long)c->stream_acked,
-             in_queued, b->out_q.count + b->sx_q.count,
-             (unsigned long long)(c->echoes + atomic_load(&g->echoes)),
-             (unsigned long long)(c->duplicates + ic.duplicates),
-             (unsigned long long)ic.redelivered,
-             (unsigned long long)atomic_load(&g->resent),
-             (unsigned long long)c->stream_reread,
-             (unsigned long long)ic.left_with_broker,
-             (unsigned long long)(c->stalls + atomic_load(&g->stalls)),
-             (unsigned long long)(c->dropped_unmappable +
-                                  atomic_load(&g->dropped_unmappable)),
-             (unsigned long long)(c->dropped_too_large + ic.dropped_too_large +
-                                  atomic_load(&g->dropped_too_large)),
-             (unsigned long long)(c->dropped_queue_full + ic.dropped_queue_full),
-             (unsigned long long)(c->dropped_send_failed + sent_failed + ic.nomem +
-                                  atomic_load(&g->dropped_send_failed)),
-             (unsigned long long)c->dropped_malformed,
-             (unsigned long long)mrb_limits_dropped(b),
-             (unsigned long long)(c->dropped_shutdown + ic.dropped_shutdown),
-             (unsigned long long)ic.retained_skipped,
-             evicted, (unsigned long long)atomic_load(&g->hash_updates),
-             (unsigned long long)rc.requests,
-             (unsigned long long)rc.messages, (unsigned long long)rc.errors,
-             (unsigned long long)rc.dropped);
 }
 
 void mrb_bridge_warn_too_large(mrb_bridge *b, const char *side,
@@ -178,19 +123,31 @@ int mrb_bridge_unwrap(mrb_bridge *b, const char *side, const char *name,
 
 /* ---- Redis -> MQTT ---- */
 
-/* Queue for MQTT; limited_route is 1 + the index of a rate-limited route
- * whose token the message must still take before it goes (0: none). */
+/* Queue for MQTT; need_token: the message must still take a token of its
+ * route's rate limit before it goes. */
 static void out_enqueue(mrb_bridge *b, const char *topic, size_t tlen,
                         const char *payload, size_t plen, int qos, int retain,
-                        size_t limited_route)
+                        unsigned route, int64_t t0_us, int need_token)
 {
     mrb_msg *m = mrb_msg_new(topic, tlen, payload, plen, qos, retain);
     if (!m) {
         b->c.dropped_send_failed++;
+        if (route < b->st.n)
+            mrb_stats_count(&b->st.r[route].r2m.dropped_send_failed, 1);
         return;
     }
-    m->seq = limited_route;
-    size_t dropped = mrb_queue_push(&b->out_q, m);
+    m->route = route;
+    m->taken_us = t0_us;
+    m->seq = need_token; /* over its route's rate: takes a token first */
+    size_t dropped = 0;
+    mrb_msg *old;
+    while ((old = mrb_queue_pop_if_full(&b->out_q, mrb_msg_size(m))) != NULL) {
+        if (old->route < b->st.n)
+            mrb_stats_count(&b->st.r[old->route].r2m.dropped_queue_full, 1);
+        free(old);
+        dropped++;
+    }
+    mrb_queue_push(&b->out_q, m);
     if (dropped) {
         uint64_t sup;
         b->c.dropped_queue_full += dropped;
@@ -205,12 +162,13 @@ static void out_enqueue(mrb_bridge *b, const char *topic, size_t tlen,
 
 /* Send to the broker now; 0 if it must wait (down or window full). */
 static int mqtt_send(mrb_bridge *b, const char *topic, size_t tlen,
-                     const char *payload, size_t plen, int qos, int retain)
+                     const char *payload, size_t plen, int qos, int retain,
+                     unsigned route, int64_t t0_us)
 {
     /* before the send: the echo may be back (and judged by the ingest
      * thread) before mrb_mqtt_publish() returns */
     int noted = mrb_bridge_note_mqtt_publish(b, topic, tlen, payload, plen);
-    mrb_err err = mrb_mqtt_publish(b, topic, payload, plen, qos, retain);
+    mrb_err err = mrb_mqtt_publish(b, topic, payload, plen, qos, retain, route, t0_us);
     if (err != MRB_OK && noted)
         mrb_bridge_unnote_mqtt_publish(b, topic, tlen, payload, plen);
     if (err == MRB_ERR_FULL || err == MRB_ERR_CONN)
@@ -219,6 +177,8 @@ static int mqtt_send(mrb_bridge *b, const char *topic, size_t tlen,
         uint64_t sup;
         char esc[MRB_LOG_ESCAPE_MAX];
         b->c.dropped_send_failed++;
+        if (route < b->st.n)
+            mrb_stats_count(&b->st.r[route].r2m.dropped_send_failed, 1);
         if (mrb_ratelimit_allow(&b->rl_send, mrb_now_ms(), &sup))
             mrb_warn("dropped message to MQTT topic '%s': the MQTT library "
                      "refused it; dropped_send_failed=%llu",
@@ -265,6 +225,7 @@ void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
         return;
     }
     b->c.redis_in++;
+    int64_t t0_us = mrb_now_us();
     pthread_mutex_lock(&b->echo_lock);
     int echo = mrb_seen_take(&b->redis_echo, mrb_seen_key(channel, clen, payload, plen),
                              mrb_now_ms());
@@ -273,16 +234,24 @@ void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
         b->c.echoes++;
         return;
     }
+    /* drops before mapping count for the first route of the subscription */
+    mrb_route_stats *rs = mrb_stats_by_redis_sub(b, idx);
     if ((long)plen > b->cfg->max_payload) {
+        if (rs)
+            mrb_stats_count(&rs->r2m.dropped_too_large, 1);
         mrb_bridge_warn_too_large(b, "Redis channel", channel, clen, plen);
         return;
     }
     mrb_targets *tg = &b->tg;
     if (mrb_routes_map_redis(&b->routes, MRB_MODE_PUBSUB, channel, clen, tg) != MRB_OK) {
         b->c.dropped_send_failed++;
+        if (rs)
+            mrb_stats_count(&rs->r2m.dropped_send_failed, 1);
         return;
     }
     if (tg->n == 0) {
+        if (rs)
+            mrb_stats_count(&rs->r2m.dropped_unmappable, 1);
         mrb_bridge_warn_unmappable(b, "Redis channel", channel, clen);
         return;
     }
@@ -290,8 +259,10 @@ void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
     size_t ulen = 0;
     int unwrap_state = 0; /* 0 not tried, 1 done, -1 not an envelope */
     for (size_t i = 0; i < tg->n; i++) {
-        size_t ri = tg->v[i].route;
+        unsigned ri = (unsigned)tg->v[i].route;
         const mrb_route *r = &b->routes.route[ri];
+        mrb_stats_count(&b->st.r[ri].r2m.in, 1);
+        mrb_stats_count(&b->st.r[ri].r2m.bytes_in, plen);
         char *topic = tg->buf + tg->v[i].off;
         size_t tlen = tg->v[i].len;
         const char *p = payload;
@@ -306,26 +277,23 @@ void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
             p = unwrapped;
             pl = ulen;
         }
-        size_t limited = 0;
+        int limited = 0;
         mrb_route_limit *lim = b->limits ? &b->limits[ri] : NULL;
         if (lim && mrb_bucket_limited(&lim->to_mqtt)) {
             if (r->qos == 0 && !mrb_bucket_take(&lim->to_mqtt, mrb_now_ms())) {
-                mrb_limits_dropped_one(b, ri, &lim->rl_mqtt, "Redis channel",
+                mrb_limits_dropped_one(b, ri, 0, &lim->rl_mqtt, "Redis channel",
                                        channel, clen);
                 continue;
             }
             /* QoS > 0: waits in out_q for its token (in order) */
-            if (r->qos > 0 && (b->out_q.count > 0 ||
-                               !mrb_bucket_take(&lim->to_mqtt, mrb_now_ms()))) {
-                atomic_fetch_add(&lim->rate_delayed, 1);
-                limited = ri + 1;
-            }
+            limited = r->qos > 0 && (b->out_q.count > 0 ||
+                                     !mrb_bucket_take(&lim->to_mqtt, mrb_now_ms()));
         }
         char save = topic[tlen];
         topic[tlen] = '\0'; /* Paho wants a C string; the buffer has room */
         if (limited || b->out_q.count > 0 ||
-            !mqtt_send(b, topic, tlen, p, pl, r->qos, r->retain))
-            out_enqueue(b, topic, tlen, p, pl, r->qos, r->retain, limited);
+            !mqtt_send(b, topic, tlen, p, pl, r->qos, r->retain, ri, t0_us))
+            out_enqueue(b, topic, tlen, p, pl, r->qos, r->retain, ri, t0_us, limited);
         topic[tlen] = save;
     }
     free(unwrapped);
@@ -336,10 +304,10 @@ static void pump_out(mrb_bridge *b)
     mrb_msg *m;
     b->out_rate_wait_ms = 0;
     while ((m = mrb_queue_pop(&b->out_q)) != NULL) {
-        if (m->seq && b->limits && m->seq <= b->routes.n) {
+        if (m->seq && b->limits && m->route < b->routes.n) {
             /* a QoS > 0 message over its route's rate limit: its turn
              * comes with the token (a timer of the loop) */
-            mrb_bucket *k = &b->limits[m->seq - 1].to_mqtt;
+            mrb_bucket *k = &b->limits[m->route].to_mqtt;
             int64_t now = mrb_now_ms();
             if (!mrb_bucket_take(k, now)) {
                 b->out_rate_wait_ms = now + mrb_bucket_wait_ms(k, now);
@@ -349,7 +317,7 @@ static void pump_out(mrb_bridge *b)
             m->seq = 0;
         }
         if (!mqtt_send(b, mrb_msg_name(m), m->name_len, mrb_msg_payload(m),
-                       m->payload_len, m->qos, m->retain)) {
+                       m->payload_len, m->qos, m->retain, m->route, m->taken_us)) {
             mrb_queue_push_front(&b->out_q, m);
             return;
         }
@@ -499,22 +467,27 @@ static void reload(mrb_bridge *b)
         mrb_error("reload: out of memory; the running configuration stays as it is");
         goto out;
     }
+    mrb_stats_table st, old_st;
     /* the rate limits of the new table start full */
     mrb_route_limit *limits = mrb_limits_alloc(&t, mrb_now_ms(), &err), *old_limits;
-    if (err != MRB_OK) {
+    if (err != MRB_OK || mrb_stats_table_alloc(&st, &t) != MRB_OK) {
+        mrb_limits_free(limits);
         mrb_routes_free(&t);
         mrb_error("reload: out of memory; the running configuration stays as it is");
         goto out;
     }
+    /* with the lock held no other thread counts: the counters of the
+     * routes that stay are carried over whole */
     pthread_mutex_lock(&b->routes_lock);
+    mrb_stats_table_carry(&st, &t, &b->st, &b->routes);
+    old_st = b->st;
+    b->st = st;
     old = b->routes;
     b->routes = t;
     old_limits = b->limits;
     b->limits = limits;
     pthread_mutex_unlock(&b->routes_lock);
-    if (old_limits)
-        for (size_t i = 0; i < old.n; i++)
-            b->c.rate_limited_old += atomic_load(&old_limits[i].rate_limited);
+    mrb_stats_table_free(&old_st);
     mrb_limits_free(old_limits);
     /* messages waiting for a token of the old table go without one */
     for (mrb_msg *m = b->out_q.head; m; m = m->next)
@@ -558,7 +531,7 @@ static int run_loop(mrb_bridge *b)
         int64_t now = mrb_now_ms();
         if (got_usr1) {
             got_usr1 = 0;
-            log_stats(b);
+            mrb_stats_log(b);
         }
         if (got_hup) {
             got_hup = 0;
@@ -587,10 +560,20 @@ static int run_loop(mrb_bridge *b)
         mrb_stream_pump(b);
         mrb_replay_pump(b);
         check_ready(b);
+        mrb_stats_tick(b, now);
         if (b->fatal)
             return 1;
-        if (b->stopping && (drained(b) || now >= deadline))
-            return 0;
+        if (b->stopping && (drained(b) || now >= deadline)) {
+            /* the last report says "stopped"; wait (bounded) for Redis to
+             * take it */
+            if (!b->stats_final && now < deadline) {
+                b->stats_final = 1;
+                mrb_stats_stopped(b);
+            }
+            if (b->stats_pending == 0 || now >= deadline ||
+                b->rpub.state != CONN_UP)
+                return 0;
+        }
         if (b->stopping && atomic_load(&b->mqtt.inflight) > 0) {
             /* have the last completions wake us, not the poll timeout */
             atomic_store(&b->mqtt.window_waiting, 1);
@@ -615,6 +598,9 @@ static int run_loop(mrb_bridge *b)
             next = b->out_rate_wait_ms;
         if (b->sx_rate_wait_ms && b->sx_rate_wait_ms < next)
             next = b->sx_rate_wait_ms;
+        rt = mrb_stats_next_timer(b);
+        if (rt < next)
+            next = rt;
         if (b->stopping && deadline < next)
             next = deadline;
         if (trim_due && now - busy_ms >= MRB_TRIM_IDLE_MS) {
@@ -670,7 +656,11 @@ int mrb_bridge_run(const mrb_config *cfg, mrb_reload_fn reload_fn, void *reload_
     mrb_url_format_redacted(&cfg->mqtt, MRB_URL_MQTT, b->mqtt_url, sizeof(b->mqtt_url));
     mrb_url_format_redacted(&cfg->redis, MRB_URL_REDIS, b->redis_url,
                             sizeof(b->redis_url));
+    b->started_unix = (int64_t)time(NULL);
+    b->started_ms = mrb_now_ms();
+    b->next_stats_ms = b->started_ms + cfg->stats_interval * 1000;
     if (mrb_routes_build(&b->routes, cfg->routes, cfg->n_routes) != MRB_OK ||
+        mrb_stats_table_alloc(&b->st, &b->routes) != MRB_OK ||
         mrb_seen_init(&b->redis_echo, MRB_ECHO_CAPACITY, MRB_ECHO_TTL_MS) != MRB_OK ||
         mrb_seen_init(&b->mqtt_echo, MRB_ECHO_CAPACITY, MRB_ECHO_TTL_MS) != MRB_OK) {
         mrb_error("out of memory");
@@ -742,6 +732,10 @@ int mrb_bridge_run(const mrb_config *cfg, mrb_reload_fn reload_fn, void *reload_
 
 out:
     mrb_ingest_stop(b); /* (again: a no-op after a clean stop) */
+    if (!have_mqtt) { /* mrb_mqtt_init failed part way: no Paho thread ran */
+        free(b->mqtt.slot);
+        b->mqtt.slot = NULL;
+    }
     if (have_mqtt) {
         mrb_redis_destroy(b);
         /* after this no Paho thread runs: what is left is counted below,
@@ -758,7 +752,7 @@ out:
             mrb_info("shutdown: %zu QoS 1 message(s) not yet in Redis stay "
                      "unacknowledged with the broker, which sends them again",
                      kept);
-        log_stats(b);
+        mrb_stats_log(b);
     }
     signal_fd = -1;
     if (have_lock) {
@@ -776,6 +770,7 @@ out:
     mrb_targets_free(&b->tg);
     mrb_seen_free(&b->redis_echo);
     mrb_seen_free(&b->mqtt_echo);
+    mrb_stats_table_free(&b->st);
     mrb_limits_free(b->limits);
     mrb_routes_free(&b->routes);
     if (b->wake_fd[0] >= 0)

@@ -24,6 +24,17 @@
  *     from bridge/<id>/replay into a bounded list under the replay's own
  *     lock and wakes main; main parses it, sends XREVRANGE on the
  *     publisher connection, and publishes the answers (its own queue).
+ *   - st, the per-route counters (mrb_stats_table, include/mrb/stats.h):
+ *     relaxed atomics, each written by the thread that owns that step of
+ *     the direction (the table in stats.h says which), read by main for
+ *     the stats report. Allocated and freed by main with the route table,
+ *     and like it swapped by a reload under routes_lock: the other threads
+ *     count into it holding routes_lock, and a route index they kept from
+ *     before a reload (a publish slot, a reply awaited) may then count for
+ *     another route of the new table (bounds-checked; documented).
+ *   - pub_slot[]: one per MQTT publish in flight (route, start time) as
+ *     Paho's context; main takes a free one (busy 0 -> 1), the completion
+ *     callback counts the route's out and latency and sets busy back to 0.
  * Paho callbacks never call into hiredis or Paho; they copy, post and wake
  * the main thread through wake_fd. The hiredis contexts are only ever used
  * by the main thread.
@@ -61,6 +72,7 @@
 #include "mrb/queue.h"
 #include "mrb/route.h"
 #include "mrb/seen.h"
+#include "mrb/stats.h"
 
 /* At most this many sends may be in flight inside Paho, and this many
  * PUBLISH/XADD replies outstanding on the ingest connection: past that, messages
@@ -88,10 +100,8 @@ typedef enum conn_state { CONN_DOWN = 0, CONN_CONNECTING, CONN_UP } conn_state;
 typedef struct mrb_route_limit {
     mrb_bucket to_redis;          /* the ingest thread's */
     mrb_bucket to_mqtt;           /* main's */
-    atomic_ullong rate_limited;   /* QoS 0 messages dropped over the limit,
-                                     both directions (per-route stats) */
-    atomic_ullong rate_delayed;   /* QoS > 0 messages that waited for it */
-    mrb_ratelimit rl_redis, rl_mqtt; /* its warning, per thread */
+    mrb_ratelimit rl_redis, rl_mqtt; /* its warning, per thread (the drops
+                                     are counted in b->st: dropped_rate_limited) */
 } mrb_route_limit;
 
 /* Counters of the main thread. Those of Paho's receive thread live in
@@ -112,8 +122,6 @@ typedef struct mrb_counters {
     uint64_t stream_reread;      /* pending entries read again (maybe dups) */
     uint64_t dropped_malformed;  /* stream entries without a payload field */
     uint64_t stalls;             /* Redis stopped answering: reconnected */
-    uint64_t rate_limited_old;   /* dropped_rate_limited of tables a reload
-                                    replaced */
 } mrb_counters;
 
 /* MQTT -> Redis: the ingest thread's state (ingest.c). */
@@ -141,8 +149,12 @@ typedef struct mrb_ingest {
     mrb_ratelimit rl_unmappable, rl_send, rl_large;
     mrb_msg *held;               /* QoS > 0, waiting for a route's rate limit */
     int64_t held_until_ms;
+    /* route index of each command sent and not answered yet, in order
+     * (per-route stats of the replies); grows like tg, then reused */
+    unsigned *cmd_route;
+    size_t cmd_cap, cmd_head, cmd_n;
     /* counters, read by the stats line */
-    atomic_ullong redis_out, resent, echoes, stalls;
+    atomic_ullong redis_out, resent, echoes, stalls, connects;
     atomic_ullong dropped_unmappable, dropped_send_failed;
     atomic_ullong dropped_too_large; /* grew past max_payload in its envelope */
     atomic_ullong hash_updates;  /* HSET/HDEL of store routes sent (once
@@ -170,6 +182,18 @@ enum {
     MQTT_EV_WINDOW = 1u << 4
 };
 
+/* One MQTT publish in flight: Paho's context for its completion. */
+typedef struct mrb_pubslot {
+    atomic_int busy;
+    struct mrb_bridge *b;
+    unsigned route;              /* MRB_NO_ROUTE: not a route's message */
+    size_t bytes;
+    int64_t t0_us;               /* taken from Redis */
+} mrb_pubslot;
+#define MRB_NO_ROUTE ((unsigned)-1)
+/* more than MRB_MQTT_WINDOW: a free one is found while below the window */
+#define MRB_PUB_SLOTS (MRB_MQTT_WINDOW + 8)
+
 typedef struct mrb_mqtt {
     MQTTAsync client;            /* main thread creates/destroys */
     int version;                 /* MQTTVERSION_5 or MQTTVERSION_3_1_1 */
@@ -192,6 +216,10 @@ typedef struct mrb_mqtt {
     atomic_int killed;           /* closed under Paho at shutdown: stay down */
     char **unsub;                /* filters a reload removed while down: */
     size_t n_unsub;              /* ... unsubscribed at the next connect */
+    mrb_pubslot *slot;           /* [MRB_PUB_SLOTS] */
+    size_t slot_next;            /* main: where to look for a free one */
+    uint64_t connects;           /* sessions begun (main) */
+    char last_error[200];        /* why the last connect failed / ended (main) */
 
     pthread_mutex_t ev_lock;
     unsigned ev;                 /* [ev_lock] MQTT_EV_* */
@@ -214,6 +242,7 @@ typedef struct mrb_rconn {
     size_t cmds;                 /* publisher, reader: any replies pending */
     int64_t wait_since_ms;       /* ... awaited since (stall check) */
     int64_t last_io_ms;          /* last reply or connect (keepalive PING) */
+    uint64_t connects;           /* times it came up */
     long long client_id;         /* reader: CLIENT ID, for CLIENT UNBLOCK */
     int reading;                 /* reader: an XREADGROUP is outstanding */
     int blocked;                 /* reader: ... and it may block */
@@ -233,6 +262,9 @@ typedef struct mrb_sx {
     struct mrb_sx *next;
     struct mrb_bridge *b;
     int ok;
+    unsigned route;              /* for the stats: route, size, start */
+    size_t bytes;
+    int64_t t0_us;
     char tag[];                  /* key '\0' id '\0' */
 } mrb_sx;
 
@@ -298,6 +330,12 @@ typedef struct mrb_bridge {
     mrb_seen mqtt_echo;          /* [echo_lock] MQTT 3.1.1 only: no No Local */
     mrb_targets tg;
     mrb_counters c;
+    mrb_stats_table st;          /* per-route counters (see above) */
+    int64_t started_unix, started_ms;
+    int64_t next_stats_ms;       /* stats_interval: next report due */
+    int stats_reported;          /* the first report (at "ready") is out */
+    int stats_final;             /* the "stopped" report was sent */
+    size_t stats_pending;        /* its Redis replies outstanding */
     mrb_ratelimit rl_unmappable, rl_large, rl_full, rl_send, rl_malformed;
     struct mrb_replay *replay;   /* replay_io.c; NULL: no stream route */
 
@@ -340,13 +378,13 @@ int mrb_bridge_unwrap(mrb_bridge *b, const char *side, const char *name,
  * memory (*err says which). */
 mrb_route_limit *mrb_limits_alloc(const mrb_routes *t, int64_t now, mrb_err *err);
 void mrb_limits_free(mrb_route_limit *l);
-/* Sum of the routes' rate_limited counts, with those of tables a reload
- * replaced (main thread). */
-uint64_t mrb_limits_dropped(const mrb_bridge *b);
-/* One rate-limited warning for a QoS 0 message dropped over route ri's
- * limit, counted (the calling direction's thread, its rl). */
-void mrb_limits_dropped_one(mrb_bridge *b, size_t ri, mrb_ratelimit *rl,
-                            const char *side, const char *name, size_t len);
+/* A QoS 0 message dropped over route ri's limit: counted in the route's
+ * stats (b->st, direction to_redis or not), one rate-limited warning (the
+ * calling direction's thread, its rl; the ingest thread holds
+ * routes_lock). */
+void mrb_limits_dropped_one(mrb_bridge *b, size_t ri, int to_redis,
+                            mrb_ratelimit *rl, const char *side, const char *name,
+                            size_t len);
 
 /* mqtt.c: all main thread unless noted */
 mrb_err mrb_mqtt_init(mrb_bridge *b);
@@ -356,7 +394,12 @@ int64_t mrb_mqtt_next_timer(const mrb_bridge *b);
 /* MRB_OK sent; MRB_ERR_FULL try later; MRB_ERR_CONN down; MRB_ERR_INVALID
  * refused by Paho (dropped by the caller). */
 mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
-                         size_t len, int qos, int retain);
+                         size_t len, int qos, int retain, unsigned route,
+                         int64_t t0_us);
+/* A QoS 0 message of the bridge's own (stats), not counted; MRB_ERR_CONN
+ * when not connected. */
+mrb_err mrb_mqtt_publish_own(mrb_bridge *b, const char *topic, const void *payload,
+                             size_t len, int retain);
 /* The same for a stream entry: sx (key and entry id, MQTT 5 user properties
  * "stream" and "stream-id") is Paho's until it puts it on sx_done. */
 mrb_err mrb_mqtt_publish_sx(mrb_bridge *b, const char *topic, const void *payload,
@@ -413,6 +456,23 @@ int64_t mrb_redis_connect_timeout_ms(const mrb_bridge *b);
 /* Is this Redis error a refusal of our credentials or by the ACL (any
  * thread)? */
 int mrb_redis_is_refusal(const char *err);
+
+/* stats_report.c: main thread */
+void mrb_stats_tick(mrb_bridge *b, int64_t now);     /* publish when due */
+int64_t mrb_stats_next_timer(const mrb_bridge *b);
+void mrb_stats_log(mrb_bridge *b);                   /* SIGUSR1 and exit */
+void mrb_stats_stopped(mrb_bridge *b);               /* status "stopped" */
+/* The route behind a subscription, for drops before mapping (any thread). */
+static inline mrb_route_stats *mrb_stats_by_mqtt_sub(mrb_bridge *b, size_t sub)
+{
+    size_t r = sub < b->routes.n_mqtt_sub ? b->st.mqtt_sub_route[sub] : MRB_NO_SUB;
+    return r < b->st.n ? &b->st.r[r] : NULL;
+}
+static inline mrb_route_stats *mrb_stats_by_redis_sub(mrb_bridge *b, size_t sub)
+{
+    size_t r = sub < b->routes.n_redis_sub ? b->st.redis_sub_route[sub] : MRB_NO_SUB;
+    return r < b->st.n ? &b->st.r[r] : NULL;
+}
 
 /* ingest.c */
 mrb_err mrb_ingest_start(mrb_bridge *b);

@@ -115,6 +115,7 @@ static const field top_fields[] = {
     {"limits", F_OBJECT, 0, 0, 0, NULL, limit_fields, 0, NULL},
     {"reconnect", F_OBJECT, 0, 0, 0, NULL, reconnect_fields, 0, NULL},
     {"shutdown_timeout_ms", F_LONG, C(shutdown_timeout_ms), 0, 600000, NULL, NULL, 0, NULL},
+    {"stats_interval", F_LONG, C(stats_interval), 0, 86400, NULL, NULL, 0, NULL},
     {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
 
 #undef C
@@ -190,6 +191,7 @@ void mrb_config_init(mrb_config *cfg)
     cfg->reconnect_min_ms = 250;
     cfg->reconnect_max_ms = 30000;
     cfg->shutdown_timeout_ms = 5000;
+    cfg->stats_interval = 60;
     cfg->tls_verify_hostname = 1;
     cfg->tls_min_version = MRB_TLS_1_2;
 }
@@ -537,9 +539,21 @@ mrb_err mrb_config_load_file(mrb_config *cfg, const char *path, char *msg,
 
 void mrb_cli_usage(FILE *out)
 {
+#if MRB_WITH_STATS_CMD
+    fputs(
+"Usage: " PROG " [OPTIONS]\n"
+"       " PROG " stats [--redis URL] [-c FILE] [--json] [--watch N]\n"
+"Bridge MQTT topics and Redis pub/sub channels or streams both ways.\n"
+"The stats subcommand prints what the bridges report to Redis (every\n"
+"stats_interval seconds: counters per route, drops, latency) and the active\n"
+"channels of their routes; see '" PROG " stats --help'.\n", out);
+#else
     fputs(
 "Usage: " PROG " [OPTIONS]\n"
 "Bridge MQTT topics and Redis pub/sub channels or streams both ways.\n"
+"(Built without the stats subcommand.)\n", out);
+#endif
+    fputs(
 "\n"
 "  -c, --config FILE   read a JSON configuration file (keys: see README)\n"
 "      --mqtt URL      broker, mqtt://[user[:pass]@]host[:port] or, with\n"
@@ -970,6 +984,11 @@ void mrb_config_print(const mrb_config *cfg, FILE *out)
     fprintf(out, "reconnect: %ld ms to %ld ms; shutdown_timeout: %ld ms\n",
             cfg->reconnect_min_ms, cfg->reconnect_max_ms,
             cfg->shutdown_timeout_ms);
+    if (cfg->stats_interval > 0)
+        fprintf(out, "stats: every %ld s on bridge/%s/stats and bridge:%s:stats\n",
+                cfg->stats_interval, cfg->id, cfg->id);
+    else
+        fprintf(out, "stats: off (stats_interval 0)\n");
     fprintf(out, "routes (%zu):\n", cfg->n_routes);
     for (size_t i = 0; i < cfg->n_routes; i++) {
         mrb_route_format(&cfg->routes[i], line, sizeof(line));

@@ -71,9 +71,50 @@ static void finish(mrb_bridge *b, mrb_msg *m)
     free(m);
 }
 
+/* ---- per-route stats of the replies ---- */
+
+/* The route of each command sent, in order: replies come in that order.
+ * If it cannot grow, attribution stops until the next connection (whose
+ * commands are all sent again) rather than going out of step. */
+static void cmd_push(mrb_ingest *g, unsigned route)
+{
+    if (g->cmd_n == SIZE_MAX)
+        return; /* off for this connection */
+    if (g->cmd_n == g->cmd_cap) {
+        size_t cap = g->cmd_cap ? 2 * g->cmd_cap : 1024;
+        unsigned *v = malloc(cap * sizeof(*v));
+        if (!v) {
+            g->cmd_n = SIZE_MAX;
+            return;
+        }
+        for (size_t i = 0; i < g->cmd_n; i++)
+            v[i] = g->cmd_route[(g->cmd_head + i) % g->cmd_cap];
+        free(g->cmd_route);
+        g->cmd_route = v;
+        g->cmd_cap = cap;
+        g->cmd_head = 0;
+    }
+    g->cmd_route[(g->cmd_head + g->cmd_n) % g->cmd_cap] = route;
+    g->cmd_n++;
+}
+
+static unsigned cmd_pop(mrb_ingest *g)
+{
+    if (g->cmd_n == 0 || g->cmd_n == SIZE_MAX)
+        return MRB_NO_ROUTE;
+    unsigned r = g->cmd_route[g->cmd_head];
+    g->cmd_head = (g->cmd_head + 1) % g->cmd_cap;
+    g->cmd_n--;
+    return r;
+}
+
 static void warn_unmappable(mrb_bridge *b, const mrb_msg *m)
 {
     mrb_ingest *g = &b->ing;
+    mrb_route_stats *rs = mrb_stats_by_mqtt_sub(
+        b, mrb_routes_mqtt_canonical(&b->routes, mrb_msg_name(m), m->name_len));
+    if (rs)
+        mrb_stats_count(&rs->m2r.dropped_unmappable, 1);
     uint64_t n = atomic_fetch_add(&g->dropped_unmappable, 1) + 1;
     mrb_warn_unmappable(&g->rl_unmappable, n, "MQTT topic", mrb_msg_name(m),
                         m->name_len);
@@ -105,6 +146,8 @@ static void conn_lost(mrb_bridge *b, const char *why)
         g->c = NULL;
     }
     atomic_store(&g->up, 0);
+    g->cmd_n = 0; /* in step again: every command goes again */
+    g->cmd_head = 0;
     g->unsent = g->unacked.head; /* all of them go again */
     g->outstanding = 0;
     g->outstanding_bytes = 0;
@@ -176,6 +219,7 @@ static int try_connect(mrb_bridge *b)
     redisSetTimeout(c, (struct timeval){0, 0});
     g->c = c;
     atomic_store(&g->up, 1);
+    atomic_fetch_add(&g->connects, 1);
     mrb_backoff_reset(&g->backoff);
     if (g->outage_logged) {
         if (g->unacked.count)
@@ -229,7 +273,7 @@ static void warn_envelope_too_large(mrb_bridge *b, const mrb_msg *m, size_t n)
 
 /* Append the HSET/HDEL of a store route. */
 static int append_store(mrb_bridge *b, const mrb_route *r, const mrb_msg *m,
-                        const char *payload, size_t plen, int resend)
+                        const char *payload, size_t plen, int fresh)
 {
     char field[MRB_TOPIC_MAX];
     size_t flen;
@@ -245,71 +289,86 @@ static int append_store(mrb_bridge *b, const mrb_route *r, const mrb_msg *m,
         size_t lens[] = {4, strlen(r->hash), flen, plen};
         redisAppendCommandArgv(b->ing.c, 4, argv, lens);
     }
-    if (!resend)
+    if (fresh)
         atomic_fetch_add(&b->ing.hash_updates, 1);
     return 1;
 }
 
-/* Append m's commands. 0 if it has nothing to send (finished here). A
- * message sent again after a reconnect (resend) is not counted again. Holds
- * routes_lock (bridge_int.h). */
-static int append_locked(mrb_bridge *b, mrb_msg *m, int resend);
+/* Append m's commands (fresh: sent for the first time, so counted in). 0
+ * if it has nothing to send (finished here). Holds routes_lock
+ * (bridge_int.h). */
+static int append_locked(mrb_bridge *b, mrb_msg *m, int fresh);
 
-static int append(mrb_bridge *b, mrb_msg *m, int resend)
+static int append(mrb_bridge *b, mrb_msg *m, int fresh)
 {
     pthread_mutex_lock(&b->routes_lock);
-    int r = append_locked(b, m, resend);
+    int r = append_locked(b, m, fresh);
     pthread_mutex_unlock(&b->routes_lock);
     return r;
 }
 
-static int append_locked(mrb_bridge *b, mrb_msg *m, int resend)
+static int append_locked(mrb_bridge *b, mrb_msg *m, int fresh)
 {
     mrb_ingest *g = &b->ing;
     mrb_targets *tg = &g->tg;
     if (mrb_routes_map_mqtt(&b->routes, mrb_msg_name(m), m->name_len, tg) != MRB_OK ||
         tg->n == 0) {
-        if (!resend)
+        if (fresh)
             warn_unmappable(b, m);
         return 0;
     }
     int64_t now = mrb_now_ms();
     m->pending = 0;
     for (size_t i = 0; i < tg->n; i++) {
-        const mrb_route *r = &b->routes.route[tg->v[i].route];
+        unsigned ri = (unsigned)tg->v[i].route;
+        const mrb_route *r = &b->routes.route[ri];
         const char *name = tg->buf + tg->v[i].off;
         size_t nlen = tg->v[i].len;
         const char *payload = mrb_msg_payload(m);
         size_t plen = m->payload_len;
         char *env = NULL;
         if (i < SKIP_BITS && (m->skip >> i & 1))
-            continue;
-        /* a stored retained message is state: only a hash keeps it */
+            continue; /* over the route's rate (counted in admit) */
+        /* a stored retained message is state: only a hash keeps it (and
+         * it is not counted as a message of the route) */
         if (m->retain && r->store == MRB_STORE_NONE)
             continue;
+        if (fresh && !m->retain) {
+            mrb_stats_count(&b->st.r[ri].m2r.in, 1);
+            mrb_stats_count(&b->st.r[ri].m2r.bytes_in, m->payload_len);
+        }
         if (r->envelope == MRB_ENVELOPE_JSON) {
             if (mrb_envelope_wrap(mrb_msg_name(m), payload, plen, m->qos, m->retain,
                                   arrival_wall_ms(m), b->cfg->id, &env,
                                   &plen) != MRB_OK) {
-                if (!resend)
+                if (fresh && !m->retain) {
                     atomic_fetch_add(&g->dropped_send_failed, 1);
+                    mrb_stats_count(&b->st.r[ri].m2r.dropped_send_failed, 1);
+                }
                 continue;
             }
             if ((long)plen > b->cfg->max_payload) {
-                if (!resend)
+                if (fresh) {
+                    if (!m->retain)
+                        mrb_stats_count(&b->st.r[ri].m2r.dropped_too_large, 1);
                     warn_envelope_too_large(b, m, plen);
+                }
                 free(env);
                 continue;
             }
             payload = env;
         }
         /* the hash first: whoever reacts to the PUBLISH reads the new value */
-        if (r->store == MRB_STORE_HASH && append_store(b, r, m, payload, plen, resend))
+        if (r->store == MRB_STORE_HASH && append_store(b, r, m, payload, plen, fresh)) {
+            /* its reply is not the route's message: no per-route count */
+            cmd_push(g, MRB_NO_ROUTE);
             m->pending++;
+        }
         if (m->retain) {
             free(env);
             continue;
         }
+        cmd_push(g, ri);
         if (r->mode == MRB_MODE_STREAM) {
             char maxlen[24];
             snprintf(maxlen, sizeof(maxlen), "%ld", r->maxlen);
@@ -345,18 +404,18 @@ static int append_locked(mrb_bridge *b, mrb_msg *m, int resend)
  * over a route's limit is not sent there (counted); a QoS > 0 one waits
  * until every limited route has a token. Returns the ms to wait (0: go).
  * Retained messages (hash state) are not limited. */
-static int64_t admit_locked(mrb_bridge *b, mrb_msg *m, int first_try);
+static int64_t admit_locked(mrb_bridge *b, mrb_msg *m);
 
 /* routes_lock: the table and its buckets may be swapped by a reload */
-static int64_t admit(mrb_bridge *b, mrb_msg *m, int first_try)
+static int64_t admit(mrb_bridge *b, mrb_msg *m)
 {
     pthread_mutex_lock(&b->routes_lock);
-    int64_t w = admit_locked(b, m, first_try);
+    int64_t w = admit_locked(b, m);
     pthread_mutex_unlock(&b->routes_lock);
     return w;
 }
 
-static int64_t admit_locked(mrb_bridge *b, mrb_msg *m, int first_try)
+static int64_t admit_locked(mrb_bridge *b, mrb_msg *m)
 {
     mrb_ingest *g = &b->ing;
     mrb_targets *tg = &g->tg;
@@ -367,8 +426,6 @@ static int64_t admit_locked(mrb_bridge *b, mrb_msg *m, int first_try)
     if (m->qos > 0) {
         for (size_t i = 0; i < tg->n; i++) {
             int64_t w = mrb_bucket_wait_ms(&b->limits[tg->v[i].route].to_redis, now);
-            if (w > 0 && first_try)
-                atomic_fetch_add(&b->limits[tg->v[i].route].rate_delayed, 1);
             if (w > wait)
                 wait = w;
         }
@@ -382,7 +439,7 @@ static int64_t admit_locked(mrb_bridge *b, mrb_msg *m, int first_try)
         size_t ri = tg->v[i].route;
         if (!mrb_bucket_take(&b->limits[ri].to_redis, now)) {
             m->skip |= (uint64_t)1 << i;
-            mrb_limits_dropped_one(b, ri, &b->limits[ri].rl_redis, "MQTT topic",
+            mrb_limits_dropped_one(b, ri, 1, &b->limits[ri].rl_redis, "MQTT topic",
                                    mrb_msg_name(m), m->name_len);
         }
     }
@@ -400,14 +457,13 @@ static void send_some(mrb_bridge *b)
 {
     mrb_ingest *g = &b->ing;
     for (; g->unsent && !window_full(g); g->unsent = g->unsent->next) {
-        if (append(b, g->unsent, 1))
+        if (append(b, g->unsent, 0))
             atomic_fetch_add(&g->resent, 1);
     }
     if (g->unsent)
         return;
     mrb_msg *batch[BATCH];
     size_t n = 0;
-    int from_held = g->held != NULL;
     if (g->held) {
         if (mrb_now_ms() < g->held_until_ms)
             return; /* in order: nothing passes it */
@@ -436,7 +492,7 @@ static void send_some(mrb_bridge *b)
                 continue;
             }
         }
-        int64_t wait = admit(b, m, !(from_held && i == 0));
+        int64_t wait = admit(b, m);
         if (wait > 0) {
             /* hold it, and put the rest back in order (there is hardly
              * any: Paho's receive thread waits for this one) */
@@ -448,7 +504,7 @@ static void send_some(mrb_bridge *b)
             pthread_mutex_unlock(&b->in_lock);
             return;
         }
-        if (!append(b, m, 0)) {
+        if (!append(b, m, 1)) {
             finish(b, m);
             continue;
         }
@@ -465,6 +521,18 @@ static void take_reply(mrb_bridge *b, redisReply *r)
         freeReplyObject(r); /* not ours (cannot happen) */
         return;
     }
+    unsigned ri = cmd_pop(g);
+    int64_t dt = mrb_now_us() - m->taken_us;
+    pthread_mutex_lock(&b->routes_lock); /* a reload may swap b->st */
+    mrb_dir_stats *d = ri < b->st.n ? &b->st.r[ri].m2r : NULL;
+    if (d && r->type == REDIS_REPLY_ERROR) {
+        mrb_stats_count(&d->dropped_send_failed, 1);
+    } else if (d) {
+        mrb_stats_count(&d->out, 1);
+        mrb_stats_count(&d->bytes_out, m->payload_len);
+        mrb_lat_add(&d->lat, dt > 0 ? (uint64_t)dt : 0);
+    }
+    pthread_mutex_unlock(&b->routes_lock);
     if (r->type == REDIS_REPLY_ERROR) {
         /* refused (a key of another type, OOM...): sending again would not
          * help; dropped and counted */
@@ -720,4 +788,7 @@ void mrb_ingest_clear(mrb_bridge *b, size_t *lost, size_t *kept)
         free(m);
     }
     mrb_targets_free(&b->ing.tg);
+    free(b->ing.cmd_route);
+    b->ing.cmd_route = NULL;
+    b->ing.cmd_cap = b->ing.cmd_n = b->ing.cmd_head = 0;
 }

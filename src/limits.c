@@ -4,7 +4,7 @@
  * in one place (see bridge_int.h for which thread owns which bucket).
  *
  * Over the limit, a QoS 0 message is dropped and counted (the route's
- * rate_limited, summed as dropped_rate_limited in the stats line); a QoS 1/2
+ * dropped_rate_limited in b->st, summed in the stats line); a QoS 1/2
  * one waits for a token: MQTT->Redis the ingest thread holds it (and so
  * Paho's receive thread, and so the broker), Redis->MQTT it waits in out_q
  * (pub/sub) or in the reader's window (streams).
@@ -30,8 +30,6 @@ mrb_route_limit *mrb_limits_alloc(const mrb_routes *t, int64_t now, mrb_err *err
         const mrb_route *r = &t->route[i];
         mrb_bucket_init(&l[i].to_redis, r->rate, r->burst, now);
         mrb_bucket_init(&l[i].to_mqtt, r->rate, r->burst, now);
-        atomic_init(&l[i].rate_limited, 0);
-        atomic_init(&l[i].rate_delayed, 0);
     }
     return l;
 }
@@ -41,19 +39,16 @@ void mrb_limits_free(mrb_route_limit *l)
     free(l);
 }
 
-uint64_t mrb_limits_dropped(const mrb_bridge *b)
+void mrb_limits_dropped_one(mrb_bridge *b, size_t ri, int to_redis,
+                            mrb_ratelimit *rl, const char *side, const char *name,
+                            size_t len)
 {
-    uint64_t n = b->c.rate_limited_old;
-    if (b->limits)
-        for (size_t i = 0; i < b->routes.n; i++)
-            n += atomic_load(&b->limits[i].rate_limited);
-    return n;
-}
-
-void mrb_limits_dropped_one(mrb_bridge *b, size_t ri, mrb_ratelimit *rl,
-                            const char *side, const char *name, size_t len)
-{
-    uint64_t sup, n = atomic_fetch_add(&b->limits[ri].rate_limited, 1) + 1;
+    uint64_t sup, n = 0;
+    if (ri < b->st.n) {
+        mrb_dir_stats *d = to_redis ? &b->st.r[ri].m2r : &b->st.r[ri].r2m;
+        mrb_stats_count(&d->dropped_rate_limited, 1);
+        n = atomic_load(&d->dropped_rate_limited);
+    }
     char esc[MRB_LOG_ESCAPE_MAX];
     if (mrb_ratelimit_allow(rl, mrb_now_ms(), &sup)) {
         char line[600];

@@ -6,6 +6,7 @@
 #include "mrb/bridge.h"
 #include "mrb/config.h"
 #include "mrb/log.h"
+#include "mrb/statscmd.h"
 
 #define EXIT_USAGE 2
 
@@ -30,6 +31,16 @@ int main(int argc, char **argv)
     char msg[1024];
     int status = EXIT_USAGE;
 
+    if (argc > 1 && strcmp(argv[1], "stats") == 0) {
+#if MRB_WITH_STATS_CMD
+        return mrb_statscmd_main(argc - 1, argv + 1);
+#else
+        fprintf(stderr, "mqtt-redis-bridge: built without the stats subcommand "
+                "(cmake -DWITH_STATS_CMD=OFF): read the reports with redis-cli "
+                "HGETALL bridge:<id>:stats\n");
+        return EXIT_USAGE;
+#endif
+    }
     mrb_config_init(&cfg);
     mrb_err err = mrb_cli_parse(argc, argv, &cli, msg, sizeof(msg));
     if (err != MRB_OK) {
@@ -43,8 +54,8 @@ int main(int argc, char **argv)
         goto out;
     }
     if (cli.version) {
-        printf("mqtt-redis-bridge %s (TLS: %s)\n", MRB_VERSION,
-               MRB_WITH_TLS ? "yes" : "no");
+        printf("mqtt-redis-bridge %s (TLS: %s, stats command: %s)\n", MRB_VERSION,
+               MRB_WITH_TLS ? "yes" : "no", MRB_WITH_STATS_CMD ? "yes" : "no");
         status = 0;
         goto out;
     }

@@ -186,6 +186,36 @@ static void sent(mrb_bridge *b, int ok, int acked)
         mrb_bridge_wake(b);
 }
 
+/* A route's message completed: its out, bytes and latency (per-route
+ * stats). */
+static void count_route(mrb_bridge *b, unsigned route, size_t bytes, int64_t t0_us,
+                        int ok)
+{
+    if (route == MRB_NO_ROUTE)
+        return;
+    int64_t dt = mrb_now_us() - t0_us;
+    pthread_mutex_lock(&b->routes_lock); /* a reload may swap b->st */
+    if (route < b->st.n) {
+        mrb_dir_stats *d = &b->st.r[route].r2m;
+        if (!ok) {
+            mrb_stats_count(&d->dropped_send_failed, 1);
+        } else {
+            mrb_stats_count(&d->out, 1);
+            mrb_stats_count(&d->bytes_out, bytes);
+            mrb_lat_add(&d->lat, dt > 0 ? (uint64_t)dt : 0);
+        }
+    }
+    pthread_mutex_unlock(&b->routes_lock);
+}
+
+static void slot_sent(mrb_pubslot *ps, int ok, int acked)
+{
+    mrb_bridge *b = ps->b;
+    count_route(b, ps->route, ps->bytes, ps->t0_us, ok);
+    atomic_store_explicit(&ps->busy, 0, memory_order_release);
+    sent(b, ok, acked);
+}
+
 /* A stream entry's publish completed: hand it to main for XACK. */
 static void sx_done(mrb_sx *sx, int ok)
 {
@@ -198,19 +228,20 @@ static void sx_done(mrb_sx *sx, int ok)
 }
 
 /* QoS 0 completes when written; QoS 1/2 when acknowledged ("acked"). */
-static void on_sent(void *ctx, MQTTAsync_successData *r) { sent(ctx, 1, 0); }
-static void on_sent5(void *ctx, MQTTAsync_successData5 *r) { sent(ctx, 1, 0); }
-static void on_send_fail(void *ctx, MQTTAsync_failureData *r) { sent(ctx, 0, 0); }
-static void on_send_fail5(void *ctx, MQTTAsync_failureData5 *r) { sent(ctx, 0, 0); }
-static void on_acked(void *ctx, MQTTAsync_successData *r) { sent(ctx, 1, 1); }
-static void on_acked5(void *ctx, MQTTAsync_successData5 *r) { sent(ctx, 1, 1); }
-static void on_ack_fail(void *ctx, MQTTAsync_failureData *r) { sent(ctx, 0, 1); }
-static void on_ack_fail5(void *ctx, MQTTAsync_failureData5 *r) { sent(ctx, 0, 1); }
+static void on_sent(void *ctx, MQTTAsync_successData *r) { slot_sent(ctx, 1, 0); }
+static void on_sent5(void *ctx, MQTTAsync_successData5 *r) { slot_sent(ctx, 1, 0); }
+static void on_send_fail(void *ctx, MQTTAsync_failureData *r) { slot_sent(ctx, 0, 0); }
+static void on_send_fail5(void *ctx, MQTTAsync_failureData5 *r) { slot_sent(ctx, 0, 0); }
+static void on_acked(void *ctx, MQTTAsync_successData *r) { slot_sent(ctx, 1, 1); }
+static void on_acked5(void *ctx, MQTTAsync_successData5 *r) { slot_sent(ctx, 1, 1); }
+static void on_ack_fail(void *ctx, MQTTAsync_failureData *r) { slot_sent(ctx, 0, 1); }
+static void on_ack_fail5(void *ctx, MQTTAsync_failureData5 *r) { slot_sent(ctx, 0, 1); }
 
 /* Stream entries: the same, then wake main to XACK. */
 static void sx_sent(mrb_sx *sx, int ok, int acked)
 {
     mrb_bridge *b = sx->b;
+    count_route(b, sx->route, sx->bytes, sx->t0_us, ok);
     sx_done(sx, ok);
     atomic_store(&b->mqtt.window_waiting, 1); /* always wake main */
     sent(b, ok, acked);
@@ -299,6 +330,13 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
         b->ic.retained_skipped++;
     } else if (b->ic.mqtt_in++, (long)msg->payloadlen > b->cfg->max_payload) {
         b->ic.dropped_too_large++;
+        /* for the first route of the subscription it came by */
+        pthread_mutex_lock(&b->routes_lock); /* (lock order: in_lock first) */
+        mrb_route_stats *rs =
+            mrb_stats_by_mqtt_sub(b, mrb_routes_mqtt_canonical(&b->routes, topic, len));
+        if (rs)
+            mrb_stats_count(&rs->m2r.dropped_too_large, 1);
+        pthread_mutex_unlock(&b->routes_lock);
         if (mrb_ratelimit_allow(&b->in_rl_large, now, &sup))
             mrb_warn("dropped message from MQTT topic '%s': too large (%d bytes, "
                      "limits.max_payload is %ld); dropped_too_large=%llu "
@@ -314,12 +352,27 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
             b->ic.nomem++;
         } else {
             m->arrived_ms = now; /* for the echo check, however long it waits */
+            m->taken_us = mrb_now_us();
             m->seq = seq = ++b->in_seq;
             queued = 1;
             /* only QoS 0 messages can be dropped here: a QoS > 0 one is
              * the newest until it is done (this thread waits for it) */
-            size_t dropped = mrb_queue_push(&b->in_q, m);
-            b->ing.busy += 1 - dropped;
+            size_t dropped = 0;
+            mrb_msg *old;
+            while ((old = mrb_queue_pop_if_full(&b->in_q, mrb_msg_size(m))) != NULL) {
+                pthread_mutex_lock(&b->routes_lock);
+                mrb_route_stats *rs = mrb_stats_by_mqtt_sub(
+                    b, mrb_routes_mqtt_canonical(&b->routes, mrb_msg_name(old),
+                                                 old->name_len));
+                if (rs)
+                    mrb_stats_count(&rs->m2r.dropped_queue_full, 1);
+                pthread_mutex_unlock(&b->routes_lock);
+                free(old);
+                dropped++;
+            }
+            mrb_queue_push(&b->in_q, m);
+            b->ing.busy -= dropped;
+            b->ing.busy += 1;
             if (dropped) {
                 b->ic.dropped_queue_full += dropped;
                 if (mrb_ratelimit_allow(&b->in_rl_full, now, &sup))
@@ -399,6 +452,13 @@ mrb_err mrb_mqtt_init(mrb_bridge *b)
     atomic_init(&m->killed, 0);
     mrb_backoff_init(&m->backoff, b->cfg->reconnect_min_ms,
                      b->cfg->reconnect_max_ms, (uint64_t)time(NULL) ^ 0xA5A5u);
+    m->slot = calloc(MRB_PUB_SLOTS, sizeof(*m->slot));
+    if (!m->slot)
+        return MRB_ERR_NOMEM;
+    for (size_t i = 0; i < MRB_PUB_SLOTS; i++) {
+        atomic_init(&m->slot[i].busy, 0);
+        m->slot[i].b = b;
+    }
     if (pthread_mutex_init(&m->ev_lock, NULL) != 0)
         return MRB_ERR_NOMEM;
     return client_create(b);
@@ -409,6 +469,8 @@ void mrb_mqtt_destroy(mrb_bridge *b)
     if (b->mqtt.client)
         MQTTAsync_destroy(&b->mqtt.client);
     pthread_mutex_destroy(&b->mqtt.ev_lock);
+    free(b->mqtt.slot); /* no Paho thread runs any more */
+    b->mqtt.slot = NULL;
 }
 
 /* A connect failed or the connection was lost. kind FAIL_AUTH / FAIL_TLS:
@@ -426,6 +488,7 @@ static void mqtt_failed(mrb_bridge *b, int64_t now, int was_up, int kind,
     if (kind != FAIL_OUTAGE && delay < b->cfg->reconnect_max_ms)
         delay = b->cfg->reconnect_max_ms;
     m->next_attempt_ms = now + delay;
+    snprintf(m->last_error, sizeof(m->last_error), "%s", why[0] ? why : "connection lost");
     if (b->stopping)
         return;
     /* A session that keeps ending right after it began is usually another
@@ -800,6 +863,7 @@ static void mqtt_up(mrb_bridge *b, int64_t now)
     m->state = CONN_UP;
     m->subacks = 0;
     m->up_since_ms = now;
+    m->connects++;
     mrb_backoff_reset(&m->backoff);
     mqtt_find_socket(b);
     if (m->outage_logged) {
@@ -885,7 +949,7 @@ int mrb_mqtt_ready(const mrb_bridge *b)
 
 static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
                        size_t len, int qos, int retain, mrb_sx *sx,
-                       const mrb_pub_props *pp)
+                       const mrb_pub_props *pp, unsigned route, int64_t t0_us)
 {
     mrb_mqtt *m = &b->mqtt;
     if (m->state != CONN_UP)
@@ -903,7 +967,27 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
     int v5 = m->version == MQTTVERSION_5;
     MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
     MQTTAsync_message msg = MQTTAsync_message_initializer;
-    o.context = b;
+    mrb_pubslot *ps = NULL;
+    if (!sx) {
+        /* below the window a free slot exists; should none be found, wait
+         * like a full window: a completion frees one and wakes us */
+        for (size_t i = 0; i < MRB_PUB_SLOTS && !ps; i++) {
+            mrb_pubslot *c = &m->slot[(m->slot_next + i) % MRB_PUB_SLOTS];
+            if (!atomic_load_explicit(&c->busy, memory_order_acquire)) {
+                ps = c;
+                m->slot_next = (m->slot_next + i + 1) % MRB_PUB_SLOTS;
+            }
+        }
+        if (!ps) {
+            atomic_store(&m->window_waiting, 1);
+            return MRB_ERR_FULL;
+        }
+        ps->route = route;
+        ps->bytes = len;
+        ps->t0_us = t0_us;
+        atomic_store_explicit(&ps->busy, 1, memory_order_relaxed);
+        o.context = ps;
+    }
     if (sx) {
         o.context = sx;
         if (v5) {
@@ -965,6 +1049,8 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
     MQTTProperties_free(&msg.properties);
     if (rc == MQTTASYNC_SUCCESS)
         return MRB_OK;
+    if (ps) /* no callback comes for a refused send */
+        atomic_store(&ps->busy, 0);
     atomic_fetch_sub(&m->inflight, 1);
     if (acked)
         atomic_fetch_sub(&m->inflight_acked, 1);
@@ -982,22 +1068,38 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
 }
 
 mrb_err mrb_mqtt_publish(mrb_bridge *b, const char *topic, const void *payload,
-                         size_t len, int qos, int retain)
+                         size_t len, int qos, int retain, unsigned route,
+                         int64_t t0_us)
 {
-    return publish(b, topic, payload, len, qos, retain, NULL, NULL);
+    return publish(b, topic, payload, len, qos, retain, NULL, NULL, route, t0_us);
 }
 
 mrb_err mrb_mqtt_publish_props(mrb_bridge *b, const char *topic,
                                const void *payload, size_t len, int qos,
                                int retain, const mrb_pub_props *pp)
 {
-    return publish(b, topic, payload, len, qos, retain, NULL, pp);
+    return publish(b, topic, payload, len, qos, retain, NULL, pp, MRB_NO_ROUTE, 0);
+}
+
+mrb_err mrb_mqtt_publish_own(mrb_bridge *b, const char *topic, const void *payload,
+                             size_t len, int retain)
+{
+    mrb_mqtt *m = &b->mqtt;
+    if (m->state != CONN_UP || !m->client)
+        return MRB_ERR_CONN;
+    MQTTAsync_message msg = MQTTAsync_message_initializer;
+    msg.payload = (void *)payload; /* Paho copies it */
+    msg.payloadlen = (int)len;
+    msg.qos = 0;
+    msg.retained = retain;
+    return MQTTAsync_sendMessage(m->client, topic, &msg, NULL) == MQTTASYNC_SUCCESS
+               ? MRB_OK : MRB_ERR_CONN;
 }
 
 mrb_err mrb_mqtt_publish_sx(mrb_bridge *b, const char *topic, const void *payload,
                             size_t len, int qos, int retain, mrb_sx *sx)
 {
-    return publish(b, topic, payload, len, qos, retain, sx, NULL);
+    return publish(b, topic, payload, len, qos, retain, sx, NULL, MRB_NO_ROUTE, 0);
 }
 
 void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms)

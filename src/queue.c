@@ -74,6 +74,14 @@ size_t mrb_queue_push(mrb_queue *q, mrb_msg *m)
     return dropped;
 }
 
+mrb_msg *mrb_queue_pop_if_full(mrb_queue *q, size_t size)
+{
+    if (!q->head || (q->count + 1 <= q->max_count && q->bytes + size <= q->max_bytes))
+        return NULL;
+    q->dropped++;
+    return mrb_queue_pop(q);
+}
+
 void mrb_queue_push_front(mrb_queue *q, mrb_msg *m)
 {
     m->next = q->head;

@@ -161,6 +161,7 @@ static void rconn_failed(mrb_rconn *rc, const char *why)
 static void rconn_up(mrb_rconn *rc)
 {
     rc->state = CONN_UP;
+    rc->connects++;
     rc->last_io_ms = rc->wait_since_ms = mrb_now_ms();
     mrb_backoff_reset(&rc->backoff);
     mrb_debug("redis %s: up", rc->name);

@@ -450,8 +450,9 @@ static void take_entry(mrb_bridge *b, const redisReply *key, const redisReply *e
         xack(b, key->str, key->len, id->str, id->len);
         return;
     }
+    int64_t t0_us = mrb_now_us();
     for (size_t i = 0; i <= last; i++) {
-        size_t ri = tg->v[i].route;
+        unsigned ri = (unsigned)tg->v[i].route;
         const mrb_route *r = &b->routes.route[ri];
         if (r->unwrap && unwrap_state < 0)
             continue;
@@ -464,10 +465,14 @@ static void take_entry(mrb_bridge *b, const redisReply *key, const redisReply *e
             b->c.dropped_send_failed++; /* stays pending: read again later */
             break;
         }
+        m->route = ri;
+        m->taken_us = t0_us;
+        mrb_stats_count(&b->st.r[ri].r2m.in, 1);
+        mrb_stats_count(&b->st.r[ri].r2m.bytes_in, payload->len);
         /* a rate-limited route: the entry waits for its token, whatever
          * its QoS (an entry is durable: slowed, not dropped) */
         if (b->limits && mrb_bucket_limited(&b->limits[ri].to_mqtt))
-            m->seq = ri + 1;
+            m->seq = 1;
         mrb_queue_push(&b->sx_q, m);
     }
     free(unwrapped);
@@ -631,10 +636,10 @@ static void publish_queued(mrb_bridge *b)
     b->sx_rate_wait_ms = 0;
     while ((m = b->sx_q.head) != NULL) {
         mrb_sx *sx = NULL;
-        if (m->seq && b->limits && m->seq <= b->routes.n) {
+        if (m->seq && b->limits && m->route < b->routes.n) {
             /* over the route's rate: no token, no publish (and with the
              * window full, no more reading either) */
-            mrb_bucket *k = &b->limits[m->seq - 1].to_mqtt;
+            mrb_bucket *k = &b->limits[m->route].to_mqtt;
             int64_t now = mrb_now_ms();
             if (!mrb_bucket_take(k, now)) {
                 b->sx_rate_wait_ms = now + mrb_bucket_wait_ms(k, now);
@@ -649,6 +654,9 @@ static void publish_queued(mrb_bridge *b)
             sx->b = b;
             sx->next = NULL;
             sx->ok = 0;
+            sx->route = m->route;
+            sx->bytes = m->payload_len;
+            sx->t0_us = m->taken_us;
             memcpy(sx->tag, mrb_msg_tag(m), m->tag_len + 1);
         }
         int noted = mrb_bridge_note_mqtt_publish(b, mrb_msg_name(m), m->name_len,
@@ -656,7 +664,8 @@ static void publish_queued(mrb_bridge *b)
         mrb_err err = sx ? mrb_mqtt_publish_sx(b, mrb_msg_name(m), mrb_msg_payload(m),
                                                m->payload_len, m->qos, m->retain, sx)
                          : mrb_mqtt_publish(b, mrb_msg_name(m), mrb_msg_payload(m),
-                                            m->payload_len, m->qos, m->retain);
+                                            m->payload_len, m->qos, m->retain,
+                                            m->route, m->taken_us);
         if (err != MRB_OK && noted)
             mrb_bridge_unnote_mqtt_publish(b, mrb_msg_name(m), m->name_len,
                                            mrb_msg_payload(m), m->payload_len);
@@ -667,6 +676,8 @@ static void publish_queued(mrb_bridge *b)
         if (err != MRB_OK) {
             /* refused by Paho: it never will take it; do not loop on it */
             b->c.dropped_send_failed++;
+            if (m->route < b->st.n)
+                mrb_stats_count(&b->st.r[m->route].r2m.dropped_send_failed, 1);
             if (sx) {
                 size_t klen = strlen(sx->tag);
                 xack(b, sx->tag, klen, sx->tag + klen + 1, strlen(sx->tag + klen + 1));

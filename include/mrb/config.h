@@ -61,6 +61,7 @@ typedef struct mrb_config {
     long reconnect_min_ms;
     long reconnect_max_ms;
     long shutdown_timeout_ms;
+    long stats_interval;      /* seconds between stats reports; 0: off */
     /* mqtts:// */
     char *tls_ca_file;        /* PEM CA certificates; NULL: the system's */
     char *tls_ca_path;        /* directory of hashed CA certificates */

@@ -25,6 +25,8 @@ typedef struct mrb_msg {
     unsigned pending;   /* owner's bookkeeping: replies still awaited */
     uint64_t skip;      /* owner's bookkeeping: targets (bit i: the i-th)
                            not to send, e.g. over a route's rate limit */
+    unsigned route;     /* owner's bookkeeping: route index (stats) */
+    int64_t taken_us;   /* monotonic us it was taken in (latency, stats) */
     char data[];        /* name '\0' payload tag '\0' */
 } mrb_msg;
 
@@ -64,6 +66,11 @@ typedef struct mrb_queue {
 void mrb_queue_init(mrb_queue *q, size_t max_count, size_t max_bytes);
 /* Takes ownership of m; returns how many old messages were dropped. */
 size_t mrb_queue_push(mrb_queue *q, mrb_msg *m);
+/* If a message of size bytes (mrb_msg_size) cannot be pushed without a
+ * drop, the oldest message, now the caller's (who counts it); else NULL.
+ * Callers that want to know what they drop call this until NULL, then
+ * push. */
+mrb_msg *mrb_queue_pop_if_full(mrb_queue *q, size_t size);
 /* Puts m back at the head (a send that could not go out yet); no drop. */
 void mrb_queue_push_front(mrb_queue *q, mrb_msg *m);
 /* The oldest message, now the caller's; NULL when empty. */

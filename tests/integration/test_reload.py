@@ -177,6 +177,38 @@ class ReloadTest(BridgeTestCase):
                          "a removed stream route", quiet=1.5)
         b.stop()
 
+    def test_route_counters_carried_over(self):
+        keep = {"mqtt": "k/+", "redis": "k:*", "direction": "mqtt_to_redis"}
+        gone = {"mqtt": "g/+", "redis": "g:*", "direction": "mqtt_to_redis"}
+        new = {"mqtt": "n/+", "redis": "n:*", "direction": "mqtt_to_redis"}
+        path = self.config([gone, keep])
+        b = self.start_bridge(None, None, "-c", path)
+        rsub = self.redis_sub(self.rs.port, patterns=["k:*", "n:*"])
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        for i in range(5):
+            pub.publish("k/a", b"%d" % i)
+        self.assertTrue(harness.wait_until(lambda: rsub.count("k:a") == 5,
+                                           harness.DELIVERY_TIMEOUT))
+        self.config([keep, new])  # the kept route moves from index 1 to 0
+        self.hup(b)
+        for i in range(3):
+            pub.publish("k/a", b"x%d" % i)
+        pub.publish("n/a", b"y")
+        self.assertTrue(harness.wait_until(
+            lambda: rsub.count("k:a") == 8 and rsub.count("n:a") == 1,
+            harness.DELIVERY_TIMEOUT))
+        mark = b.mark()
+        b.proc.send_signal(signal.SIGUSR1)
+        self.assert_log(b, "route stats [1]", since=mark)
+        lines = [harness.log_message(l) for l in b.lines(mark)]
+        r = [l for l in lines if l.startswith("route stats [")]
+        self.assertEqual(len(r), 2, r)
+        self.assertTrue(r[0].startswith("route stats [0] k/+ > k:* qos=1: "
+                                        "mqtt_to_redis: in=8 out=8 "), r[0])
+        self.assertTrue(r[1].startswith("route stats [1] n/+ > n:* qos=1: "
+                                        "mqtt_to_redis: in=1 out=1 "), r[1])
+        b.stop()
+
     def test_first_stream_route_turns_replay_on(self):
         path = self.config([{"mqtt": "p/+", "redis": "p:*"}])
         b = self.start_bridge(None, None, "-c", path)

@@ -9,6 +9,7 @@ all delivered, both directions)."""
 import json
 import base64
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -334,6 +335,14 @@ class RouteOptionsTest(BridgeTestCase):
         line, c = self.exit_stats(b)
         self.assertEqual(int(c["dropped_rate_limited"]), sent + sent2 - got - got2,
                          line)
+        # and per route and direction, in the route stats lines
+        per_route = {}
+        for l in b.lines():
+            m = re.search(r"route stats \[\d+\] (\S+) .*rate_limited=(\d+)", l)
+            if m:
+                per_route[m.group(1)] = int(m.group(2))
+        self.assertEqual(per_route, {"rl/+": sent - got, "rd/+": sent2 - got2},
+                         b.tail())
 
     def test_rate_limit_qos1_slows_without_loss(self):
         n = 600

@@ -61,6 +61,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.mqtt.port, 1883);
     assert_int_equal(cfg.redis.port, 6379);
     assert_int_equal(cfg.max_payload, 1048576);
+    assert_int_equal(cfg.stats_interval, 60);
     assert_non_null(cfg.id);
     mrb_config_free(&cfg);
 }
@@ -80,7 +81,8 @@ static void test_full_file(void **state)
         "  ],\n"
         "  \"limits\": {\"max_payload\": 1000, \"queue_messages\": 5, \"queue_bytes\": 100000},\n"
         "  \"reconnect\": {\"min_ms\": 100, \"max_ms\": 1000},\n"
-        "  \"shutdown_timeout_ms\": 0\n"
+        "  \"shutdown_timeout_ms\": 0,\n"
+        "  \"stats_interval\": 0\n"
         "}\n";
     mrb_config cfg;
     char msg[256] = "";
@@ -101,6 +103,7 @@ static void test_full_file(void **state)
     assert_int_equal(cfg.routes[0].retain, 1);
     assert_int_equal(cfg.queue_messages, 5);
     assert_int_equal(cfg.shutdown_timeout_ms, 0);
+    assert_int_equal(cfg.stats_interval, 0);
     assert_string_equal(cfg.status_topic, "bridge/pi-7/status");
     mrb_config_free(&cfg);
 }
@@ -176,7 +179,8 @@ static void test_value_errors_name_the_key(void **state)
                  "client_id, protocol, keepalive, session_expiry, password_file, tls)");
     expect_error("{\"colour\": 1}",
                  "cfg.json: colour: unknown key (known keys here: id, log_level, "
-                 "syslog, mqtt, redis, routes, limits, reconnect, shutdown_timeout_ms)");
+                 "syslog, mqtt, redis, routes, limits, reconnect, shutdown_timeout_ms, "
+                 "stats_interval)");
     expect_error("{\"routes\": [{\"mqtt\": \"a\", \"redis\": \"a\", \"qos\": 3}]}",
                  "cfg.json: routes[0].qos: invalid value 3 (allowed: an integer "
                  "from 0 to 2)");
@@ -211,6 +215,9 @@ static void test_value_errors_name_the_key(void **state)
     expect_error("{\"redis\": {\"keepalive\": -1}}",
                  "cfg.json: redis.keepalive: invalid value -1 (allowed: an "
                  "integer from 0 to 3600)");
+    expect_error("{\"stats_interval\": 86401}",
+                 "cfg.json: stats_interval: invalid value 86401 (allowed: an "
+                 "integer from 0 to 86400)");
     expect_error("{\"mqtt\": 5}",
                  "cfg.json: mqtt: invalid value 5 (allowed: an object)");
     expect_error("{\"id\": \"a\", \"id\": \"b\"}", "cfg.json: id: duplicate key");
