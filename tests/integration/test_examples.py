@@ -3,7 +3,8 @@
 end to end with the file as shipped, only the URLs overridden by --mqtt and
 --redis: chat (QoS 1 messages, QoS 0 typing indicators and read receipts,
 both ways), stock prices and live scores retained for late subscribers,
-announcements to every device."""
+announcements to every device, presence in a hash with telemetry in
+envelopes."""
 
 import json
 import os
@@ -15,7 +16,7 @@ import harness  # noqa: E402
 from harness import DELIVERY_TIMEOUT, QUIET, BridgeTestCase, run_bridge  # noqa: E402
 
 EXAMPLES = os.path.join(harness.REPO, "examples")
-NAMES = ["chat", "stocks", "scores", "announcements"]
+NAMES = ["chat", "stocks", "scores", "announcements", "presence"]
 
 
 def example(name):
@@ -133,6 +134,23 @@ class ExamplesTest(BridgeTestCase):
         self.retained_case("scores", "scores:final-2026", "scores/final-2026",
                            b'{"home":1,"away":0,"minute":23}',
                            b'{"home":1,"away":1,"minute":67}', 1)
+
+    def test_presence_and_telemetry(self):
+        self.run_example("presence")
+        psub = self.redis_sub(self.rs.port, patterns=["presence:*", "telemetry:*"])
+        dev = self.mqtt_client(self.mq.port, name="dev1")
+        dev.publish("devices/dev1/status", b"online", qos=1, retain=True)
+        self.assertTrue(harness.wait_until(
+            lambda: self.r.hgetall("devices") == {b"dev1": b"online"},
+            DELIVERY_TIMEOUT), self.r.hgetall("devices"))
+        self.assertIsNotNone(psub.count("presence:dev1", b"online") or None)
+        dev.publish("devices/dev1/telemetry", b'{"t":21.5}', qos=0)
+        self.assertTrue(harness.wait_until(lambda: psub.count("telemetry:dev1") == 1,
+                                           DELIVERY_TIMEOUT), psub.summary())
+        env = json.loads([m.data for m in psub.snapshot()
+                          if m.channel == b"telemetry:dev1"][0])
+        self.assertEqual((env["topic"], env["payload"], env["bridge"]),
+                         ("devices/dev1/telemetry", {"t": 21.5}, "presence"))
 
     def test_announcements_reach_every_device(self):
         self.run_example("announcements")
