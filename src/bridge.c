@@ -342,6 +342,19 @@ static void check_ready(mrb_bridge *b)
              b->n_skeys, b->routes.n);
 }
 
+/* After a reload: say once when all its subscriptions are in place. */
+static void check_reload_done(mrb_bridge *b)
+{
+    if (!b->reload_wait || b->stopping || !mrb_mqtt_ready(b) ||
+        !mrb_redis_sub_in_place(b) ||
+        (mrb_stream_needed(b) && (!b->scanned_once || b->scan_busy || b->rescan ||
+                                  b->scan_from_now)))
+        return;
+    b->reload_wait = 0;
+    mrb_info("reload: subscriptions in place (%zu MQTT, %zu Redis, %zu stream "
+             "key(s))", b->routes.n_mqtt_sub, b->routes.n_redis_sub, b->n_skeys);
+}
+
 static int drained(mrb_bridge *b)
 {
     pthread_mutex_lock(&b->in_lock);
@@ -484,6 +497,7 @@ static void reload(mrb_bridge *b)
     b->st = st;
     old = b->routes;
     b->routes = t;
+    b->routes_gen++;
     old_limits = b->limits;
     b->limits = limits;
     pthread_mutex_unlock(&b->routes_lock);
@@ -506,6 +520,7 @@ static void reload(mrb_bridge *b)
         mrb_error("reload: out of memory: stream keys are not read until the "
                   "next reconnect");
     mrb_routes_free(&old);
+    b->reload_wait = 1;
     mrb_info("reload: done: %zu route(s), %zu added, %zu removed; MQTT "
              "subscriptions +%zu -%zu, Redis subscriptions +%zu -%zu, stream "
              "keys/patterns +%zu -%zu; log level %s",
@@ -560,6 +575,7 @@ static int run_loop(mrb_bridge *b)
         mrb_stream_pump(b);
         mrb_replay_pump(b);
         check_ready(b);
+        check_reload_done(b);
         mrb_stats_tick(b, now);
         if (b->fatal)
             return 1;

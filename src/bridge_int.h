@@ -274,6 +274,8 @@ typedef struct mrb_bridge {
     char redis_url[300];
     mrb_routes routes;           /* swapped by main on reload, see above */
     pthread_mutex_t routes_lock;
+    unsigned routes_gen;         /* [routes_lock] +1 per reload */
+    atomic_ullong rate_limited_total; /* QoS 0 dropped over a rate, all routes */
     mrb_reload_fn reload;        /* reads the configuration again (SIGHUP) */
     void *reload_ctx;
     mrb_route_limit *limits;     /* per route (see above); NULL: none limited;
@@ -309,7 +311,7 @@ typedef struct mrb_bridge {
     int scanned_once;            /* first scan done: later groups start at 0 */
     int scan_busy;               /* SCAN/XGROUP replies outstanding */
     int scan_full;               /* this scan re-creates known keys' groups */
-    int scan_from_now;           /* this scan's new groups start at '$' */
+    int scan_from_now;           /* the scan after a reload: clears mrb_sub.fresh */
     int rescan;                  /* scan again when the current scan ends */
     size_t scan_sub;             /* stream_sub being scanned */
     int64_t next_scan_ms;
@@ -340,6 +342,7 @@ typedef struct mrb_bridge {
     struct mrb_replay *replay;   /* replay_io.c; NULL: no stream route */
 
     int ready;                   /* logged "ready" for the current up-phase */
+    int reload_wait;             /* a reload's subscriptions not all in place */
     int stopping;
     int fatal;                   /* an unrecoverable error was logged: exit 1 */
 } mrb_bridge;
@@ -440,6 +443,8 @@ int mrb_redis_pub_ready(const mrb_bridge *b);
 int mrb_redis_sub_ready(const mrb_bridge *b);
 void mrb_redis_close_sub(mrb_bridge *b);
 void mrb_redis_close_reader(mrb_bridge *b);
+/* Every Redis subscription of the table confirmed (or none needed). */
+int mrb_redis_sub_in_place(const mrb_bridge *b);
 /* After a reload replaced old with b->routes: SUBSCRIBE / UNSUBSCRIBE the
  * difference on a subscriber that is up (else it subscribes the new table
  * when it connects). Counts the Redis subscriptions added and removed. */

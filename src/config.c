@@ -578,7 +578,7 @@ void mrb_cli_usage(FILE *out)
 "                      unwrap takes such envelopes apart on the way to MQTT;\n"
 "                      rate=N [burst=N] limits the route to N messages/s\n"
 "                      each way (QoS 0 over the limit: dropped and counted;\n"
-"                      QoS 1/2: slowed down)\n"
+"                      QoS 1/2, and stream entries: slowed down)\n"
 "      --check         validate the configuration, print it and exit\n"
 "  -v, --verbose       log debug messages too\n"
 "  -q, --quiet         log only warnings and errors\n"

@@ -88,8 +88,19 @@ static int add_payload(cJSON *env, const void *payload, size_t plen)
     if (text && plen > 0 &&
         (json = cJSON_ParseWithLengthOpts(copy, plen + 1, NULL, 1)) != NULL &&
         !cJSON_IsString(json)) {
-        /* embedded as it came: reprinting would change numbers and spacing */
-        rc = cJSON_AddRawToObject(env, "payload", copy) ? 0 : -1;
+        /* cJSON also takes what JSON does not allow (007, 1., a raw tab in
+         * a string): the payload goes in as it came only if it is exactly
+         * what cJSON writes for it (compact JSON, as most devices send);
+         * otherwise as cJSON writes it, so the envelope is always JSON */
+        char *printed = cJSON_PrintUnformatted(json);
+        if (printed && strcmp(printed, copy) == 0) {
+            rc = cJSON_AddRawToObject(env, "payload", copy) ? 0 : -1;
+        } else if (printed) {
+            rc = cJSON_AddItemToObject(env, "payload", json) ? 0 : -1;
+            if (rc == 0)
+                json = NULL; /* env's now */
+        }
+        cJSON_free(printed);
     } else if (text) {
         rc = cJSON_AddStringToObject(env, "payload", copy) ? 0 : -1;
     } else {

@@ -327,8 +327,9 @@ static int append_locked(mrb_bridge *b, mrb_msg *m, int fresh)
         const char *payload = mrb_msg_payload(m);
         size_t plen = m->payload_len;
         char *env = NULL;
-        if (i < SKIP_BITS && (m->skip >> i & 1))
-            continue; /* over the route's rate (counted in admit) */
+        if (i < SKIP_BITS && (m->skip >> i & 1) && m->gen == b->routes_gen)
+            continue; /* over the route's rate (counted in admit; after a
+                         reload the positions are stale: sent) */
         /* a stored retained message is state: only a hash keeps it (and
          * it is not counted as a message of the route) */
         if (m->retain && r->store == MRB_STORE_NONE)
@@ -406,11 +407,16 @@ static int append_locked(mrb_bridge *b, mrb_msg *m, int fresh)
  * Retained messages (hash state) are not limited. */
 static int64_t admit_locked(mrb_bridge *b, mrb_msg *m);
 
-/* routes_lock: the table and its buckets may be swapped by a reload */
-static int64_t admit(mrb_bridge *b, mrb_msg *m)
+/* Admit and, if it may go, append m under one hold of routes_lock (the
+ * table and its buckets may be swapped by a reload: the skip positions
+ * admit sets are those append uses). Returns the ms to wait (m not
+ * appended), else 0 with *appended as append's result. */
+static int64_t admit_append(mrb_bridge *b, mrb_msg *m, int *appended)
 {
     pthread_mutex_lock(&b->routes_lock);
     int64_t w = admit_locked(b, m);
+    if (w <= 0)
+        *appended = append_locked(b, m, 1);
     pthread_mutex_unlock(&b->routes_lock);
     return w;
 }
@@ -435,6 +441,7 @@ static int64_t admit_locked(mrb_bridge *b, mrb_msg *m)
             mrb_bucket_take(&b->limits[tg->v[i].route].to_redis, now);
         return 0;
     }
+    m->gen = b->routes_gen;
     for (size_t i = 0; i < tg->n && i < SKIP_BITS; i++) {
         size_t ri = tg->v[i].route;
         if (!mrb_bucket_take(&b->limits[ri].to_redis, now)) {
@@ -492,7 +499,8 @@ static void send_some(mrb_bridge *b)
                 continue;
             }
         }
-        int64_t wait = admit(b, m);
+        int appended = 0;
+        int64_t wait = admit_append(b, m, &appended);
         if (wait > 0) {
             /* hold it, and put the rest back in order (there is hardly
              * any: Paho's receive thread waits for this one) */
@@ -504,7 +512,7 @@ static void send_some(mrb_bridge *b)
             pthread_mutex_unlock(&b->in_lock);
             return;
         }
-        if (!append(b, m, 1)) {
+        if (!appended) {
             finish(b, m);
             continue;
         }

@@ -44,6 +44,7 @@ void mrb_limits_dropped_one(mrb_bridge *b, size_t ri, int to_redis,
                             size_t len)
 {
     uint64_t sup, n = 0;
+    atomic_fetch_add(&b->rate_limited_total, 1); /* survives reloads */
     if (ri < b->st.n) {
         mrb_dir_stats *d = to_redis ? &b->st.r[ri].m2r : &b->st.r[ri].r2m;
         mrb_stats_count(&d->dropped_rate_limited, 1);

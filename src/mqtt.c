@@ -269,17 +269,13 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
                                                MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER)
                 : 0;
     if (n > 0) {
+        unsigned ids[8];
+        size_t n_ids = 0;
+        for (int i = 0; i < n && n_ids < 8; i++)
+            ids[n_ids++] = (unsigned)MQTTProperties_getNumericValueAt(
+                &msg->properties, MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER, i);
         pthread_mutex_lock(&b->routes_lock); /* main may swap the table */
-        if (b->routes.n_mqtt_sub > 1) {
-            size_t canon = mrb_routes_mqtt_canonical(&b->routes, topic, len);
-            unsigned want = canon == MRB_NO_SUB ? 0 : b->routes.mqtt_sub[canon].id;
-            duplicate = 1;
-            for (int i = 0; i < n; i++)
-                if ((unsigned)MQTTProperties_getNumericValueAt(
-                        &msg->properties, MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER,
-                        i) == want)
-                    duplicate = 0;
-        }
+        duplicate = mrb_routes_mqtt_is_copy(&b->routes, topic, len, ids, n_ids);
         pthread_mutex_unlock(&b->routes_lock);
     }
 
@@ -756,21 +752,6 @@ void mrb_mqtt_apply_routes(mrb_bridge *b, const mrb_routes *old, int had_replay,
     int up = m->state == CONN_UP && !b->stopping;
     size_t kept = 0;
     *added = *removed = 0;
-    for (size_t i = 0; i < old->n_mqtt_sub; i++) {
-        const mrb_sub *s = &old->mqtt_sub[i];
-        if (sub_find(t->mqtt_sub, t->n_mqtt_sub, s->name))
-            continue;
-        (*removed)++;
-        if (up) {
-            MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
-            int rc = MQTTAsync_unsubscribe(m->client, s->name, &o);
-            if (rc == MQTTASYNC_SUCCESS)
-                continue;
-            mrb_warn("mqtt: cannot unsubscribe from '%s': %s (tried again at "
-                     "the next connect)", s->name, MQTTAsync_strerror(rc));
-        }
-        unsub_pending_add(b, s->name);
-    }
     /* a filter the session held when it was complete and still holds at
      * the same QoS needs nothing; a new one, or a new QoS, a SUBSCRIBE */
     int complete = up && m->subacks >= old->n_mqtt_sub + (had_replay ? 1 : 0);
@@ -790,6 +771,23 @@ void mrb_mqtt_apply_routes(mrb_bridge *b, const mrb_routes *old, int had_replay,
         (*added)++;
         if (up)
             subscribe_one(b, s);
+    }
+    /* after the SUBSCRIBEs: the broker takes them in order, so a filter
+     * edited by the reload never has neither one in place */
+    for (size_t i = 0; i < old->n_mqtt_sub; i++) {
+        const mrb_sub *s = &old->mqtt_sub[i];
+        if (sub_find(t->mqtt_sub, t->n_mqtt_sub, s->name))
+            continue;
+        (*removed)++;
+        if (up) {
+            MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
+            int rc = MQTTAsync_unsubscribe(m->client, s->name, &o);
+            if (rc == MQTTASYNC_SUCCESS)
+                continue;
+            mrb_warn("mqtt: cannot unsubscribe from '%s': %s (tried again at "
+                     "the next connect)", s->name, MQTTAsync_strerror(rc));
+        }
+        unsub_pending_add(b, s->name);
     }
     if (complete)
         m->subacks = kept; /* the new ones' SUBACKs count on from here */

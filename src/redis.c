@@ -512,8 +512,9 @@ void mrb_redis_apply_routes(mrb_bridge *b, const mrb_routes *old, size_t *added,
     if (t->n_redis_sub == 0 || rc->state != CONN_UP) {
         /* nothing left to subscribe, or still confirming the old set:
          * close; a new connection (if needed) subscribes the new table */
+        rc->state = CONN_DOWN; /* first: not an outage (rconn_failed_as) */
+        rc->confirmed = 0;
         redisAsyncFree(rc->ac);
-        rc->state = CONN_DOWN;
         rc->next_attempt_ms = 0;
         return;
     }
@@ -532,14 +533,22 @@ void mrb_redis_apply_routes(mrb_bridge *b, const mrb_routes *old, size_t *added,
             redisAsyncCommand(rc->ac, NULL, NULL,
                               s->exact ? "UNSUBSCRIBE %s" : "PUNSUBSCRIBE %s", s->name);
     }
-    rc->confirmed = t->n_redis_sub; /* (counts only while connecting) */
+    /* the kept ones are confirmed; the new ones' replies count on from
+     * here (mrb_redis_sub_in_place) */
+    rc->confirmed = t->n_redis_sub - *added;
 }
 
 void mrb_redis_close_reader(mrb_bridge *b)
 {
+    b->rread.state = CONN_DOWN; /* first: not an outage (rconn_failed_as) */
     if (b->rread.ac)
         redisAsyncFree(b->rread.ac);
-    b->rread.state = CONN_DOWN;
+}
+
+int mrb_redis_sub_in_place(const mrb_bridge *b)
+{
+    return !rconn_needed(&b->rsub) ||
+           (b->rsub.state == CONN_UP && b->rsub.confirmed >= b->routes.n_redis_sub);
 }
 
 void mrb_redis_close_sub(mrb_bridge *b)

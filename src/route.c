@@ -798,29 +798,52 @@ static mrb_err sub_add(mrb_sub *subs, size_t *n, const char *name, int qos,
     return MRB_OK;
 }
 
+/* MQTT 5 Subscription Identifiers are 1 .. 268,435,455; the largest is the
+ * replay topic's (MRB_REPLAY_SUB_ID in bridge_int.h). */
+#define SUB_ID_MAX 268435454u
+
+static int sub_id_used(const mrb_sub *subs, size_t n, unsigned id)
+{
+    for (size_t i = 0; i < n; i++)
+        if (subs[i].id == id)
+            return 1;
+    return 0;
+}
+
 /* Order subs: those prev also has first, in prev's order and with prev's
- * id; then the new ones in their own order, numbered on from prev's
- * highest id. Without prev, ids are 1, 2, ... in table order. */
+ * id; then the new ones in their own order (fresh, if there is a prev).
+ * A new id is derived from the name (FNV-1a), so that the same filter gets
+ * the same id in every run: messages a persistent session queued while
+ * the bridge was away carry the ids of the run that subscribed. Two names
+ * with one hash (rare) take the next free id in table order. */
 static void subs_order(mrb_sub *subs, size_t n, const mrb_sub *prev, size_t np)
 {
-    unsigned next_id = 1;
-    for (size_t j = 0; j < np; j++)
-        if (prev[j].id >= next_id)
-            next_id = prev[j].id + 1;
     size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        subs[i].id = 0;
+        subs[i].fresh = prev != NULL;
+    }
     for (size_t j = 0; j < np; j++) {
         for (size_t i = k; i < n; i++) {
             if (strcmp(subs[i].name, prev[j].name) == 0) {
                 mrb_sub tmp = subs[i];
                 memmove(&subs[k + 1], &subs[k], (i - k) * sizeof(*subs));
                 subs[k] = tmp;
+                subs[k].fresh = 0;
                 subs[k++].id = prev[j].id;
                 break;
             }
         }
     }
-    for (size_t i = k; i < n; i++)
-        subs[i].id = next_id++;
+    for (size_t i = k; i < n; i++) {
+        uint32_t h = 2166136261u;
+        for (const char *c = subs[i].name; *c; c++)
+            h = (h ^ (uint8_t)*c) * 16777619u;
+        unsigned id = h % SUB_ID_MAX + 1;
+        while (sub_id_used(subs, n, id))
+            id = id % SUB_ID_MAX + 1;
+        subs[i].id = id;
+    }
 }
 
 mrb_err mrb_routes_build(mrb_routes *t, const mrb_route *routes, size_t n)
@@ -890,6 +913,28 @@ size_t mrb_routes_mqtt_canonical(const mrb_routes *t, const char *topic,
         if (mrb_filter_matches(t->mqtt_sub[i].name, topic, len))
             return i;
     return MRB_NO_SUB;
+}
+
+int mrb_routes_mqtt_is_copy(const mrb_routes *t, const char *topic, size_t len,
+                            const unsigned *ids, size_t n_ids)
+{
+    ix_iter it;
+    size_t i;
+    int first = 1, known = 0;
+    ix_lookup(t->ix_mqtt_sub, topic, len, '/', &it);
+    while (ix_next(&it, &i)) {
+        if (!mrb_filter_matches(t->mqtt_sub[i].name, topic, len))
+            continue;
+        for (size_t k = 0; k < n_ids; k++) {
+            if (ids[k] == t->mqtt_sub[i].id) {
+                if (first)
+                    return 0; /* it carries the canonical subscription */
+                known = 1;
+            }
+        }
+        first = 0;
+    }
+    return known;
 }
 
 size_t mrb_routes_redis_canonical(const mrb_routes *t, const char *channel,

@@ -29,9 +29,10 @@ static size_t totals(mrb_bridge *b, const mrb_route_snap *rs, size_t n_rs,
     uint64_t evicted = b->redis_echo.evicted + b->mqtt_echo.evicted;
     pthread_mutex_unlock(&b->echo_lock);
     const mrb_counters *c = &b->c;
-    uint64_t rate_limited = 0;
-    for (size_t i = 0; i < n_rs; i++)
-        rate_limited += rs[i].m2r.rate_limited + rs[i].r2m.rate_limited;
+    /* (not the sum of the routes': a reload drops removed routes' counts) */
+    uint64_t rate_limited = atomic_load(&b->rate_limited_total);
+    (void)rs;
+    (void)n_rs;
     size_t n = 0;
 #define KV(k, v) (kv[n].name = (k), kv[n].value = (uint64_t)(v), n++)
     KV("mqtt_in", ic.mqtt_in);

@@ -146,6 +146,12 @@ static void scan_done_one(mrb_bridge *b)
     if (--b->scan_busy > 0)
         return;
     b->scanned_once = 1;
+    if (b->scan_from_now) {
+        /* the keys of the routes a reload added are followed now: a key of
+         * theirs found from here on is new, read from its start */
+        for (size_t i = 0; i < b->routes.n_stream_sub; i++)
+            b->routes.stream_sub[i].fresh = 0;
+    }
     b->scan_from_now = 0;
     b->next_scan_ms = b->cfg->scan_interval > 0 && has_patterns(b)
                           ? mrb_now_ms() + b->cfg->scan_interval * 1000
@@ -180,6 +186,23 @@ static void on_group_reply(redisAsyncContext *ac, void *r, void *priv)
         b->scan_busy = 0; /* the connection went: scanned again on return */
 }
 
+/* Does key match only stream routes that a reload just added (fresh)? Such
+ * a key existed before the route: its group starts at '$', as at a first
+ * start. A key that a route held before matches is new: read from '0'. */
+static int only_fresh(const mrb_bridge *b, const char *key, size_t len)
+{
+    int any = 0;
+    for (size_t i = 0; i < b->routes.n_stream_sub; i++) {
+        const mrb_sub *s = &b->routes.stream_sub[i];
+        int match = s->exact ? strlen(s->name) == len && memcmp(s->name, key, len) == 0
+                             : mrb_glob_matches(s->name, key, len);
+        if (match && !s->fresh)
+            return 0;
+        any |= match;
+    }
+    return any;
+}
+
 static void group_create(mrb_bridge *b, const char *key, size_t len, int mkstream)
 {
     char *copy = malloc(len + 1);
@@ -188,7 +211,7 @@ static void group_create(mrb_bridge *b, const char *key, size_t len, int mkstrea
     memcpy(copy, key, len);
     copy[len] = '\0';
     const char *argv[] = {"XGROUP", "CREATE", key, b->group,
-                          b->scanned_once && !b->scan_from_now ? "0" : "$",
+                          b->scanned_once && !only_fresh(b, key, len) ? "0" : "$",
                           "MKSTREAM"};
     size_t lens[] = {6, 6, len, strlen(b->group), 1, 8};
     if (mrb_redis_command(&b->rpub, on_group_reply, copy, mkstream ? 6 : 5, argv,

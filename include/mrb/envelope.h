@@ -7,7 +7,8 @@
  *    "bridge":"id"}
  *
  * P is the payload itself when it is a JSON text (valid UTF-8 that cJSON
- * parses, other than a lone JSON string; embedded byte for byte), a JSON
+ * parses, other than a lone JSON string; byte for byte if it is exactly what
+ * cJSON prints for it, else as cJSON prints it, so P is always JSON), a JSON
  * string when it is other UTF-8 text without NUL bytes, and otherwise a base64 string (RFC 4648, padded) with
  * "encoding":"base64" added. ts is milliseconds since the epoch.
  *

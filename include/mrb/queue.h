@@ -26,6 +26,8 @@ typedef struct mrb_msg {
     uint64_t skip;      /* owner's bookkeeping: targets (bit i: the i-th)
                            not to send, e.g. over a route's rate limit */
     unsigned route;     /* owner's bookkeeping: route index (stats) */
+    unsigned gen;       /* owner's bookkeeping: route table generation of
+                           skip (a reload makes target positions stale) */
     int64_t taken_us;   /* monotonic us it was taken in (latency, stats) */
     char data[];        /* name '\0' payload tag '\0' */
 } mrb_msg;

@@ -132,7 +132,10 @@ typedef struct mrb_sub {
     int exact;         /* Redis: no '*', so SUBSCRIBE instead of PSUBSCRIBE */
     int retained;      /* MQTT: a store route uses it: have the broker send
                           its retained messages on subscribe */
-    unsigned id;       /* MQTT 5 subscription identifier; kept across reloads */
+    unsigned id;       /* MQTT 5 subscription identifier: derived from the
+                          name, kept across reloads and restarts */
+    int fresh;         /* new in a reloaded table (stream.c clears it once
+                          the keys of the routes held before are found) */
 } mrb_sub;
 
 typedef struct mrb_routes {
@@ -159,7 +162,7 @@ mrb_err mrb_routes_build(mrb_routes *t, const mrb_route *routes, size_t n);
 /* The same for a table that replaces prev (a reload): the subscriptions prev
  * also has come first, in prev's order and with prev's ids, so that a
  * subscription the bridge already holds stays the canonical one for the
- * messages it carries; new subscriptions follow, with new ids. Table order
+ * messages it carries; new subscriptions follow, marked fresh. Table order
  * is the priority order of the canonical lookups below. */
 mrb_err mrb_routes_build_from(mrb_routes *t, const mrb_route *routes, size_t n,
                               const mrb_routes *prev);
@@ -170,6 +173,14 @@ void mrb_routes_free(mrb_routes *t);
  * acts only on the copy that carries this one (see bridge.c). */
 size_t mrb_routes_mqtt_canonical(const mrb_routes *t, const char *topic,
                                  size_t len);
+/* MQTT 5: is a message that carries the Subscription Identifiers ids an
+ * extra copy, to be dropped? 1 if it carries the id of a subscription that
+ * matches topic but not the canonical one's; 0 (forward it) if it carries
+ * the canonical one's, or none of a matching subscription: a copy by a
+ * filter a reload just removed, whose replacement may not be in place yet,
+ * is forwarded rather than lost (at least once). */
+int mrb_routes_mqtt_is_copy(const mrb_routes *t, const char *topic, size_t len,
+                            const unsigned *ids, size_t n_ids);
 /* Likewise for Redis: the first subscription matching channel. */
 size_t mrb_routes_redis_canonical(const mrb_routes *t, const char *channel,
                                   size_t len);

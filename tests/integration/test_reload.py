@@ -35,11 +35,16 @@ class ReloadTest(BridgeTestCase):
         cfg.update(extra)
         return self.write_config(cfg, name=bid + ".json")
 
-    def hup(self, b, what="reload"):
+    def hup(self, b, what="reload", in_place=True):
+        """SIGHUP; wait for the reload's result and (in_place) for its
+        subscriptions to be confirmed (the "in place" line)."""
         mark = b.mark()
         b.proc.send_signal(signal.SIGHUP)
         self.assert_log(b, re.compile(r"reload: (done|.*the running configuration stays)"),
                         since=mark, what=what)
+        if in_place and "reload: done" in b.log()[mark:]:
+            self.assert_log(b, "reload: subscriptions in place", since=mark,
+                            what=what + " (subscriptions)")
         return mark
 
     def test_routes_added_and_removed_while_messages_flow(self):
@@ -209,6 +214,52 @@ class ReloadTest(BridgeTestCase):
                                         "mqtt_to_redis: in=1 out=1 "), r[1])
         b.stop()
 
+    def test_restart_after_a_reload_keeps_the_queued_messages(self):
+        # subscription identifiers must not depend on the order in which
+        # reloads made the table: the broker queues messages for an absent
+        # bridge with the ids of the run that subscribed
+        a = {"mqtt": "a/+", "redis": "a:*", "direction": "mqtt_to_redis", "qos": 1}
+        bb = {"mqtt": "b/+", "redis": "b:*", "direction": "mqtt_to_redis", "qos": 1}
+        c = {"mqtt": "c/+", "redis": "c:*", "direction": "mqtt_to_redis", "qos": 1}
+        path = self.config([a, bb, c])
+        b = self.start_bridge(None, None, "-c", path)
+        self.config([bb, c])
+        self.hup(b)
+        b.stop()
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        for i in range(5):  # queued by the broker for the bridge's session
+            pub.publish("c/x", b"q%d" % i)
+        rsub = self.redis_sub(self.rs.port, patterns=["c:*"])
+        b2 = self.start_bridge(None, None, "-c", path, name="again")
+        self.assertTrue(harness.wait_until(lambda: rsub.count("c:x") >= 5,
+                                           harness.DELIVERY_TIMEOUT),
+                        "queued messages lost after the restart: %s" % rsub.summary())
+        self.assertEqual([m.data for m in rsub.snapshot()], [b"q%d" % i for i in range(5)])
+        b2.stop()
+
+    def test_new_key_of_an_unchanged_stream_route_is_read_from_its_start(self):
+        orders = {"mqtt": "orders/+", "redis": "orders:*", "mode": "stream",
+                  "direction": "redis_to_mqtt", "qos": 1}
+        jobs = {"mqtt": "jobs/+", "redis": "jobs:*", "mode": "stream",
+                "direction": "redis_to_mqtt", "qos": 1}
+        path = self.config([orders], redis={"url": self.rs.url, "scan_interval": 3600})
+        b = self.start_bridge(None, None, "-c", path)
+        msub = self.mqtt_client(self.mq.port, "orders/#", "jobs/#", name="sub")
+        # a key made after the last scan (none for an hour): the reload's
+        # scan finds it; it is new, so read from '0', unlike the keys of the
+        # route the reload adds (existing ones start at '$')
+        self.r.xadd("orders:42", {"payload": b"o1"})
+        self.r.xadd("jobs:1", {"payload": b"old job"})
+        self.config([orders, jobs], redis={"url": self.rs.url, "scan_interval": 3600})
+        self.hup(b)
+        self.assertIsNotNone(msub.wait_for(lambda m: m.payload == b"o1"),
+                             "the first entry of a new key of an unchanged route was "
+                             "skipped: %s" % msub.summary())
+        self.r.xadd("jobs:1", {"payload": b"new job"})
+        self.assertIsNotNone(msub.wait_for(lambda m: m.payload == b"new job"))
+        self.assertEqual(msub.count(payload=b"old job"), 0)
+        b.stop()
+
     def test_first_stream_route_turns_replay_on(self):
         path = self.config([{"mqtt": "p/+", "redis": "p:*"}])
         b = self.start_bridge(None, None, "-c", path)
@@ -244,11 +295,14 @@ class ReloadTest(BridgeTestCase):
         self.mq.stop()
         self.assert_log(b, harness.LOST_RE, what="broker stopped")
         self.config([keep])
-        self.hup(b)
+        mark = self.hup(b, in_place=False)
+        self.assertNotIn("subscriptions in place", b.log()[mark:])
         mark = b.mark()
         self.mq.start()
         self.assert_log(b, "mqtt: reconnected", since=mark,
                         timeout=harness.RECOVERY_TIMEOUT)
+        # once the broker is back and the subscriptions are confirmed
+        self.assert_log(b, "reload: subscriptions in place", since=mark)
         pub = self.mqtt_client(self.mq.port, name="pub")
         rsub = self.redis_sub(self.rs.port, patterns=["keep:*", "gone:*"])
         # the kept route carries (once the subscriptions are back)

@@ -195,6 +195,25 @@ static mrb_routes table(const char **specs, size_t n)
     return t;
 }
 
+static void test_mqtt_is_copy(void **state)
+{
+    (void)state;
+    const char *a[] = {"a/# > a:*", "a/+ > b:*", "c/+ > c:*"};
+    mrb_routes t = table(a, 3);
+    unsigned hash = t.mqtt_sub[0].id, plus = t.mqtt_sub[1].id, c = t.mqtt_sub[2].id;
+    unsigned both[2] = {plus, hash}, gone[1] = {hash ^ 0x5a5a5};
+    /* a/b matches a/# (canonical: first) and a/+ */
+    assert_int_equal(mrb_routes_mqtt_is_copy(&t, "a/b", 3, &hash, 1), 0);
+    assert_int_equal(mrb_routes_mqtt_is_copy(&t, "a/b", 3, &plus, 1), 1);
+    assert_int_equal(mrb_routes_mqtt_is_copy(&t, "a/b", 3, both, 2), 0);
+    /* a copy only by a filter no longer held is forwarded, not dropped */
+    assert_int_equal(mrb_routes_mqtt_is_copy(&t, "a/b", 3, gone, 1), 0);
+    /* an id of a filter that does not match this topic says nothing */
+    assert_int_equal(mrb_routes_mqtt_is_copy(&t, "a/b/c", 5, &c, 1), 0);
+    assert_int_equal(mrb_routes_mqtt_is_copy(&t, "a/b/c", 5, &hash, 1), 0);
+    mrb_routes_free(&t);
+}
+
 /* A reload keeps the subscriptions it already has first, in their order and
  * with their ids; new ones follow with new ids. */
 static void test_table_reload_order(void **state)
@@ -205,28 +224,42 @@ static void test_table_reload_order(void **state)
                        "prices/+ <> prices:*"};
     mrb_routes old = table(a, 3);
     assert_int_equal(old.n_mqtt_sub, 3);
-    assert_int_equal(old.mqtt_sub[0].id, 1);
-    assert_int_equal(old.mqtt_sub[2].id, 3);
     assert_string_equal(old.redis_sub[0].name, "news"); /* exact first */
+    unsigned id_user = old.mqtt_sub[0].id, id_cmd = old.mqtt_sub[2].id;
+    assert_true(id_user >= 1 && id_user < 268435455u);
+    assert_true(id_cmd != id_user && id_cmd != old.mqtt_sub[1].id);
 
     mrb_route r[4];
     mrb_routes t;
     for (size_t i = 0; i < 4; i++)
         r[i] = mk(b[i]);
     assert_int_equal(mrb_routes_build_from(&t, r, 4, &old), MRB_OK);
+    /* the same routes built fresh (a restart) give each filter the same id */
+    mrb_routes fresh;
+    assert_int_equal(mrb_routes_build(&fresh, r, 4), MRB_OK);
     for (size_t i = 0; i < 4; i++)
         mrb_route_free(&r[i]);
-    /* kept: user/+ (id 1), cmd/+ (id 3) in the old order; then alerts,
-     * prices/+ with ids from 4 on ("news" is gone) */
+    /* kept: user/+, cmd/+ in the old order with their ids; then alerts,
+     * prices/+ (fresh; "news" is gone) */
     assert_int_equal(t.n_mqtt_sub, 4);
     assert_string_equal(t.mqtt_sub[0].name, "user/+");
-    assert_int_equal(t.mqtt_sub[0].id, 1);
+    assert_int_equal(t.mqtt_sub[0].id, id_user);
+    assert_false(t.mqtt_sub[0].fresh);
     assert_string_equal(t.mqtt_sub[1].name, "cmd/+");
-    assert_int_equal(t.mqtt_sub[1].id, 3);
+    assert_int_equal(t.mqtt_sub[1].id, id_cmd);
     assert_string_equal(t.mqtt_sub[2].name, "alerts");
-    assert_int_equal(t.mqtt_sub[2].id, 4);
+    assert_true(t.mqtt_sub[2].fresh);
     assert_string_equal(t.mqtt_sub[3].name, "prices/+");
-    assert_int_equal(t.mqtt_sub[3].id, 5);
+    for (size_t i = 0; i < 4; i++) {
+        size_t j = 0;
+        while (strcmp(fresh.mqtt_sub[j].name, t.mqtt_sub[i].name) != 0)
+            j++;
+        assert_int_equal(fresh.mqtt_sub[j].id, t.mqtt_sub[i].id);
+        assert_false(fresh.mqtt_sub[j].fresh);
+        for (size_t k = 0; k < i; k++)
+            assert_int_not_equal(t.mqtt_sub[k].id, t.mqtt_sub[i].id);
+    }
+    mrb_routes_free(&fresh);
     assert_string_equal(t.redis_sub[0].name, "user:*");
     assert_string_equal(t.redis_sub[1].name, "cmd:*");
     assert_string_equal(t.redis_sub[2].name, "alerts"); /* new: after the old */
@@ -428,6 +461,7 @@ int main(void)
         cmocka_unit_test(test_stream_routes),
         cmocka_unit_test(test_index_matches_scan),
         cmocka_unit_test(test_table_reload_order),
+        cmocka_unit_test(test_mqtt_is_copy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

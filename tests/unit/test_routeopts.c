@@ -214,14 +214,25 @@ static void test_envelope_text_json_binary(void **state)
     j = wrap("h\xc3\xa9 \"x\"", 7);
     assert_string_equal(cJSON_GetObjectItem(j, "payload")->valuestring, "h\xc3\xa9 \"x\"");
     cJSON_Delete(j);
-    /* JSON: embedded as JSON, byte for byte */
-    const char *js = "{\"t\": 21.50, \"n\":[1,2]}";
+    /* compact JSON: embedded byte for byte */
+    const char *js = "{\"t\":21.5,\"n\":[1,2]}";
     char *out = NULL;
     size_t outn;
     assert_int_equal(mrb_envelope_wrap("a", js, strlen(js), 0, 0, 1, "b", &out, &outn),
                      MRB_OK);
-    assert_non_null(strstr(out, "\"payload\":{\"t\": 21.50, \"n\":[1,2]}"));
+    assert_non_null(strstr(out, "\"payload\":{\"t\":21.5,\"n\":[1,2]}"));
     free(out);
+    /* other JSON: as cJSON writes it, so the envelope stays JSON (cJSON
+     * reads 007, which JSON does not allow) */
+    const char *spaced = "{\"t\": 21.50, \"n\": [1, 007]}";
+    assert_int_equal(mrb_envelope_wrap("a", spaced, strlen(spaced), 0, 0, 1, "b", &out,
+                                       &outn), MRB_OK);
+    assert_non_null(strstr(out, "\"payload\":{\"t\":21.5,\"n\":[1,7]}"));
+    free(out);
+    j = wrap("007", 3);
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItem(j, "payload")));
+    assert_int_equal(cJSON_GetObjectItem(j, "payload")->valueint, 7);
+    cJSON_Delete(j);
     /* a lone JSON string is text (embedded, it would lose its quotes) */
     j = wrap("\"abc\"", 5);
     assert_string_equal(cJSON_GetObjectItem(j, "payload")->valuestring, "\"abc\"");
