@@ -14,7 +14,7 @@
 #                        by default: 2.5 minutes and a root file system
 #                        download on a fresh machine, which CI cannot afford)
 #   MRB_SKIP_FUZZ=1      skip the clang build (fuzzers, clang-tidy)
-#   MRB_FUZZ_SECONDS=N   seconds per fuzzer (default 20)
+#   MRB_FUZZ_SECONDS=N   seconds per fuzzer (default 10)
 #   CTEST_ARGS="..."     extra arguments for both ctest runs (e.g. "-R unit")
 #   MRB_TEST_JOBS=N      tests run in parallel (default 2)
 set -euo pipefail
@@ -139,7 +139,7 @@ if [[ ${MRB_SKIP_FUZZ:-0} != 1 ]]; then
   section "Configure + build ($FUZZ_DIR, clang, libFuzzer + ASan + UBSan, -Werror)"
   CC=clang cmake -S . -B "$FUZZ_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DMRB_WERROR=ON -DMRB_SANITIZE=ON -DMRB_FUZZ=ON -DMRB_TESTS=ON -DWITH_TLS=ON \
-    -DMRB_FUZZ_SECONDS="${MRB_FUZZ_SECONDS:-20}"
+    -DMRB_FUZZ_SECONDS="${MRB_FUZZ_SECONDS:-10}"
   cmake --build "$FUZZ_DIR" -j2
 
   section "Fuzzers, clang-tidy, unit tests ($FUZZ_DIR)"
