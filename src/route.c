@@ -837,7 +837,8 @@ static void subs_order(mrb_sub *subs, size_t n, const mrb_sub *prev, size_t np)
     }
     for (size_t i = k; i < n; i++) {
         uint32_t h = 2166136261u;
-        for (const char *c = subs[i].name; *c; c++)
+        /* entries below n have a name (sub_add); see there */
+        for (const char *c = subs[i].name; *c; c++) // NOLINT(clang-analyzer-core.NullDereference)
             h = (h ^ (uint8_t)*c) * 16777619u;
         unsigned id = h % SUB_ID_MAX + 1;
         while (sub_id_used(subs, n, id))
