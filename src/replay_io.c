@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "bridge_int.h"
+#include "mrb/mem.h"
 #include "mrb/replay.h"
 
 #define MRB_REPLAY_QUEUE 16
@@ -79,16 +80,6 @@ typedef struct mrb_replay {
  * the correlation data. Layout: kind | corr_len (2 bytes, big endian) |
  * corr | key '\0' id. */
 enum { KIND_ENTRY = 'e', KIND_END_OK = 'o', KIND_END_ERROR = 'x' };
-
-static char *dup_n(const char *s, size_t n)
-{
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, s, n);
-        d[n] = '\0';
-    }
-    return d;
-}
 
 int mrb_replay_update(mrb_bridge *b)
 {
@@ -218,7 +209,7 @@ int mrb_replay_take(mrb_bridge *b, const char *topic, size_t len,
             MQTTProperty *p = MQTTProperties_getProperty(
                 &msg->properties, MQTTPROPERTY_CODE_RESPONSE_TOPIC);
             if (p && p->value.data.len > 0)
-                r->response_topic = dup_n(p->value.data.data, (size_t)p->value.data.len);
+                r->response_topic = mrb_strndup(p->value.data.data, (size_t)p->value.data.len);
             p = MQTTProperties_getProperty(&msg->properties,
                                            MQTTPROPERTY_CODE_CORRELATION_DATA);
             r->corr_too_long = p && p->value.data.len > MRB_REPLAY_MAX_CORRELATION;
@@ -414,7 +405,7 @@ static char *stream_key(const mrb_bridge *b, const char *topic)
         if (r->mode == MRB_MODE_STREAM &&
             mrb_route_map_to_redis(r, topic, strlen(topic), key, sizeof(key) - 1,
                                    &kn) == MRB_OK)
-            return dup_n(key, kn);
+            return mrb_strndup(key, kn);
     }
     return NULL;
 }
@@ -429,8 +420,8 @@ static rjob *new_job(mrb_bridge *b, const char *topic, long count,
         return NULL;
     j->b = b;
     j->count = count;
-    j->topic = dup_n(topic, strlen(topic));
-    j->response_topic = dup_n(rtopic, strlen(rtopic));
+    j->topic = mrb_strndup(topic, strlen(topic));
+    j->response_topic = mrb_strndup(rtopic, strlen(rtopic));
     if (!j->topic || !j->response_topic) {
         job_free(j);
         return NULL;

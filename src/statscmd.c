@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "mrb/config.h"
+#include "mrb/mem.h"
 #include "mrb/statscmd.h"
 
 #define PROG "mqtt-redis-bridge stats"
@@ -121,16 +122,6 @@ static int cmp_row(const void *a, const void *b)
     return strcmp(((const bridge_row *)a)->id, ((const bridge_row *)b)->id);
 }
 
-static char *dup_n(const char *s, size_t n)
-{
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, s, n);
-        d[n] = '\0';
-    }
-    return d;
-}
-
 static void rows_free(bridge_row *rows, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -167,7 +158,7 @@ static int read_bridges(redisContext *c, bridge_row **out, size_t *n_out)
     for (size_t i = 0; i < n; i++) {
         const redisReply *e = m->element[i];
         bridge_row *row = &rows[i];
-        row->id = dup_n(e->str ? e->str : "", e->str ? e->len : 0);
+        row->id = mrb_strndup(e->str ? e->str : "", e->str ? e->len : 0);
         char key[300];
         snprintf(key, sizeof(key), "bridge:%s:stats", row->id ? row->id : "");
         const char *argv[] = {"HGETALL", key};
@@ -182,7 +173,7 @@ static int read_bridges(redisContext *c, bridge_row **out, size_t *n_out)
         }
         if (h->elements == 0) {
             /* expired: no report for 3 intervals */
-            row->status = dup_n("gone", 4);
+            row->status = mrb_strndup("gone", 4);
             const char *srem[] = {"SREM", "bridges", row->id ? row->id : ""};
             size_t slen[] = {4, 7, strlen(srem[2])};
             freeReplyObject(cmd(c, 3, srem, slen));
@@ -220,7 +211,7 @@ static int read_bridges(redisContext *c, bridge_row **out, size_t *n_out)
             for (size_t j = 0; j < sizeof(strs) / sizeof(strs[0]); j++) {
                 char **dst = (char **)(void *)((char *)row + strs[j].off);
                 if (strcmp(f->str, strs[j].name) == 0 && !*dst)
-                    *dst = dup_n(v->str, v->len);
+                    *dst = mrb_strndup(v->str, v->len);
             }
             if (strcmp(f->str, "json") == 0 && !row->doc)
                 row->doc = cJSON_ParseWithLength(v->str, v->len);

@@ -1,20 +1,11 @@
 /* url.c - parsing of mqtt://, redis:// and unix: URLs (see mrb/url.h). */
 #include "mrb/url.h"
+#include "mrb/mem.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static char *dup_range(const char *s, size_t n)
-{
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, s, n);
-        d[n] = '\0';
-    }
-    return d;
-}
 
 static int hexval(char c)
 {
@@ -213,7 +204,7 @@ mrb_err mrb_url_parse(const char *text, mrb_url_kind kind, mrb_url *out,
             out->db = (int)v;
         }
     }
-    if (!(out->host = dup_range(hstart, hlen))) {
+    if (!(out->host = mrb_strndup(hstart, hlen))) {
         mrb_url_free(out);
         return MRB_ERR_NOMEM;
     }
