@@ -143,7 +143,10 @@ class ExamplesTest(BridgeTestCase):
         self.assertTrue(harness.wait_until(
             lambda: self.r.hgetall("devices") == {b"dev1": b"online"},
             DELIVERY_TIMEOUT), self.r.hgetall("devices"))
-        self.assertIsNotNone(psub.count("presence:dev1", b"online") or None)
+        # HSET goes before the PUBLISH: the channel may be a moment later
+        self.assertTrue(harness.wait_until(
+            lambda: psub.count("presence:dev1", b"online") == 1, DELIVERY_TIMEOUT),
+            psub.summary())
         dev.publish("devices/dev1/telemetry", b'{"t":21.5}', qos=0)
         self.assertTrue(harness.wait_until(lambda: psub.count("telemetry:dev1") == 1,
                                            DELIVERY_TIMEOUT), psub.summary())
