@@ -7,16 +7,7 @@
 #include <string.h>
 
 #include "mrb/route.h"
-
-static mrb_route mk(const char *spec)
-{
-    mrb_route r;
-    char msg[256];
-    mrb_err err = mrb_route_parse_spec(spec, &r, msg, sizeof(msg));
-    if (err != MRB_OK)
-        fail_msg("spec '%s': %s", spec, msg);
-    return r;
-}
+#include "route_spec.h"
 
 /* Map topic through spec; expect result (NULL = no mapping). */
 static void to_redis(const char *spec, const char *topic, const char *expect)
@@ -119,16 +110,6 @@ static void test_hostile_channel_is_bounded(void **state)
     memcpy(ch, "a", 1);
     ch[sizeof(ch) - 1] = '/';
     to_mqtt("+/+/+/+ <> *:*:*:*", ch, sizeof(ch), NULL);
-}
-
-static void check_bad(const char *spec, const char *expect)
-{
-    mrb_route r;
-    char msg[512];
-    mrb_err err = mrb_route_parse_spec(spec, &r, msg, sizeof(msg));
-    assert_int_equal(err, MRB_ERR_INVALID);
-    if (strcmp(msg, expect) != 0)
-        fail_msg("spec '%s'\n got: %s\nwant: %s", spec, msg, expect);
 }
 
 static void test_bad_specs(void **state)

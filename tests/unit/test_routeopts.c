@@ -12,25 +12,7 @@
 #include "mrb/bucket.h"
 #include "mrb/envelope.h"
 #include "mrb/route.h"
-
-static mrb_route mk(const char *spec)
-{
-    mrb_route r;
-    char msg[512];
-    if (mrb_route_parse_spec(spec, &r, msg, sizeof(msg)) != MRB_OK)
-        fail_msg("spec '%s': %s", spec, msg);
-    return r;
-}
-
-static void check_bad(const char *spec, const char *expect)
-{
-    mrb_route r;
-    char msg[512];
-    mrb_err err = mrb_route_parse_spec(spec, &r, msg, sizeof(msg));
-    assert_int_equal(err, MRB_ERR_INVALID);
-    if (strcmp(msg, expect) != 0)
-        fail_msg("spec '%s'\n got: %s\nwant: %s", spec, msg, expect);
-}
+#include "route_spec.h"
 
 /* ---- options: parse, check, format ---- */
 
