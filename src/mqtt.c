@@ -275,7 +275,9 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
             ids[n_ids++] = (unsigned)MQTTProperties_getNumericValueAt(
                 &msg->properties, MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER, i);
         pthread_mutex_lock(&b->routes_lock); /* main may swap the table */
-        duplicate = mrb_routes_mqtt_is_copy(&b->routes, topic, len, ids, n_ids);
+        /* with one filter there is no other copy to prefer */
+        duplicate = b->routes.n_mqtt_sub > 1 &&
+                    mrb_routes_mqtt_is_copy(&b->routes, topic, len, ids, n_ids);
         pthread_mutex_unlock(&b->routes_lock);
     }
 
