@@ -460,10 +460,12 @@ class RedisTlsTest(SecurityCase):
                  "--requirepass", "r-pass"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self.addCleanup(harness.stop_process, redis_proc)
-        # the same stunnel.conf as README "Redis over TLS"
+        # the same stunnel.conf as README "Redis over TLS", plus syslog = no:
+        # the log goes to stunnel.log only, not to the machine's /dev/log
         conf = os.path.join(self.workdir, "stunnel.conf")
         with open(conf, "w") as f:
-            f.write("foreground = yes\npid =\n[redis]\nclient = yes\n"
+            f.write("foreground = yes\npid =\nsyslog = no\n"
+                    "[redis]\nclient = yes\n"
                     "accept = 127.0.0.1:%d\nconnect = 127.0.0.1:%d\n"
                     "verifyChain = yes\nCAfile = %s\ncheckHost = localhost\n"
                     "cert = %s\nkey = %s\nsslVersionMin = TLSv1.2\n"
