@@ -25,8 +25,9 @@ cd "$ROOT"
 BUILD_DIR=build
 ASAN_DIR=build-asan
 FUZZ_DIR=build-fuzz
-TOOLS_DIR="$ROOT/build/_tools"        # npm tools (dockerfilelint) and a python3 shim
+TOOLS_DIR="$ROOT/build/_tools"        # npm tools (dockerfilelint, aedes) and a python3 shim
 DOCKERFILELINT_VERSION=1.8.0
+AEDES_VERSION=0.51.3                  # an MQTT 3.1.1-only broker (test_mqtt311)
 
 section() { printf '\n==== %s ====\n' "$*"; }
 die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -47,14 +48,18 @@ SECURITY_PKGS=(libssl-dev openssl stunnel4 clang libclang-rt-14-dev cppcheck
 apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${SECURITY_PKGS[@]}"
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 
-# dockerfilelint goes into the build area (tests/lint/check-docker.sh looks there).
-if [[ ! -x $TOOLS_DIR/node_modules/.bin/dockerfilelint ]]; then
-  [[ ${MRB_SKIP_INSTALL:-0} == 1 ]] && die "dockerfilelint missing (MRB_SKIP_INSTALL=1)"
-  echo "installing: dockerfilelint@$DOCKERFILELINT_VERSION (npm) into $TOOLS_DIR"
+# npm tools go into the build area: dockerfilelint (tests/lint/check-docker.sh
+# looks there) and aedes, a broker without MQTT 5 for the protocol fallback
+# test (tests/integration/harness.py looks there). One npm call for both: a
+# second --no-save install into the same prefix would remove the first.
+if [[ ! -x $TOOLS_DIR/node_modules/.bin/dockerfilelint ||
+      ! -f $TOOLS_DIR/node_modules/aedes/package.json ]]; then
+  [[ ${MRB_SKIP_INSTALL:-0} == 1 ]] && die "dockerfilelint or aedes missing (MRB_SKIP_INSTALL=1)"
+  echo "installing: dockerfilelint@$DOCKERFILELINT_VERSION aedes@$AEDES_VERSION (npm) into $TOOLS_DIR"
   mkdir -p "$TOOLS_DIR"
   NPM_CONFIG_UPDATE_NOTIFIER=false NPM_CONFIG_FUND=false NPM_CONFIG_AUDIT=false \
     npm install --prefix "$TOOLS_DIR" --no-save --loglevel=error \
-      "dockerfilelint@$DOCKERFILELINT_VERSION"
+      "dockerfilelint@$DOCKERFILELINT_VERSION" "aedes@$AEDES_VERSION"
 fi
 export PATH="$TOOLS_DIR/node_modules/.bin:$PATH"
 

@@ -337,6 +337,66 @@ class Mosquitto:
         return self.proc is not None and self.proc.poll() is None
 
 
+class Aedes:
+    """An MQTT 3.1.1-only broker (aedes, Node.js) on 127.0.0.1:port, for the
+    protocol fallback test: mosquitto always speaks MQTT 5. aedes comes from
+    npm: scripts/test.sh installs it into build/_tools/node_modules
+    (MRB_NODE_MODULES names another directory)."""
+
+    SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          "aedes_broker.js")
+
+    def __init__(self, workdir, port=None):
+        self.port = port or free_port()
+        self.dir = os.path.join(workdir, "aedes-%d" % self.port)
+        os.makedirs(self.dir, exist_ok=True)
+        self.log_path = os.path.join(self.dir, "aedes.log")
+        self.modules = os.environ.get("MRB_NODE_MODULES") or os.path.join(
+            REPO, "build", "_tools", "node_modules")
+        self.proc = None
+
+    @property
+    def url(self):
+        return "mqtt://127.0.0.1:%d" % self.port
+
+    @staticmethod
+    def missing():
+        """Why aedes cannot run here, or None."""
+        node = shutil.which("node") or shutil.which("nodejs")
+        if not node:
+            return "node not found (apt-get install nodejs; scripts/test.sh does)"
+        mods = os.environ.get("MRB_NODE_MODULES") or os.path.join(
+            REPO, "build", "_tools", "node_modules")
+        if not os.path.isdir(os.path.join(mods, "aedes")):
+            return ("aedes not found in %s (npm install --prefix build/_tools "
+                    "aedes; scripts/test.sh does)" % mods)
+        return None
+
+    def start(self):
+        node = shutil.which("node") or shutil.which("nodejs")
+        env = dict(os.environ, NODE_PATH=self.modules)
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [node, self.SCRIPT, str(self.port)], cwd=self.dir, env=env,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        ok = wait_until(lambda: self.proc.poll() is not None or
+                        "listening on" in self.log(), SERVER_TIMEOUT, 0.02)
+        if self.proc.poll() is not None or not ok:
+            self.stop()
+            raise RuntimeError("aedes did not start on port %d:\n%s"
+                               % (self.port, tail(self.log())))
+        return self
+
+    def log(self):
+        return read_text(self.log_path)
+
+    def stop(self, sig=signal.SIGTERM):
+        return stop_process(self.proc, sig)
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+
 # --------------------------------------------------------------------------
 # clients
 
@@ -745,6 +805,7 @@ class BridgeTestCase(unittest.TestCase):
         self._bridges = []
         self._brokers = []
         self._redises = []
+        self._aedes = []
         self._diag = []
         self.addCleanup(self._cleanup_workdir)
 
@@ -761,6 +822,8 @@ class BridgeTestCase(unittest.TestCase):
         for r in self._redises:
             self._diag.append("--- redis :%d log:\n%s"
                               % (r.port, tail(read_text(r.log_path), 10)))
+        for a in self._aedes:
+            self._diag.append("--- aedes :%d log:\n%s" % (a.port, tail(a.log(), 25)))
         if os.environ.get("MRB_KEEP_TMP"):
             self._diag.append("--- kept %s" % self.workdir)
         else:
@@ -797,6 +860,12 @@ class BridgeTestCase(unittest.TestCase):
         if start:
             m.start()
         return m
+
+    def start_aedes(self, port=None):
+        a = Aedes(self.workdir, port)
+        self._aedes.append(a)
+        self.addCleanup(a.stop)
+        return a.start()
 
     # bridge -------------------------------------------------------------
     def start_bridge(self, mqtt_port=None, redis_port=None, *extra,

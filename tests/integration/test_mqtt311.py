@@ -39,12 +39,12 @@ class ProtocolTest(BridgeTestCase):
                          "protocol level(s) used by the bridge (p2 = 3.1.1, "
                          "p5 = 5)")
 
-    def no_echo_both_ways(self, client_protocol):
+    def no_echo_both_ways(self, client_protocol, port=None):
+        port = port or self.mq.port
         rsub = self.redis_sub(self.rs.port, channels=["news"])
-        msub = self.mqtt_client(self.mq.port, "news", protocol=client_protocol,
+        msub = self.mqtt_client(port, "news", protocol=client_protocol,
                                 name="sub")
-        pub = self.mqtt_client(self.mq.port, protocol=client_protocol,
-                               name="pub")
+        pub = self.mqtt_client(port, protocol=client_protocol, name="pub")
         up = unique("up").encode()
         pub.publish("news", up)
         self.assert_once_each({
@@ -82,6 +82,49 @@ class ProtocolTest(BridgeTestCase):
         self.bridge("5", "mrb5")
         self.assert_broker_saw("mrb5", "5")
         self.no_echo_both_ways(5)
+
+    def test_auto_falls_back_to_311_when_the_broker_refuses_mqtt5(self):
+        """mqtt.protocol "auto" (the default) against aedes, a real broker
+        without MQTT 5 (mosquitto always accepts 5): one warning, then MQTT
+        3.1.1 with forwarding both ways and no echoes; after the broker
+        restarts, 3.1.1 at once, without trying 5 or warning again."""
+        why = harness.Aedes.missing()
+        self.assertIsNone(why, "this test needs aedes: %s" % why)
+        ae = self.start_aedes()
+        cfg = self.write_config({
+            "id": "pauto", "mqtt": {"url": ae.url, "client_id": "mrbauto"},
+            "redis": {"url": self.rs.url}})
+        b = self.start_bridge(None, None, "-c", cfg)
+        self.assertEqual(b.count("mqtt: the broker refused MQTT 5"), 1, b.tail())
+        self.assertEqual(b.count(re.compile(r"ready: .*\(MQTT 3\.1\.1\)")), 1,
+                         b.tail())
+        self.assertEqual(ae.log().count("unacceptable protocol version"), 1,
+                         ae.log())
+        self.assertIn("client connected: mrbauto (protocol level 4)", ae.log())
+        self.no_echo_both_ways(4, port=ae.port)
+
+        mark = b.mark()
+        refused = ae.log().count("unacceptable protocol version")
+        ae.stop()
+        self.assertTrue(b.wait_log(harness.LOST_RE, harness.DELIVERY_TIMEOUT,
+                                   since=mark), b.tail())
+        ae.start()
+        self.assertTrue(b.wait_log("mqtt: reconnected", harness.RECOVERY_TIMEOUT,
+                                   since=mark), b.tail())
+        self.assertEqual(ae.log().count("unacceptable protocol version"), refused,
+                         "MQTT 5 tried again after the restart:\n" + ae.log())
+        self.assertEqual(b.count("refused MQTT 5"), 1, b.tail())
+        # still forwarding (aedes kept no session over its restart: the
+        # bridge subscribes again on every connect)
+        rsub = self.redis_sub(self.rs.port, channels=["news"])
+        pub = self.mqtt_client(ae.port, protocol=4, name="pub2")
+        p = unique("again").encode()
+        pub.publish("news", p)
+        self.assert_once_each({"redis news": lambda: rsub.count("news", p)},
+                              "MQTT publish after the broker restart",
+                              subscribers=[rsub])
+        code, _ = b.stop()
+        self.assertEqual(code, 0)
 
     def stored_retained_not_replayed(self, protocol, client_id):
         """A retained message the broker already holds is state, not news:
