@@ -361,7 +361,7 @@ static int drained(mrb_bridge *b)
     size_t busy = b->ing.busy;
     pthread_mutex_unlock(&b->in_lock);
     return busy == 0 && b->out_q.count == 0 && atomic_load(&b->mqtt.inflight) == 0 &&
-           mrb_stream_drained(b);
+           mrb_stream_drained(b) && mrb_replay_drained(b);
 }
 
 static int set_nonblock_cloexec(int fd)
@@ -768,6 +768,11 @@ out:
             mrb_info("shutdown: %zu QoS 1 message(s) not yet in Redis stay "
                      "unacknowledged with the broker, which sends them again",
                      kept);
+        size_t replay_lost = mrb_replay_clear(b);
+        if (replay_lost)
+            mrb_warn("shutdown: %zu replay request(s) or answer(s) could not be "
+                     "sent in time and were dropped (counted in replay_dropped)",
+                     replay_lost);
         mrb_stats_log(b);
     }
     signal_fd = -1;

@@ -25,6 +25,8 @@
  * dropped, counted, logged rate-limited); the answers of all requests
  * together fit limits.queue_messages / limits.queue_bytes, or the request
  * is answered with an error instead (all or nothing, never a cut answer).
+ * Shutdown waits (up to its timeout) until no request waits and no answer
+ * is queued; what is left then is dropped and counted (mrb_replay_clear).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,19 +124,47 @@ mrb_err mrb_replay_init(mrb_bridge *b)
     return MRB_OK;
 }
 
-void mrb_replay_free(mrb_bridge *b)
+int mrb_replay_drained(mrb_bridge *b)
 {
     mrb_replay *rp = b->replay;
     if (!rp)
-        return;
+        return 1;
+    pthread_mutex_lock(&rp->lock);
+    size_t waiting = rp->n;
+    pthread_mutex_unlock(&rp->lock);
+    return waiting == 0 && rp->out.count == 0;
+}
+
+size_t mrb_replay_clear(mrb_bridge *b)
+{
+    mrb_replay *rp = b->replay;
+    if (!rp)
+        return 0;
+    size_t requests = 0;
+    pthread_mutex_lock(&rp->lock);
     while (rp->head) {
         rreq *r = rp->head;
         rp->head = r->next;
         free(r->response_topic);
         free(r->corr);
         free(r);
+        requests++;
     }
-    mrb_queue_clear(&rp->out);
+    rp->tail = NULL;
+    rp->n = 0;
+    rp->dropped += requests;
+    pthread_mutex_unlock(&rp->lock);
+    size_t answers = mrb_queue_clear(&rp->out);
+    rp->main_dropped += answers;
+    return requests + answers;
+}
+
+void mrb_replay_free(mrb_bridge *b)
+{
+    mrb_replay *rp = b->replay;
+    if (!rp)
+        return;
+    mrb_replay_clear(b);
     pthread_mutex_destroy(&rp->lock);
     free(rp->topic);
     free(rp->default_response);

@@ -203,6 +203,35 @@ class ReplayTest(BridgeTestCase):
         self.assertIn("Redis", json.loads(msgs[1][0])["error"])
         self.assertTrue(b.alive())
 
+    def test_answer_not_sent_at_shutdown_is_counted(self):
+        """An answer still owed when the bridge stops is dropped, counted in
+        replay_dropped and logged, not freed silently: Redis is stopped
+        (SIGSTOP: the XREVRANGE gets no reply) when the request comes."""
+        cfg = self.write_config({
+            "id": BID, "mqtt": {"url": self.mq.url}, "redis": {"url": self.rs.url},
+            "shutdown_timeout_ms": 500,
+            "routes": [{"mqtt": "sensors/+", "redis": "sensors:*", "mode": "stream"}]})
+        b = self.start_bridge(None, None, "-c", cfg)
+        self.fill(2)
+        proc = self.rs.proc
+        proc.send_signal(harness.signal.SIGSTOP)
+        self.addCleanup(lambda: proc.poll() is None and
+                        proc.send_signal(harness.signal.SIGCONT))
+        dev = self.mqtt_client(self.mq.port, name="dev")
+        rt = "dev/%s/answers" % unique("d")
+        ans = Answers(dev, rt)
+        dev.subscribe(rt)
+        self.request(dev, {"topic": "sensors/t1", "count": 2}, rt, b"late")
+        time.sleep(harness.QUIET)  # the bridge has taken it, Redis is silent
+        self.assertEqual(ans.msgs, [])
+        code, _ = b.stop()
+        self.assertEqual(code, 0, b.tail())
+        self.assertEqual(b.count("shutdown: 1 replay request(s) or answer(s) "
+                                 "could not be sent in time"), 1, b.tail())
+        _, c = self.exit_stats(b)
+        self.assertEqual((c["replay_requests"], c["replay_messages"],
+                          c["replay_dropped"]), ("1", "0", "1"))
+
     def test_mqtt311_answered_on_the_documented_topic(self):
         # a route whose filter matches the request topic too: with 3.1.1
         # (no Subscription Identifiers) the broker sends one copy per
