@@ -239,7 +239,23 @@ class Pki:
         return cert, key
 
 
-class Mosquitto:
+class _Broker:
+    """What the brokers below share: a process (proc) writing log_path."""
+
+    proc = None
+    log_path = None
+
+    def log(self):
+        return read_text(self.log_path)
+
+    def stop(self, sig=signal.SIGTERM):
+        return stop_process(self.proc, sig)
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Mosquitto(_Broker):
     """A mosquitto broker on 127.0.0.1:port, restartable on the same port."""
 
     def __init__(self, workdir, port=None, users=None, persistence=False,
@@ -327,17 +343,13 @@ class Mosquitto:
         except OSError:
             return False
 
-    def log(self):
-        return read_text(self.log_path)
 
-    def stop(self, sig=signal.SIGTERM):
-        return stop_process(self.proc, sig)
-
-    def running(self):
-        return self.proc is not None and self.proc.poll() is None
+def _node_modules():
+    return os.environ.get("MRB_NODE_MODULES") or os.path.join(
+        REPO, "build", "_tools", "node_modules")
 
 
-class Aedes:
+class Aedes(_Broker):
     """An MQTT 3.1.1-only broker (aedes, Node.js) on 127.0.0.1:port, for the
     protocol fallback test: mosquitto always speaks MQTT 5. aedes comes from
     npm: scripts/test.sh installs it into build/_tools/node_modules
@@ -351,9 +363,6 @@ class Aedes:
         self.dir = os.path.join(workdir, "aedes-%d" % self.port)
         os.makedirs(self.dir, exist_ok=True)
         self.log_path = os.path.join(self.dir, "aedes.log")
-        self.modules = os.environ.get("MRB_NODE_MODULES") or os.path.join(
-            REPO, "build", "_tools", "node_modules")
-        self.proc = None
 
     @property
     def url(self):
@@ -365,8 +374,7 @@ class Aedes:
         node = shutil.which("node") or shutil.which("nodejs")
         if not node:
             return "node not found (apt-get install nodejs; scripts/test.sh does)"
-        mods = os.environ.get("MRB_NODE_MODULES") or os.path.join(
-            REPO, "build", "_tools", "node_modules")
+        mods = _node_modules()
         if not os.path.isdir(os.path.join(mods, "aedes")):
             return ("aedes not found in %s (npm install --prefix build/_tools "
                     "aedes; scripts/test.sh does)" % mods)
@@ -374,7 +382,7 @@ class Aedes:
 
     def start(self):
         node = shutil.which("node") or shutil.which("nodejs")
-        env = dict(os.environ, NODE_PATH=self.modules)
+        env = dict(os.environ, NODE_PATH=_node_modules())
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [node, self.SCRIPT, str(self.port)], cwd=self.dir, env=env,
@@ -386,15 +394,6 @@ class Aedes:
             raise RuntimeError("aedes did not start on port %d:\n%s"
                                % (self.port, tail(self.log())))
         return self
-
-    def log(self):
-        return read_text(self.log_path)
-
-    def stop(self, sig=signal.SIGTERM):
-        return stop_process(self.proc, sig)
-
-    def running(self):
-        return self.proc is not None and self.proc.poll() is None
 
 
 # --------------------------------------------------------------------------
