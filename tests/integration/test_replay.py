@@ -87,6 +87,15 @@ class ReplayTest(BridgeTestCase):
         info.wait_for_publish(DELIVERY_TIMEOUT)
         self.assertTrue(info.is_published())
 
+    def asker(self):
+        """A device client subscribed to a response topic of its own:
+        (client, topic, Answers on it)."""
+        dev = self.mqtt_client(self.mq.port, name="dev")
+        rt = "dev/%s/answers" % unique("d")
+        ans = Answers(dev, rt)
+        dev.subscribe(rt)
+        return dev, rt, ans
+
     def fill(self, n=20):
         """n messages through the bridge into the stream sensors:t1."""
         pub = self.mqtt_client(self.mq.port, name="pub")
@@ -104,10 +113,7 @@ class ReplayTest(BridgeTestCase):
                           "direction": "mqtt_to_redis"}])
         rsub = self.redis_sub(self.rs.port, patterns=["*"])
         self.fill(20)
-        dev = self.mqtt_client(self.mq.port, name="dev")
-        rt = "dev/%s/answers" % unique("d")
-        ans = Answers(dev, rt)
-        dev.subscribe(rt)
+        dev, rt, ans = self.asker()
         self.request(dev, {"topic": "sensors/t1", "count": 5}, rt, b"req-1")
         msgs = ans.wait_end()
         time.sleep(harness.QUIET)  # nothing after the end marker
@@ -146,10 +152,7 @@ class ReplayTest(BridgeTestCase):
     def test_errors_are_answered_and_the_bridge_keeps_running(self):
         b = self.bridge()
         self.fill(3)
-        dev = self.mqtt_client(self.mq.port, name="dev")
-        rt = "dev/%s/answers" % unique("d")
-        ans = Answers(dev, rt)
-        dev.subscribe(rt)
+        dev, rt, ans = self.asker()
         cases = [
             ({"topic": "nothing/here", "count": 5}, "no stream route maps this topic"),
             (b"{not json", "request is not a JSON object"),
@@ -183,10 +186,7 @@ class ReplayTest(BridgeTestCase):
     def test_redis_down_and_long_correlation_data_are_answered(self):
         b = self.bridge()
         self.fill(2)
-        dev = self.mqtt_client(self.mq.port, name="dev")
-        rt = "dev/%s/answers" % unique("d")
-        ans = Answers(dev, rt)
-        dev.subscribe(rt)
+        dev, rt, ans = self.asker()
         self.request(dev, {"topic": "sensors/t1", "count": 1}, rt, b"x" * 1025)
         msgs = ans.wait_end()
         self.assertEqual(len(msgs), 1, msgs)
@@ -217,10 +217,7 @@ class ReplayTest(BridgeTestCase):
         proc.send_signal(harness.signal.SIGSTOP)
         self.addCleanup(lambda: proc.poll() is None and
                         proc.send_signal(harness.signal.SIGCONT))
-        dev = self.mqtt_client(self.mq.port, name="dev")
-        rt = "dev/%s/answers" % unique("d")
-        ans = Answers(dev, rt)
-        dev.subscribe(rt)
+        dev, rt, ans = self.asker()
         self.request(dev, {"topic": "sensors/t1", "count": 2}, rt, b"late")
         time.sleep(harness.QUIET)  # the bridge has taken it, Redis is silent
         self.assertEqual(ans.msgs, [])
@@ -267,10 +264,7 @@ class ReplayTest(BridgeTestCase):
                           "direction": "redis_to_mqtt", "mode": "stream"}])
         for i in range(4):
             self.r.xadd("alerts:a", {"payload": b"a%d" % i})
-        dev = self.mqtt_client(self.mq.port, name="dev")
-        rt = "dev/%s/answers" % unique("d")
-        ans = Answers(dev, rt)
-        dev.subscribe(rt)
+        dev, rt, ans = self.asker()
         self.request(dev, {"topic": "alerts/a", "count": 2}, rt)
         msgs = ans.wait_end()
         self.assertEqual([m[0] for m in msgs[:-1]], [b"a2", b"a3"])
