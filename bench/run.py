@@ -466,8 +466,8 @@ def targets(res):
     after = res["memory_kb"]["after_load"]["Private"]
     add("bridge private memory after load / idle", round(after / idle, 3), "<= 1.10",
         after <= 1.10 * idle, "x")
-    # the same for the dirty part alone (heap, stacks): clean private pages
-    # are library code paged in under load, not memory the bridge holds
+    # the same for the dirty part alone (heap, stacks): private clean pages
+    # are file pages (code) and depend on what other processes map
     idle_d = res["memory_kb"]["idle"].get("Private_Dirty")
     after_d = res["memory_kb"]["after_load"].get("Private_Dirty")
     if idle_d and after_d is not None:

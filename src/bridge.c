@@ -753,6 +753,7 @@ out:
         b->mqtt.slot = NULL;
     }
     if (have_mqtt) {
+        mrb_replay_closing(b);
         mrb_redis_destroy(b);
         /* after this no Paho thread runs: what is left is counted below,
          * including publishes Paho failed while being destroyed */

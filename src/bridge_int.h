@@ -520,10 +520,15 @@ mrb_err mrb_replay_init(mrb_bridge *b);
  * 1 if it was turned on now (its topic is to be subscribed). */
 int mrb_replay_update(mrb_bridge *b);
 void mrb_replay_free(mrb_bridge *b);          /* main, after Paho and hiredis */
-/* Main: no request waiting and no answer queued (shutdown waits for it). */
+/* Main: no request waiting, no query in flight on a live connection, no
+ * answer queued (shutdown waits for it). */
 int mrb_replay_drained(mrb_bridge *b);
+/* Main, at shutdown, before hiredis is freed: its queries still in flight
+ * are then dropped and counted, not answered with an error. */
+void mrb_replay_closing(mrb_bridge *b);
 /* Main, after Paho and hiredis (shutdown): drop the waiting requests and
- * queued answers, counted as replay_dropped; returns how many. */
+ * queued answers, counted as replay_dropped; returns how many were dropped
+ * since mrb_replay_closing(), these included. */
 size_t mrb_replay_clear(mrb_bridge *b);
 /* The request topic bridge/<id>/replay, or NULL when replay is off. */
 const char *mrb_replay_topic(const mrb_bridge *b);

@@ -25,8 +25,9 @@
  * dropped, counted, logged rate-limited); the answers of all requests
  * together fit limits.queue_messages / limits.queue_bytes, or the request
  * is answered with an error instead (all or nothing, never a cut answer).
- * Shutdown waits (up to its timeout) until no request waits and no answer
- * is queued; what is left then is dropped and counted (mrb_replay_clear).
+ * Shutdown waits (up to its timeout) until no request waits, no XREVRANGE
+ * is in flight on a live connection and no answer is queued; what is left
+ * then is dropped and counted (mrb_replay_closing, mrb_replay_clear).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +74,9 @@ typedef struct mrb_replay {
     mrb_ratelimit rl_full;       /* [lock] */
     /* main's */
     mrb_queue out;               /* answers; tag: kind, correlation data */
+    size_t jobs;                 /* XREVRANGEs sent, reply not yet in */
+    int closing;                 /* shutdown: replies now are hiredis's NULLs */
+    size_t closing_dropped;      /* requests dropped that way */
     uint64_t messages, errors, main_dropped;
     mrb_ratelimit rl_error;
 } mrb_replay;
@@ -132,7 +136,15 @@ int mrb_replay_drained(mrb_bridge *b)
     pthread_mutex_lock(&rp->lock);
     size_t waiting = rp->n;
     pthread_mutex_unlock(&rp->lock);
-    return waiting == 0 && rp->out.count == 0;
+    /* a query in flight on a live connection still brings an answer */
+    return waiting == 0 && rp->out.count == 0 &&
+           (rp->jobs == 0 || !mrb_redis_pub_ready(b));
+}
+
+void mrb_replay_closing(mrb_bridge *b)
+{
+    if (b->replay)
+        b->replay->closing = 1;
 }
 
 size_t mrb_replay_clear(mrb_bridge *b)
@@ -156,7 +168,9 @@ size_t mrb_replay_clear(mrb_bridge *b)
     pthread_mutex_unlock(&rp->lock);
     size_t answers = mrb_queue_clear(&rp->out);
     rp->main_dropped += answers;
-    return requests + answers;
+    size_t in_flight = rp->closing_dropped; /* counted when dropped */
+    rp->closing_dropped = 0;
+    return requests + answers + in_flight;
 }
 
 void mrb_replay_free(mrb_bridge *b)
@@ -371,6 +385,15 @@ static void on_xrevrange(redisAsyncContext *ac, void *r, void *priv)
     mrb_bridge *b = j->b;
     mrb_redis_got_reply(ac->data);
     mrb_replay *rp = b->replay;
+    rp->jobs--;
+    if (rp->closing) {
+        /* hiredis is being freed at shutdown: not an error of the request,
+         * a request dropped (counted, logged once by mrb_replay_clear) */
+        rp->main_dropped++;
+        rp->closing_dropped++;
+        job_free(j);
+        return;
+    }
     if (!reply || reply->type != REDIS_REPLY_ARRAY) {
         char why[200];
         snprintf(why, sizeof(why), "Redis: %s",
@@ -504,6 +527,9 @@ static void handle(mrb_bridge *b, rreq *r)
             j->corr = r->corr;
             j->corr_len = r->corr_len;
             if (mrb_redis_command(&b->rpub, on_xrevrange, j, 6, argv, lens) == MRB_OK) {
+                b->replay->jobs++;
+                mrb_debug("replay: XREVRANGE %s COUNT %s sent for a request", key,
+                          count);
                 key = NULL;     /* the job's now */
                 r->corr = NULL;
             } else {

@@ -383,12 +383,14 @@ class Aedes(_Broker):
     def start(self):
         node = shutil.which("node") or shutil.which("nodejs")
         env = dict(os.environ, NODE_PATH=_node_modules())
+        before = self.log().count("listening on")  # earlier starts' lines
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [node, self.SCRIPT, str(self.port)], cwd=self.dir, env=env,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         ok = wait_until(lambda: self.proc.poll() is not None or
-                        "listening on" in self.log(), SERVER_TIMEOUT, 0.02)
+                        self.log().count("listening on") > before,
+                        SERVER_TIMEOUT, 0.02)
         if self.proc.poll() is not None or not ok:
             self.stop()
             raise RuntimeError("aedes did not start on port %d:\n%s"

@@ -111,11 +111,14 @@ class ProtocolTest(BridgeTestCase):
         ae.start()
         self.assertTrue(b.wait_log("mqtt: reconnected", harness.RECOVERY_TIMEOUT,
                                    since=mark), b.tail())
+        # subscribed again (aedes kept no session): "ready:" comes once the
+        # broker has acknowledged the subscriptions
+        self.assertTrue(b.wait_log("ready: ", harness.RECOVERY_TIMEOUT,
+                                   since=mark), b.tail())
         self.assertEqual(ae.log().count("unacceptable protocol version"), refused,
                          "MQTT 5 tried again after the restart:\n" + ae.log())
         self.assertEqual(b.count("refused MQTT 5"), 1, b.tail())
-        # still forwarding (aedes kept no session over its restart: the
-        # bridge subscribes again on every connect)
+        # still forwarding
         rsub = self.redis_sub(self.rs.port, channels=["news"])
         pub = self.mqtt_client(ae.port, protocol=4, name="pub2")
         p = unique("again").encode()

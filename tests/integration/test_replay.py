@@ -203,14 +203,17 @@ class ReplayTest(BridgeTestCase):
         self.assertIn("Redis", json.loads(msgs[1][0])["error"])
         self.assertTrue(b.alive())
 
-    def test_answer_not_sent_at_shutdown_is_counted(self):
-        """An answer still owed when the bridge stops is dropped, counted in
-        replay_dropped and logged, not freed silently: Redis is stopped
-        (SIGSTOP: the XREVRANGE gets no reply) when the request comes."""
+    def stopped_redis_under_a_request(self, shutdown_timeout_ms):
+        """A bridge with a stream route (MQTT -> Redis only and no stats
+        reports: nothing else of the shutdown waits for Redis), 2 entries,
+        Redis stopped (SIGSTOP: connections stay up, no replies), and a
+        request whose XREVRANGE the bridge has sent. (bridge, Answers)"""
         cfg = self.write_config({
             "id": BID, "mqtt": {"url": self.mq.url}, "redis": {"url": self.rs.url},
-            "shutdown_timeout_ms": 500,
-            "routes": [{"mqtt": "sensors/+", "redis": "sensors:*", "mode": "stream"}]})
+            "shutdown_timeout_ms": shutdown_timeout_ms, "stats_interval": 0,
+            "log_level": "debug",
+            "routes": [{"mqtt": "sensors/+", "redis": "sensors:*",
+                        "direction": "mqtt_to_redis", "mode": "stream"}]})
         b = self.start_bridge(None, None, "-c", cfg)
         self.fill(2)
         proc = self.rs.proc
@@ -218,16 +221,43 @@ class ReplayTest(BridgeTestCase):
         self.addCleanup(lambda: proc.poll() is None and
                         proc.send_signal(harness.signal.SIGCONT))
         dev, rt, ans = self.asker()
+        mark = b.mark()
         self.request(dev, {"topic": "sensors/t1", "count": 2}, rt, b"late")
-        time.sleep(harness.QUIET)  # the bridge has taken it, Redis is silent
+        self.assertTrue(b.wait_log("replay: XREVRANGE sensors:t1 COUNT 2 sent",
+                                   DELIVERY_TIMEOUT, since=mark), b.tail())
         self.assertEqual(ans.msgs, [])
-        code, _ = b.stop()
-        self.assertEqual(code, 0, b.tail())
-        self.assertEqual(b.count("shutdown: 1 replay request(s) or answer(s) "
-                                 "could not be sent in time"), 1, b.tail())
+        return b, ans
+
+    def test_shutdown_waits_for_a_query_in_flight(self):
+        b, ans = self.stopped_redis_under_a_request(10000)
+        b.proc.send_signal(harness.signal.SIGTERM)
+        time.sleep(0.3)
+        self.assertTrue(b.alive(), "the bridge did not wait for the answer")
+        self.rs.proc.send_signal(harness.signal.SIGCONT)
+        msgs = ans.wait_end()
+        self.assertEqual([m[0] for m in msgs[:-1]], [b"m1", b"m2"], msgs)
+        code, in_time = b.stop()
+        self.assertEqual((code, in_time), (0, True), b.tail())
         _, c = self.exit_stats(b)
         self.assertEqual((c["replay_requests"], c["replay_messages"],
-                          c["replay_dropped"]), ("1", "0", "1"))
+                          c["replay_errors"], c["replay_dropped"]),
+                         ("1", "2", "0", "0"))
+
+    def test_answer_not_sent_at_shutdown_is_counted(self):
+        """An answer still owed when the shutdown timeout ends is dropped,
+        counted in replay_dropped and logged once, not freed silently, and
+        not reported as an error of the request."""
+        b, ans = self.stopped_redis_under_a_request(500)
+        code, _ = b.stop()
+        self.assertEqual(code, 0, b.tail())
+        self.assertEqual(ans.msgs, [])
+        self.assertEqual(b.count("shutdown: 1 replay request(s) or answer(s) "
+                                 "could not be sent in time"), 1, b.tail())
+        self.assertEqual(b.count("answered with an error"), 0, b.tail())
+        _, c = self.exit_stats(b)
+        self.assertEqual((c["replay_requests"], c["replay_messages"],
+                          c["replay_errors"], c["replay_dropped"]),
+                         ("1", "0", "0", "1"))
 
     def test_mqtt311_answered_on_the_documented_topic(self):
         # a route whose filter matches the request topic too: with 3.1.1
