@@ -26,8 +26,7 @@ BUILD_DIR=build
 ASAN_DIR=build-asan
 FUZZ_DIR=build-fuzz
 TOOLS_DIR="$ROOT/build/_tools"        # npm tools (dockerfilelint, aedes) and a python3 shim
-DOCKERFILELINT_VERSION=1.8.0
-AEDES_VERSION=0.51.3                  # an MQTT 3.1.1-only broker (test_mqtt311)
+NPM_TOOLS="$ROOT/tests/tools"         # their package.json and package-lock.json
 
 section() { printf '\n==== %s ====\n' "$*"; }
 die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -50,16 +49,18 @@ command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 
 # npm tools go into the build area: dockerfilelint (tests/lint/check-docker.sh
 # looks there) and aedes, a broker without MQTT 5 for the protocol fallback
-# test (tests/integration/harness.py looks there). One npm call for both: a
-# second --no-save install into the same prefix would remove the first.
+# test (tests/integration/harness.py looks there). tests/tools/package-lock.json
+# pins them and every dependency; `npm ci` installs exactly that, again
+# whenever the lock file changes.
 if [[ ! -x $TOOLS_DIR/node_modules/.bin/dockerfilelint ||
-      ! -f $TOOLS_DIR/node_modules/aedes/package.json ]]; then
-  [[ ${MRB_SKIP_INSTALL:-0} == 1 ]] && die "dockerfilelint or aedes missing (MRB_SKIP_INSTALL=1)"
-  echo "installing: dockerfilelint@$DOCKERFILELINT_VERSION aedes@$AEDES_VERSION (npm) into $TOOLS_DIR"
+      ! -f $TOOLS_DIR/node_modules/aedes/package.json ]] ||
+   ! cmp -s "$NPM_TOOLS/package-lock.json" "$TOOLS_DIR/package-lock.json"; then
+  [[ ${MRB_SKIP_INSTALL:-0} == 1 ]] && die "npm tools (dockerfilelint, aedes) missing or stale (MRB_SKIP_INSTALL=1)"
+  echo "installing: the npm tools of tests/tools/package-lock.json (dockerfilelint, aedes) into $TOOLS_DIR"
   mkdir -p "$TOOLS_DIR"
+  cp "$NPM_TOOLS/package.json" "$NPM_TOOLS/package-lock.json" "$TOOLS_DIR/"
   NPM_CONFIG_UPDATE_NOTIFIER=false NPM_CONFIG_FUND=false NPM_CONFIG_AUDIT=false \
-    npm install --prefix "$TOOLS_DIR" --no-save --loglevel=error \
-      "dockerfilelint@$DOCKERFILELINT_VERSION" "aedes@$AEDES_VERSION"
+    npm ci --prefix "$TOOLS_DIR" --loglevel=error
 fi
 export PATH="$TOOLS_DIR/node_modules/.bin:$PATH"
 
