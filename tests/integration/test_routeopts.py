@@ -62,6 +62,18 @@ class RouteOptionsTest(BridgeTestCase):
     def hash(self, name):
         return {k.decode(): v.decode() for k, v in self.r.hgetall(name).items()}
 
+    def wait_hash(self, want, what, name="devices"):
+        """Wait (bounded) until HGETALL name == want."""
+        self.assertTrue(harness.wait_until(lambda: self.hash(name) == want,
+                                           harness.DELIVERY_TIMEOUT),
+                        "%s: HGETALL %s: %r" % (what, name, self.hash(name)))
+
+    def wait_once(self, rsub, channel, payload):
+        """Wait (bounded) until channel has carried payload exactly once."""
+        self.assertTrue(harness.wait_until(
+            lambda: rsub.count(channel, payload) == 1, harness.DELIVERY_TIMEOUT),
+            rsub.summary())
+
     # ---- presence -------------------------------------------------------
 
     def test_presence_updated_by_last_will(self):
@@ -72,29 +84,19 @@ class RouteOptionsTest(BridgeTestCase):
         dev = self.device("dev1", "devices/dev1/status")
         pub = self.mqtt_client(self.mq.port, name="dev1-announce")
         pub.publish("devices/dev1/status", b"online", retain=True)
-        self.assertTrue(harness.wait_until(
-            lambda: self.hash("devices") == {"dev1": "online"},
-            harness.DELIVERY_TIMEOUT), "HGETALL devices: %r" % self.hash("devices"))
+        self.wait_hash({"dev1": "online"}, "announced")
         # subscribers are told of the change on the channel as usual
-        self.assertTrue(harness.wait_until(
-            lambda: rsub.count("presence:dev1", b"online") == 1,
-            harness.DELIVERY_TIMEOUT), rsub.summary())
+        self.wait_once(rsub, "presence:dev1", b"online")
 
         # the device's connection dies without a DISCONNECT: its Will
         dev.send_signal(signal.SIGKILL)
         dev.wait(5)
-        self.assertTrue(harness.wait_until(
-            lambda: self.hash("devices") == {"dev1": "offline"},
-            harness.DELIVERY_TIMEOUT), "after the kill: %r" % self.hash("devices"))
-        self.assertTrue(harness.wait_until(
-            lambda: rsub.count("presence:dev1", b"offline") == 1,
-            harness.DELIVERY_TIMEOUT), rsub.summary())
+        self.wait_hash({"dev1": "offline"}, "after the kill")
+        self.wait_once(rsub, "presence:dev1", b"offline")
 
         # a retained status cleared (empty retained message): out of the hash
         pub.publish("devices/dev1/status", b"", retain=True)
-        self.assertTrue(harness.wait_until(
-            lambda: self.hash("devices") == {}, harness.DELIVERY_TIMEOUT),
-            self.hash("devices"))
+        self.wait_hash({}, "after the cleared status")
         b.stop()
         line, c = self.exit_stats(b)
         self.assertEqual((c["hash_updates"], c["retained_skipped"]), ("3", "0"), line)
@@ -111,17 +113,13 @@ class RouteOptionsTest(BridgeTestCase):
                           "hash": "devices"},
                          {"mqtt": "user/+", "redis": "user:*"}],
                         protocol=protocol)
-        self.assertTrue(harness.wait_until(
-            lambda: self.hash("devices") == {"d2": "online", "d3": "offline"},
-            harness.DELIVERY_TIMEOUT), "HGETALL devices: %r" % self.hash("devices"))
+        self.wait_hash({"d2": "online", "d3": "offline"}, "filled at start")
         # state, not news: nothing published
         self.assert_none({"presence": lambda: rsub.count()},
                          "retained messages at start", subscribers=[rsub])
         # a change after the start is news
         pub.publish("devices/d3/status", b"online", retain=True)
-        self.assertTrue(harness.wait_until(
-            lambda: rsub.count("presence:d3", b"online") == 1,
-            harness.DELIVERY_TIMEOUT), rsub.summary())
+        self.wait_once(rsub, "presence:d3", b"online")
         self.assertEqual(self.hash("devices"), {"d2": "online", "d3": "online"})
         b.stop()
         line, c = self.exit_stats(b)
@@ -160,9 +158,7 @@ class RouteOptionsTest(BridgeTestCase):
         # broker: seen once under valgrind in CI)
         self.assertTrue(b.wait_log("reload: subscriptions in place",
                                    harness.DELIVERY_TIMEOUT, since=mark), b.tail())
-        self.assertTrue(harness.wait_until(
-            lambda: self.hash("devices") == {"d4": "online"},
-            harness.DELIVERY_TIMEOUT), "after the reload: %r" % self.hash("devices"))
+        self.wait_hash({"d4": "online"}, "after the reload")
         # the new route's limit holds: 20 at once, burst 1, 5/s
         for i in range(20):
             pub.c.publish("lamps/l1", b"%d" % i, qos=0)
