@@ -8,6 +8,8 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -19,16 +21,18 @@
 
 /* ---------------------------------------------------------------- schema */
 
-/* F_LONG fills a long, F_INT an int; F_ENUM and F_BOOL an int. */
+/* F_LONG fills a long, F_INT an int, F_U32 a uint32_t; F_ENUM and F_BOOL an
+ * int. The bounds are int64_t: a long is 32 bits on the armhf board, too
+ * small for some of them (mqtt.session_expiry's 4294967295). */
 typedef enum ftype {
-    F_STRING, F_LONG, F_INT, F_BOOL, F_ENUM, F_OBJECT, F_ROUTES
+    F_STRING, F_LONG, F_INT, F_U32, F_BOOL, F_ENUM, F_OBJECT, F_ROUTES
 } ftype;
 
 typedef struct field {
     const char *name;
     ftype type;
     size_t off;                   /* into mrb_config, or mrb_route for routes */
-    long min, max;                /* F_LONG, F_INT */
+    int64_t min, max;             /* F_LONG, F_INT, F_U32: within its type */
     const char *const *allowed;   /* F_ENUM, NULL-terminated; stored as int */
     const struct field *children; /* F_OBJECT, NULL-name-terminated */
     int required;
@@ -66,7 +70,7 @@ static const field mqtt_fields[] = {
     {"client_id", F_STRING, C(client_id), 0, 0, NULL, NULL, 0, NULL},
     {"protocol", F_ENUM, C(protocol), 0, 0, protocols, NULL, 0, NULL},
     {"keepalive", F_LONG, C(keepalive), 1, 3600, NULL, NULL, 0, NULL},
-    {"session_expiry", F_LONG, C(session_expiry), 0, 4294967295L, NULL, NULL, 0, NULL},
+    {"session_expiry", F_U32, C(session_expiry), 0, UINT32_MAX, NULL, NULL, 0, NULL},
     {"password_file", F_STRING, C(mqtt_password_file), 0, 0, NULL, NULL, 0, NULL},
     {"tls", F_OBJECT, 0, 0, 0, NULL, tls_fields, 0, NULL},
     {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
@@ -120,6 +124,38 @@ static const field top_fields[] = {
 
 #undef C
 #undef R
+
+/* Collect the integer rows of fields (recursively) under prefix; route
+ * keys are named "routes[].KEY". */
+static void int_keys(const field *fields, const char *prefix, int route,
+                     mrb_config_int_key *keys, size_t n, size_t *count)
+{
+    for (const field *f = fields; f->name; f++) {
+        char path[sizeof(keys->path)];
+        snprintf(path, sizeof(path), "%s%s%s%s", prefix, *prefix ? "." : "",
+                 f->name, f->type == F_ROUTES ? "[]" : "");
+        if (f->type == F_OBJECT || f->type == F_ROUTES) {
+            int_keys(f->children, path, route || f->type == F_ROUTES, keys, n,
+                     count);
+        } else if (f->type == F_LONG || f->type == F_INT || f->type == F_U32) {
+            if (*count < n) {
+                mrb_config_int_key *k = &keys[*count];
+                snprintf(k->path, sizeof(k->path), "%s", path);
+                k->min = f->min;
+                k->max = f->max;
+                k->route = route;
+            }
+            (*count)++;
+        }
+    }
+}
+
+size_t mrb_config_int_keys(mrb_config_int_key *keys, size_t n)
+{
+    size_t count = 0;
+    int_keys(top_fields, "", 0, keys, n, &count);
+    return count;
+}
 
 /* ------------------------------------------------------- value checks */
 
@@ -286,10 +322,18 @@ static mrb_err bad_value(jctx *j, const char *path, const cJSON *v,
         return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
                         "%s: %s: invalid value \"%s\" (allowed: %s)", j->source,
                         path, v->valuestring, allowed);
-    if (cJSON_IsNumber(v))
+    if (cJSON_IsNumber(v)) {
+        /* whole numbers in full (4294967296, not 4.29497e+09) */
+        char num[32];
+        double d = v->valuedouble;
+        if (d > -1e15 && d < 1e15 && d == (double)(int64_t)d)
+            snprintf(num, sizeof(num), "%" PRId64, (int64_t)d);
+        else
+            snprintf(num, sizeof(num), "%g", d);
         return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
-                        "%s: %s: invalid value %g (allowed: %s)", j->source,
-                        path, v->valuedouble, allowed);
+                        "%s: %s: invalid value %s (allowed: %s)", j->source,
+                        path, num, allowed);
+    }
     return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
                     "%s: %s: invalid value, %s (allowed: %s)", j->source, path,
                     json_type_name(v), allowed);
@@ -340,6 +384,32 @@ static mrb_err apply_routes(jctx *j, const cJSON *arr, mrb_config *cfg,
     return MRB_OK;
 }
 
+/* Store x in the slot of an integer row; 0 if it does not fit the slot's
+ * type: a row whose bounds exceed that type (a schema bug, which the unit
+ * test walking every key finds on the target where it happens). */
+static int store_int(const field *f, void *slot, int64_t x)
+{
+    switch (f->type) {
+    case F_INT:
+        if (x < INT_MIN || x > INT_MAX)
+            return 0;
+        *(int *)slot = (int)x;
+        return 1;
+    case F_LONG:
+        if (x < LONG_MIN || x > LONG_MAX)
+            return 0;
+        *(long *)slot = (long)x;
+        return 1;
+    case F_U32:
+        if (x < 0 || x > (int64_t)UINT32_MAX)
+            return 0;
+        *(uint32_t *)slot = (uint32_t)x;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 static mrb_err apply_field(jctx *j, const field *f, const cJSON *v, void *base,
                            const char *path)
 {
@@ -360,17 +430,19 @@ static mrb_err apply_field(jctx *j, const field *f, const cJSON *v, void *base,
         return set_string((char **)(void *)slot, v->valuestring);
     case F_LONG:
     case F_INT:
-        snprintf(allowed, sizeof(allowed), "an integer from %ld to %ld", f->min,
-                 f->max);
+    case F_U32:
+        snprintf(allowed, sizeof(allowed), "an integer from %" PRId64 " to %"
+                 PRId64, f->min, f->max);
         /* range first: the cast is defined only for values in range */
         if (!cJSON_IsNumber(v) || v->valuedouble < (double)f->min ||
             v->valuedouble > (double)f->max ||
-            v->valuedouble != (double)(long)v->valuedouble)
+            v->valuedouble != (double)(int64_t)v->valuedouble)
             return bad_value(j, path, v, allowed);
-        if (f->type == F_INT)
-            *(int *)(void *)slot = (int)v->valuedouble;
-        else
-            *(long *)(void *)slot = (long)v->valuedouble;
+        if (!store_int(f, slot, (int64_t)v->valuedouble))
+            return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
+                            "%s: %s: internal error: %.0f does not fit the "
+                            "setting's type in this build", j->source, path,
+                            v->valuedouble);
         return MRB_OK;
     case F_BOOL:
         if (!cJSON_IsBool(v))
@@ -959,7 +1031,7 @@ void mrb_config_print(const mrb_config *cfg, FILE *out)
             cfg->syslog ? "syslog" : "stderr");
     mrb_url_format_redacted(&cfg->mqtt, MRB_URL_MQTT, url, sizeof(url));
     fprintf(out, "mqtt: %s (protocol %s, client id %s, keepalive %ld s, "
-            "session expiry %ld s)\n", url, protocols[cfg->protocol],
+            "session expiry %" PRIu32 " s)\n", url, protocols[cfg->protocol],
             cfg->client_id, cfg->keepalive, cfg->session_expiry);
     if (cfg->mqtt.tls)
         fprintf(out, "mqtt tls: ca_file %s, ca_path %s, cert_file %s, key_file %s, "

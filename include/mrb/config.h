@@ -21,6 +21,7 @@
 #ifndef MRB_CONFIG_H
 #define MRB_CONFIG_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "mrb/err.h"
@@ -49,7 +50,8 @@ typedef struct mrb_config {
     char *client_id;          /* default "mqtt-redis-bridge-<id>" */
     mrb_mqtt_protocol protocol;
     long keepalive;           /* seconds */
-    long session_expiry;      /* seconds the broker keeps our session; 0: clean */
+    uint32_t session_expiry;  /* seconds the broker keeps our session; 0: clean
+                                 (MQTT 5: a four-byte integer) */
     char *redis_url;
     long redis_keepalive;     /* seconds: PING when idle, stall after; 0: off */
     long scan_interval;       /* seconds between stream key scans; 0: on connect */
@@ -127,5 +129,18 @@ mrb_err mrb_config_finish(mrb_config *cfg, char *msg, size_t msglen);
 
 /* The effective configuration, passwords redacted (for --check). */
 void mrb_config_print(const mrb_config *cfg, FILE *out);
+
+/* One integer key of the configuration file's schema, as the README's option
+ * table names it: "limits.queue_bytes", route keys as "routes[].rate". */
+typedef struct mrb_config_int_key {
+    char path[64];
+    int64_t min, max;         /* the allowed range, both included */
+    int route;                /* a key of each route object */
+} mrb_config_int_key;
+
+/* The schema's integer keys in table order: the first n into keys (keys may
+ * be NULL when n is 0); returns how many there are in all. For tests that
+ * walk every key and for the documentation check. */
+size_t mrb_config_int_keys(mrb_config_int_key *keys, size_t n);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <inttypes.h>
 #include <string.h>
 
 #include "mrb/config.h"
@@ -245,6 +246,135 @@ static void test_whole_config_errors(void **state)
              "largest message could not wait in the queue", need, need - 5000);
     expect_error("{\"limits\": {\"max_payload\": 5000, \"queue_bytes\": 70000}}",
                  want);
+}
+
+/* Load json as "cfg.json" without finishing: the schema's checks only. */
+static mrb_err load_only(const char *json, char *msg, size_t msglen)
+{
+    mrb_config cfg;
+    mrb_config_init(&cfg);
+    mrb_err err = mrb_config_load_json(&cfg, json, strlen(json), "cfg.json",
+                                       msg, msglen);
+    mrb_config_free(&cfg);
+    return err;
+}
+
+/* A document setting one integer key to v: "a.b" as {"a": {"b": v}}, a
+ * route key in the one route of "routes". */
+static void key_json(const mrb_config_int_key *k, int64_t v, char *buf,
+                     size_t n)
+{
+    char name[64];
+    if (k->route) {
+        const char *dot = strrchr(k->path, '.');
+        assert_non_null(dot);
+        snprintf(name, sizeof(name), "%.63s", dot + 1);
+        /* the one rule between route integers: a burst needs a rate */
+        snprintf(buf, n, "{\"routes\": [{\"mqtt\": \"a/+\", \"redis\": \"a:*\", "
+                 "%s\"%s\": %" PRId64 "}]}",
+                 strcmp(name, "burst") == 0 ? "\"rate\": 1, " : "", name, v);
+        return;
+    }
+    size_t o = 0, depth = 0;
+    const char *p = k->path;
+    for (int i = 0; i < 8; i++) { /* at most 8 levels */
+        size_t len = strcspn(p, ".");
+        o += (size_t)snprintf(buf + o, n - o, "{\"%.*s\": ", (int)len, p);
+        depth++;
+        if (!p[len])
+            break;
+        p += len + 1;
+    }
+    o += (size_t)snprintf(buf + o, n - o, "%" PRId64, v);
+    for (size_t i = 0; i < depth; i++)
+        o += (size_t)snprintf(buf + o, n - o, "}");
+    assert_true(o < n);
+}
+
+/* Every integer key of the schema (walked from the table, not listed here)
+ * takes its minimum and its maximum and refuses one beyond each, saying the
+ * range. Loading only: the whole-configuration rules (reconnect.min_ms <=
+ * max_ms, a largest message fits limits.queue_bytes) are
+ * mrb_config_finish's, tested above. On 32-bit boards this is what shows a
+ * bound that does not fit the type it is kept in. */
+static void test_every_integer_key_range(void **state)
+{
+    mrb_config_int_key keys[64];
+    size_t n = mrb_config_int_keys(keys, 64);
+    assert_true(n > 0 && n <= 64);
+    for (size_t i = 0; i < n; i++) {
+        const mrb_config_int_key *k = &keys[i];
+        char json[256], msg[512], want[512], where[80];
+        if (k->route)
+            snprintf(where, sizeof(where), "routes[0].%.63s",
+                     strrchr(k->path, '.') + 1);
+        else
+            snprintf(where, sizeof(where), "%.63s", k->path);
+        if (k->min > k->max)
+            fail_msg("%s: the range %" PRId64 " to %" PRId64 " is empty",
+                     k->path, k->min, k->max);
+        const int64_t ok[2] = {k->min, k->max};
+        for (int e = 0; e < 2; e++) {
+            key_json(k, ok[e], json, sizeof(json));
+            msg[0] = '\0';
+            if (load_only(json, msg, sizeof(msg)) != MRB_OK)
+                fail_msg("%s: %" PRId64 " (its %s) refused: %s", k->path,
+                         ok[e], e ? "maximum" : "minimum", msg);
+        }
+        const int64_t bad[2] = {k->min - 1, k->max + 1};
+        for (int e = 0; e < 2; e++) {
+            key_json(k, bad[e], json, sizeof(json));
+            snprintf(want, sizeof(want), "cfg.json: %s: invalid value %" PRId64
+                     " (allowed: an integer from %" PRId64 " to %" PRId64 ")",
+                     where, bad[e], k->min, k->max);
+            msg[0] = '\0';
+            mrb_err err = load_only(json, msg, sizeof(msg));
+            if (err != MRB_ERR_INVALID || strcmp(msg, want) != 0)
+                fail_msg("%s = %" PRId64 ":\n got (%d): %s\nwant: %s", k->path,
+                         bad[e], err, msg, want);
+        }
+    }
+}
+
+/* README.md's option table gives each integer key's range as
+ * "| `limits.queue_bytes` | integer 1024-2147483647 | ...": it must be the
+ * schema's, and every integer row there must be a key of the schema. */
+static void test_readme_ranges_are_the_schema(void **state)
+{
+    mrb_config_int_key keys[64];
+    size_t n = mrb_config_int_keys(keys, 64);
+    assert_true(n > 0 && n <= 64);
+    int found[64] = {0};
+    FILE *f = fopen(MRB_README, "r");
+    if (!f)
+        fail_msg("cannot open %s", MRB_README);
+    char line[4096];
+    int rows = 0;
+    for (int ln = 1; ln <= 100000 && fgets(line, sizeof(line), f); ln++) {
+        char key[80];
+        long long lo, hi;
+        if (sscanf(line, "| `%79[^`]` | integer %lld-%lld |", key, &lo, &hi) != 3)
+            continue;
+        rows++;
+        size_t i = 0;
+        while (i < n && strcmp(keys[i].path, key) != 0)
+            i++;
+        if (i == n)
+            fail_msg("README.md:%d: `%s` is an integer row, but the schema has "
+                     "no integer key %s", ln, key, key);
+        found[i] = 1;
+        if (lo != keys[i].min || hi != keys[i].max)
+            fail_msg("README.md:%d: `%s` is documented as %lld-%lld, the "
+                     "schema allows %" PRId64 "-%" PRId64, ln, key, lo, hi,
+                     keys[i].min, keys[i].max);
+    }
+    fclose(f);
+    assert_true(rows > 0);
+    for (size_t i = 0; i < n; i++)
+        if (!found[i])
+            fail_msg("README.md: no row \"| `%s` | integer %" PRId64 "-%" PRId64
+                     " |\" in the option table", keys[i].path, keys[i].min,
+                     keys[i].max);
 }
 
 static mrb_err cli(int argc, char **argv, mrb_config *cfg, char *msg, size_t n)
@@ -506,6 +636,8 @@ int main(void)
         cmocka_unit_test(test_world_readable_config),
         cmocka_unit_test(test_cli_scrub),
         cmocka_unit_test(test_route_options),
+        cmocka_unit_test(test_every_integer_key_range),
+        cmocka_unit_test(test_readme_ranges_are_the_schema),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
