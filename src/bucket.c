@@ -44,6 +44,6 @@ int64_t mrb_bucket_wait_ms(mrb_bucket *k, int64_t now_ms)
     /* round up: waking before the token is there would spin (less a
      * rounding error's worth, or a whole ms is lost to it) */
     double ms = (1.0 - k->tokens) / k->rate - 1e-6;
-    int64_t w = (int64_t)ms;
-    return w < ms ? w + 1 : (w > 0 ? w : 1);
+    int64_t w = (int64_t)ms; /* ms <= 1000 (rate >= 1/s): exact in a double */
+    return (double)w < ms ? w + 1 : (w > 0 ? w : 1);
 }

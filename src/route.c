@@ -630,7 +630,8 @@ static const char *entry_key(const char *s, char sep, size_t *klen)
 
 static ix_slot *ix_find(const struct mrb_rindex *x, const char *k, size_t klen)
 {
-    for (size_t i = ix_hash(k, klen) & x->mask;; i = (i + 1) & x->mask) {
+    /* masked by a size_t: the slot index fits one on every target */
+    for (size_t i = (size_t)(ix_hash(k, klen) & x->mask);; i = (i + 1) & x->mask) {
         ix_slot *sl = &x->slot[i];
         if (!sl->key || (sl->klen == klen && memcmp(sl->key, k, klen) == 0))
             return sl;
