@@ -299,11 +299,131 @@ static mrb_err set_string(char **slot, const char *value)
 
 /* --------------------------------------------------------------- JSON */
 
+/* A string of the document (a value, or the name of an object's key) that
+ * holds a NUL character. */
+typedef struct nul_mark {
+    const cJSON *item;
+    int key;                  /* the item's name, not its value */
+} nul_mark;
+
 typedef struct jctx {
     const char *source;
     char *msg;
     size_t msglen;
+    const nul_mark *nuls;     /* the document's strings with a NUL */
+    size_t n_nuls;
 } jctx;
+
+/* ------------------------------------------------------ NUL characters */
+
+/* cJSON decodes "\u0000" (and takes a raw 0 byte) into a NUL inside the
+ * string it returns, which then reads as cut short there: "x\u0000y" as
+ * "x". It keeps no length, so the text is scanned instead: its string tokens
+ * (key names and values) come in the order a depth-first walk of the tree
+ * meets them. */
+
+/* The string token at p[0] == '"': whether it holds a NUL; *next: after it.
+ * Escapes are skipped as cJSON skips them (a backslash takes the next byte
+ * along); only \u0000 decodes to a NUL (a surrogate pair never does). */
+static int token_has_nul(const char *p, const char *end, const char **next)
+{
+    int nul = 0;
+    for (p++; p < end && *p != '"'; p++) {
+        if (*p == '\0')
+            nul = 1;
+        else if (*p == '\\' && p + 1 < end) {
+            if (p[1] == 'u' && end - p >= 6 && memcmp(p + 2, "0000", 4) == 0)
+                nul = 1;
+            p++;
+        }
+    }
+    *next = p < end ? p + 1 : end;
+    return nul;
+}
+
+/* The ordinals (0: the first string token) of the tokens in text[0..len)
+ * holding a NUL, into ords (up to max); returns how many there are. */
+static size_t nul_tokens(const char *text, size_t len, size_t *ords, size_t max)
+{
+    const char *p = text, *end = text + len;
+    size_t ord = 0, n = 0;
+    while (p < end) {
+        if (*p != '"') {
+            p++;
+            continue;
+        }
+        if (token_has_nul(p, end, &p)) {
+            if (n < max)
+                ords[n] = ord;
+            n++;
+        }
+        ord++;
+    }
+    return n;
+}
+
+/* Walk v as the tokens come, pairing the ordinals with their items. */
+static void mark_nuls(const cJSON *v, const size_t *ords, size_t n_ords,
+                      size_t *ord, nul_mark *marks, size_t *n_marks)
+{
+    if (cJSON_IsString(v)) {
+        if (*n_marks < n_ords && ords[*n_marks] == *ord)
+            marks[(*n_marks)++] = (nul_mark){v, 0};
+        (*ord)++;
+        return;
+    }
+    int obj = cJSON_IsObject(v);
+    if (!obj && !cJSON_IsArray(v))
+        return;
+    for (const cJSON *c = v->child; c; c = c->next) {
+        if (obj) {
+            if (*n_marks < n_ords && ords[*n_marks] == *ord)
+                marks[(*n_marks)++] = (nul_mark){c, 1};
+            (*ord)++;
+        }
+        mark_nuls(c, ords, n_ords, ord, marks, n_marks);
+    }
+}
+
+/* The strings of root (parsed from text[0..len)) that hold a NUL: *marks
+ * (heap, the caller frees; NULL when there are none), *n of them. */
+static mrb_err find_nuls(const cJSON *root, const char *text, size_t len,
+                         nul_mark **marks, size_t *n)
+{
+    size_t n_ords = nul_tokens(text, len, NULL, 0), ord = 0;
+    *marks = NULL;
+    *n = 0;
+    if (n_ords == 0)
+        return MRB_OK;
+    size_t *ords = calloc(n_ords, sizeof(*ords));
+    *marks = calloc(n_ords, sizeof(**marks));
+    if (!ords || !*marks) {
+        free(ords);
+        free(*marks);
+        *marks = NULL;
+        return MRB_ERR_NOMEM;
+    }
+    nul_tokens(text, len, ords, n_ords);
+    mark_nuls(root, ords, n_ords, &ord, *marks, n);
+    free(ords);
+    return MRB_OK;
+}
+
+static int has_nul(const jctx *j, const cJSON *item, int key)
+{
+    for (size_t i = 0; i < j->n_nuls; i++)
+        if (j->nuls[i].item == item && j->nuls[i].key == key)
+            return 1;
+    return 0;
+}
+
+static mrb_err nul_value(jctx *j, const char *path)
+{
+    return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
+                    "%s: %s: invalid value, a string holding a NUL character, "
+                    "\\u0000 (allowed: a string without NUL characters)",
+                    j->source, path);
+}
 
 static const char *json_type_name(const cJSON *v)
 {
@@ -318,6 +438,8 @@ static const char *json_type_name(const cJSON *v)
 static mrb_err bad_value(jctx *j, const char *path, const cJSON *v,
                          const char *allowed)
 {
+    if (cJSON_IsString(v) && has_nul(j, v, 0))
+        return nul_value(j, path);
     if (cJSON_IsString(v))
         return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
                         "%s: %s: invalid value \"%s\" (allowed: %s)", j->source,
@@ -415,6 +537,8 @@ static mrb_err apply_field(jctx *j, const field *f, const cJSON *v, void *base,
 {
     char *slot = (char *)base + f->off;
     char allowed[160];
+    if (cJSON_IsString(v) && has_nul(j, v, 0))
+        return nul_value(j, path);
     switch (f->type) {
     case F_STRING:
         if (!cJSON_IsString(v))
@@ -481,6 +605,11 @@ static mrb_err apply_object(jctx *j, const cJSON *obj, const field *fields,
     cJSON_ArrayForEach(item, obj) {
         snprintf(path, sizeof(path), "%s%s%s", prefix, *prefix ? "." : "",
                  item->string);
+        if (has_nul(j, item, 1))
+            return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
+                            "%s: %s: invalid key, a name holding a NUL "
+                            "character, \\u0000 (allowed: a name without NUL "
+                            "characters)", j->source, path);
         for (const cJSON *prev = obj->child; prev != item; prev = prev->next)
             if (strcmp(prev->string, item->string) == 0)
                 return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen,
@@ -514,7 +643,7 @@ static mrb_err apply_object(jctx *j, const cJSON *obj, const field *fields,
 mrb_err mrb_config_load_json(mrb_config *cfg, const char *text, size_t len,
                              const char *source, char *msg, size_t msglen)
 {
-    jctx j = {source, msg, msglen};
+    jctx j = {source, msg, msglen, NULL, 0};
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (!root) {
@@ -547,13 +676,18 @@ mrb_err mrb_config_load_json(mrb_config *cfg, const char *text, size_t len,
                         "%s:%d:%d: JSON syntax error near '%s%s'", source, line,
                         col, near, k == 24 ? "..." : "");
     }
+    nul_mark *marks = NULL;
     mrb_err err;
     if (!cJSON_IsObject(root))
         err = mrb_fail(MRB_ERR_INVALID, msg, msglen,
                        "%s: the configuration must be a JSON object ({...})",
                        source);
-    else
+    else if ((err = find_nuls(root, text, (size_t)(end - text), &marks,
+                              &j.n_nuls)) == MRB_OK) {
+        j.nuls = marks;
         err = apply_object(&j, root, top_fields, cfg, "");
+    }
+    free(marks);
     cJSON_Delete(root);
     return err;
 }

@@ -377,6 +377,63 @@ static void test_readme_ranges_are_the_schema(void **state)
                      keys[i].max);
 }
 
+#define NUL_VALUE "invalid value, a string holding a NUL character, \\u0000 " \
+                  "(allowed: a string without NUL characters)"
+
+/* A NUL in a JSON string (\u0000, or a raw 0 byte, which cJSON takes too)
+ * would cut the value short: "x\u0000y" used to be the id "x". Refused for
+ * every string key, top-level, nested and in routes, naming the key. */
+static void test_nul_in_strings_refused(void **state)
+{
+    expect_error("{\"id\": \"x\\u0000y\"}", "cfg.json: id: " NUL_VALUE);
+    expect_error("{\"log_level\": \"info\\u0000x\"}",
+                 "cfg.json: log_level: " NUL_VALUE);
+    expect_error("{\"mqtt\": {\"url\": \"mqtt://h\\u0000x\"}}",
+                 "cfg.json: mqtt.url: " NUL_VALUE);
+    expect_error("{\"mqtt\": {\"client_id\": \"\\u0000\"}}",
+                 "cfg.json: mqtt.client_id: " NUL_VALUE);
+    expect_error("{\"mqtt\": {\"password_file\": \"/run/pw\\u0000.txt\"}}",
+                 "cfg.json: mqtt.password_file: " NUL_VALUE);
+    expect_error("{\"mqtt\": {\"tls\": {\"ca_file\": \"/ca\\u0000.pem\"}}}",
+                 "cfg.json: mqtt.tls.ca_file: " NUL_VALUE);
+    expect_error("{\"mqtt\": {\"tls\": {\"key_file\": \"/k\", \"min_version\": "
+                 "\"1.3\\u0000\"}}}", "cfg.json: mqtt.tls.min_version: " NUL_VALUE);
+    expect_error("{\"redis\": {\"url\": \"redis://:p\\u0000w@h\"}}",
+                 "cfg.json: redis.url: " NUL_VALUE);
+    expect_error("{\"routes\": [{\"mqtt\": \"a/+\\u0000zz\", \"redis\": \"a:*\"}]}",
+                 "cfg.json: routes[0].mqtt: " NUL_VALUE);
+    expect_error("{\"routes\": [{\"mqtt\": \"a\", \"redis\": \"a\"}, {\"mqtt\": "
+                 "\"b/+\", \"redis\": \"b:*\", \"store\": \"hash\", \"hash\": "
+                 "\"h\\u0000\"}]}", "cfg.json: routes[1].hash: " NUL_VALUE);
+    expect_error("{\"routes\": [{\"redis\": \"a\\u0000b\", \"mqtt\": \"a\"}]}",
+                 "cfg.json: routes[0].redis: " NUL_VALUE);
+    expect_error("{\"routes\": [{\"mqtt\": \"a\", \"redis\": \"a\", "
+                 "\"direction\": \"both\\u0000\"}]}",
+                 "cfg.json: routes[0].direction: " NUL_VALUE);
+    /* after other strings with escapes, and in a key's name */
+    expect_error("{\"mqtt\": {\"client_id\": \"q\\\"\\\\u0000\\u00e9\", "
+                 "\"url\": \"mqtt://h\\u0000\"}}", "cfg.json: mqtt.url: " NUL_VALUE);
+    expect_error("{\"mqtt\": {\"url\\u0000x\": \"mqtt://h\"}}",
+                 "cfg.json: mqtt.url: invalid key, a name holding a NUL "
+                 "character, \\u0000 (allowed: a name without NUL characters)");
+
+    /* a raw NUL byte inside a string: the same */
+    static const char raw[] = "{\"id\": \"x\0y\"}";
+    mrb_config cfg;
+    char msg[512] = "";
+    mrb_config_init(&cfg);
+    assert_int_equal(mrb_config_load_json(&cfg, raw, sizeof(raw) - 1, "cfg.json",
+                                          msg, sizeof(msg)), MRB_ERR_INVALID);
+    assert_string_equal(msg, "cfg.json: id: " NUL_VALUE);
+    mrb_config_free(&cfg);
+
+    /* an escaped backslash before "u0000" is no NUL */
+    assert_int_equal(load("{\"mqtt\": {\"client_id\": \"c\\\\u0000\"}}", &cfg, msg,
+                          sizeof(msg)), MRB_OK);
+    assert_string_equal(cfg.client_id, "c\\u0000");
+    mrb_config_free(&cfg);
+}
+
 static mrb_err cli(int argc, char **argv, mrb_config *cfg, char *msg, size_t n)
 {
     mrb_cli c;
@@ -638,6 +695,7 @@ int main(void)
         cmocka_unit_test(test_route_options),
         cmocka_unit_test(test_every_integer_key_range),
         cmocka_unit_test(test_readme_ranges_are_the_schema),
+        cmocka_unit_test(test_nul_in_strings_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
