@@ -255,6 +255,7 @@ void mrb_config_free(mrb_config *cfg)
     mrb_url_free(&cfg->mqtt);
     mrb_url_free(&cfg->redis);
     free(cfg->status_topic);
+    free(cfg->source);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -686,6 +687,14 @@ mrb_err mrb_config_load_json(mrb_config *cfg, const char *text, size_t len,
                               &j.n_nuls)) == MRB_OK) {
         j.nuls = marks;
         err = apply_object(&j, root, top_fields, cfg, "");
+    }
+    /* for mrb_config_finish's messages: which limits this document set */
+    if (err == MRB_OK && (err = set_string(&cfg->source, source)) == MRB_OK) {
+        const cJSON *lim = cJSON_GetObjectItemCaseSensitive(root, "limits");
+        if (cJSON_GetObjectItemCaseSensitive(lim, "max_payload"))
+            cfg->max_payload_given = 1;
+        if (cJSON_GetObjectItemCaseSensitive(lim, "queue_bytes"))
+            cfg->queue_bytes_given = 1;
     }
     free(marks);
     cJSON_Delete(root);
@@ -1145,16 +1154,28 @@ mrb_err mrb_config_finish(mrb_config *cfg, char *msg, size_t msglen)
         return mrb_fail(MRB_ERR_INVALID, msg, msglen,
                         "reconnect.min_ms (%ld) must not exceed reconnect.max_ms "
                         "(%ld)", cfg->reconnect_min_ms, cfg->reconnect_max_ms);
-    /* room for one largest message: payload, longest topic, bookkeeping */
-    long need = cfg->max_payload + MRB_TOPIC_MAX + (long)MRB_MSG_OVERHEAD;
-    if (cfg->queue_bytes < need)
+    long need = mrb_config_queue_bytes_min(cfg);
+    if (cfg->queue_bytes < need) {
+        /* one of the two comes from the file: the defaults fit each other */
+        char where[300] = "";
+        if (cfg->source && (cfg->queue_bytes_given || cfg->max_payload_given))
+            snprintf(where, sizeof(where), "%s: ", cfg->source);
         return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                        "limits.queue_bytes (%ld) must be at least %ld "
-                        "(limits.max_payload + %ld for the topic and "
+                        "%slimits.queue_bytes (%ld%s) must be at least %ld "
+                        "(%slimits.max_payload %ld + %ld for the topic and "
                         "bookkeeping), or a largest message could not wait in "
-                        "the queue", cfg->queue_bytes, need,
-                        need - cfg->max_payload);
+                        "the queue", where, cfg->queue_bytes,
+                        cfg->queue_bytes_given ? "" : ", the default", need,
+                        cfg->max_payload_given ? "" : "the default ",
+                        cfg->max_payload, need - cfg->max_payload);
+    }
     return MRB_OK;
+}
+
+long mrb_config_queue_bytes_min(const mrb_config *cfg)
+{
+    /* at most 268435455 + 65535 + ~100: fits a 32-bit long */
+    return cfg->max_payload + MRB_TOPIC_MAX + (long)MRB_MSG_OVERHEAD;
 }
 
 void mrb_config_print(const mrb_config *cfg, FILE *out)
@@ -1185,8 +1206,9 @@ void mrb_config_print(const mrb_config *cfg, FILE *out)
         fprintf(out, "redis password: *** (from %s)\n", cfg->redis_password_from);
     fprintf(out, "status topic: %s\n", cfg->status_topic);
     fprintf(out, "limits: max_payload %ld bytes; queue %ld messages / %ld bytes "
-            "per direction\n", cfg->max_payload, cfg->queue_messages,
-            cfg->queue_bytes);
+            "per direction (at least %ld bytes with this max_payload)\n",
+            cfg->max_payload, cfg->queue_messages, cfg->queue_bytes,
+            mrb_config_queue_bytes_min(cfg));
     fprintf(out, "reconnect: %ld ms to %ld ms; shutdown_timeout: %ld ms\n",
             cfg->reconnect_min_ms, cfg->reconnect_max_ms,
             cfg->shutdown_timeout_ms);

@@ -82,6 +82,11 @@ typedef struct mrb_config {
     const char *mqtt_password_from;  /* "the URL", "mqtt.password_file", ... */
     const char *redis_password_from; /* NULL: no password */
 
+    /* where values came from, for messages about them */
+    char *source;             /* the JSON document applied (the -c file) */
+    int max_payload_given;    /* limits.max_payload set there (else default) */
+    int queue_bytes_given;    /* limits.queue_bytes set there */
+
     /* things worth a warning at start (a secret readable by others) */
     char warnings[MRB_CONFIG_MAX_WARNINGS][320];
     size_t n_warnings;
@@ -126,6 +131,10 @@ mrb_err mrb_config_apply_cli(mrb_config *cfg, const mrb_cli *cli, char *msg,
                              size_t msglen);
 /* Fill defaults that depend on other values, parse URLs, check the whole. */
 mrb_err mrb_config_finish(mrb_config *cfg, char *msg, size_t msglen);
+/* The smallest limits.queue_bytes for cfg's limits.max_payload: one largest
+ * message (payload, longest topic, MRB_MSG_OVERHEAD, which differs between
+ * builds). --check prints it. */
+long mrb_config_queue_bytes_min(const mrb_config *cfg);
 
 /* The effective configuration, passwords redacted (for --check). */
 void mrb_config_print(const mrb_config *cfg, FILE *out);

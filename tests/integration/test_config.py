@@ -3,6 +3,7 @@
 one line on stderr that names the problem; --check, --help, --version exit 0.
 No servers are needed: nothing here may connect anywhere."""
 
+import re
 import subprocess
 import sys
 
@@ -109,6 +110,82 @@ class ConfigTest(BridgeTestCase):
     def test_missing_config_file(self):
         path = self.workdir + "/does/not/exist.json"
         self.run_bad(["-c", path], "%s: cannot open" % path)
+
+    def test_session_expiry_whole_range(self):
+        # 0 to 4294967295 (MQTT's four-byte integer) on every board: the
+        # bound did not fit armhf's 32-bit long, and 3600 was refused there
+        for v in (0, 3600, 4294967295):
+            path = self.write_config({"mqtt": {"session_expiry": v}},
+                                     name="se%d.json" % v)
+            out = self.run_ok(["-c", path, "--check"] + DEAD)
+            self.assertIn("session expiry %d s)" % v, out)
+        path = self.write_config({"mqtt": {"session_expiry": 4294967296}})
+        line = self.run_bad(["-c", path] + DEAD)
+        self.assertEqual(line, "%s%s: mqtt.session_expiry: invalid value "
+                         "4294967296 (allowed: an integer from 0 to "
+                         "4294967295)" % (PREFIX, path))
+
+    def test_nul_in_strings_refused(self):
+        # "\u0000" in a string: refused, not cut short there ("x\u0000y"
+        # was the id "x", a route "a/+\u0000zz" ran as "a/+")
+        nul = ("invalid value, a string holding a NUL character, \\u0000 "
+               "(allowed: a string without NUL characters)")
+        path = self.write_config({"id": "x\u0000y"})
+        with open(path) as f:
+            self.assertIn('"x\\u0000y"', f.read())  # as JSON writes it
+        line = self.run_bad(["-c", path] + DEAD)
+        self.assertEqual(line, "%s%s: id: %s" % (PREFIX, path, nul))
+        path = self.write_config({"routes": [
+            {"mqtt": "news", "redis": "news"},
+            {"mqtt": "a/+\u0000zz", "redis": "a:*"}]}, name="route.json")
+        line = self.run_bad(["-c", path] + DEAD)
+        self.assertEqual(line, "%s%s: routes[1].mqtt: %s" % (PREFIX, path, nul))
+
+    def queue_minimum(self, path):
+        """--check of path: the smallest limits.queue_bytes it prints."""
+        out = self.run_ok(["-c", path, "--check"] + DEAD)
+        m = re.search(r"^limits: max_payload \d+ bytes; queue \d+ messages / "
+                      r"\d+ bytes per direction \(at least (\d+) bytes with "
+                      r"this max_payload\)$", out, re.M)
+        self.assertIsNotNone(m, "--check prints no queue minimum:\n%s" % out)
+        return int(m.group(1))
+
+    def test_queue_bytes_minimum(self):
+        # --check prints the minimum; exactly that is accepted, one less
+        # refused with an error naming the file and that minimum
+        path = self.write_config({"limits": {"max_payload": 5000}})
+        need = self.queue_minimum(path)
+        self.assertGreater(need, 5000 + 65535)   # the longest topic and more
+        ok = self.write_config({"limits": {"max_payload": 5000,
+                                           "queue_bytes": need}}, name="ok.json")
+        self.assertEqual(self.queue_minimum(ok), need)
+        bad = self.write_config({"limits": {"max_payload": 5000,
+                                            "queue_bytes": need - 1}},
+                                name="bad.json")
+        line = self.run_bad(["-c", bad] + DEAD)
+        self.assertEqual(line, "%s%s: limits.queue_bytes (%d) must be at least "
+                         "%d (limits.max_payload 5000 + %d for the topic and "
+                         "bookkeeping), or a largest message could not wait "
+                         "in the queue" % (PREFIX, bad, need - 1, need,
+                                           need - 5000))
+        # queue_bytes left at its default, too small for the file's payloads
+        big = self.write_config({"limits": {"max_payload": 268435455}},
+                                name="big.json")
+        line = self.run_bad(["-c", big] + DEAD)
+        self.assertEqual(line, "%s%s: limits.queue_bytes (16777216, the "
+                         "default) must be at least %d (limits.max_payload "
+                         "268435455 + %d for the topic and bookkeeping), or a "
+                         "largest message could not wait in the queue"
+                         % (PREFIX, big, 268435455 + need - 5000, need - 5000))
+        # and a queue_bytes of the file too small for the default payloads
+        small = self.write_config({"limits": {"queue_bytes": 1048576}},
+                                  name="small.json")
+        line = self.run_bad(["-c", small] + DEAD)
+        self.assertEqual(line, "%s%s: limits.queue_bytes (1048576) must be at "
+                         "least %d (the default limits.max_payload 1048576 + "
+                         "%d for the topic and bookkeeping), or a largest "
+                         "message could not wait in the queue"
+                         % (PREFIX, small, 1048576 + need - 5000, need - 5000))
 
     # --- command line -------------------------------------------------------
     def test_unknown_option(self):

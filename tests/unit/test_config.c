@@ -239,13 +239,51 @@ static void test_whole_config_errors(void **state)
                  "'-', '_' or '.')");
     expect_error("{\"reconnect\": {\"min_ms\": 5000, \"max_ms\": 1000}}",
                  "reconnect.min_ms (5000) must not exceed reconnect.max_ms (1000)");
-    char want[256];
-    long need = 5000 + MRB_TOPIC_MAX + (long)MRB_MSG_OVERHEAD;
-    snprintf(want, sizeof(want), "limits.queue_bytes (70000) must be at least %ld "
-             "(limits.max_payload + %ld for the topic and bookkeeping), or a "
-             "largest message could not wait in the queue", need, need - 5000);
+    /* a queue must hold one largest message: named after the file, with
+     * the minimum that --check prints */
+    char want[320];
+    long over = MRB_TOPIC_MAX + (long)MRB_MSG_OVERHEAD;
+    snprintf(want, sizeof(want), "cfg.json: limits.queue_bytes (70000) must be at "
+             "least %ld (limits.max_payload 5000 + %ld for the topic and "
+             "bookkeeping), or a largest message could not wait in the queue",
+             5000 + over, over);
     expect_error("{\"limits\": {\"max_payload\": 5000, \"queue_bytes\": 70000}}",
                  want);
+    snprintf(want, sizeof(want), "cfg.json: limits.queue_bytes (16777216, the "
+             "default) must be at least %ld (limits.max_payload 268435455 + %ld "
+             "for the topic and bookkeeping), or a largest message could not "
+             "wait in the queue", 268435455 + over, over);
+    expect_error("{\"limits\": {\"max_payload\": 268435455}}", want);
+    snprintf(want, sizeof(want), "cfg.json: limits.queue_bytes (70000) must be at "
+             "least %ld (the default limits.max_payload 1048576 + %ld for the "
+             "topic and bookkeeping), or a largest message could not wait in "
+             "the queue", 1048576 + over, over);
+    expect_error("{\"limits\": {\"queue_bytes\": 70000}}", want);
+
+    /* --check prints that minimum; it is accepted, one less is not */
+    char json[128], out[2048] = "", line[160];
+    snprintf(json, sizeof(json), "{\"limits\": {\"max_payload\": 5000, "
+             "\"queue_bytes\": %ld}}", 5000 + over);
+    mrb_config cfg;
+    char msg[512] = "";
+    if (load(json, &cfg, msg, sizeof(msg)) != MRB_OK)
+        fail_msg("%s", msg);
+    FILE *f = fmemopen(out, sizeof(out) - 1, "w");
+    mrb_config_print(&cfg, f);
+    fclose(f);
+    mrb_config_free(&cfg);
+    snprintf(line, sizeof(line), "limits: max_payload 5000 bytes; queue 10000 "
+             "messages / %ld bytes per direction (at least %ld bytes with this "
+             "max_payload)\n", 5000 + over, 5000 + over);
+    if (!strstr(out, line))
+        fail_msg("--check output without \"%s\":\n%s", line, out);
+    snprintf(json, sizeof(json), "{\"limits\": {\"max_payload\": 5000, "
+             "\"queue_bytes\": %ld}}", 5000 + over - 1);
+    snprintf(want, sizeof(want), "cfg.json: limits.queue_bytes (%ld) must be at "
+             "least %ld (limits.max_payload 5000 + %ld for the topic and "
+             "bookkeeping), or a largest message could not wait in the queue",
+             5000 + over - 1, 5000 + over, over);
+    expect_error(json, want);
 }
 
 /* Load json as "cfg.json" without finishing: the schema's checks only. */
