@@ -842,6 +842,8 @@ mrb_err mrb_cli_parse(int argc, char **argv, mrb_cli *cli, char *msg,
         {NULL, 0, NULL, 0}};
 
     memset(cli, 0, sizeof(*cli));
+    cli->argc = argc;
+    cli->argv = argv;
     cli->routes = calloc((size_t)argc + 1, sizeof(*cli->routes));
     if (!cli->routes)
         return MRB_ERR_NOMEM;
@@ -876,8 +878,41 @@ mrb_err mrb_cli_parse(int argc, char **argv, mrb_cli *cli, char *msg,
     return MRB_OK;
 }
 
-/* Mask the password of one URL argument in place (same length). */
-static void scrub_url(char *url)
+#define MASK "***"
+#define MASK_LEN (sizeof(MASK) - 1)
+
+/* Whether argv's strings lie back to back in one block, as the kernel lays
+ * them out (what /proc/PID/cmdline shows): then [*start, *end) is it. */
+static int argv_block(const mrb_cli *cli, char **start, char **end)
+{
+    if (!cli->argv || cli->argc <= 0)
+        return 0;
+    char *lo = NULL, *hi = NULL;
+    size_t total = 0;
+    for (int i = 0; i < cli->argc; i++) {
+        char *a = cli->argv[i];
+        if (!a)
+            return 0;
+        size_t n = strlen(a) + 1;
+        if (!lo || (uintptr_t)a < (uintptr_t)lo)
+            lo = a;
+        if (!hi || (uintptr_t)(a + n) > (uintptr_t)hi)
+            hi = a + n;
+        total += n;
+    }
+    *start = lo;
+    *end = hi;
+    return (uintptr_t)hi - (uintptr_t)lo == total;
+}
+
+/* Whether p points into [from, end). */
+static int within(const char *p, const char *from, const char *end)
+{
+    return p && (uintptr_t)p >= (uintptr_t)from && (uintptr_t)p < (uintptr_t)end;
+}
+
+/* Mask the password of one URL argument: "***", the rest moved up. */
+static void scrub_url(mrb_cli *cli, char *url)
 {
     if (!url)
         return;
@@ -889,14 +924,41 @@ static void scrub_url(char *url)
         if (*q == '@')
             at = q;
     char *colon = at ? memchr(p, ':', (size_t)(at - p)) : NULL;
-    if (colon)
-        memset(colon + 1, '*', (size_t)(at - colon - 1));
+    if (!colon)
+        return;
+    size_t len = (size_t)(at - colon - 1);
+    if (len <= MASK_LEN) { /* nothing to close up */
+        memset(colon + 1, '*', len);
+        return;
+    }
+    size_t gap = len - MASK_LEN;
+    char *bstart, *bend;
+    if (!argv_block(cli, &bstart, &bend) || !within(url, bstart, bend))
+        bend = url + strlen(url) + 1; /* this string alone */
+    memcpy(colon + 1, MASK, MASK_LEN);
+    memmove(colon + 1 + MASK_LEN, at, (size_t)(bend - at));
+    memset(bend - gap, '\0', gap);
+    /* what pointed behind the password moved up with it */
+    for (int i = 0; cli->argv && i < cli->argc; i++)
+        if (within(cli->argv[i], at, bend))
+            cli->argv[i] -= gap;
+    for (size_t i = 0; i < cli->n_routes; i++)
+        if (within(cli->routes[i], at, bend))
+            cli->routes[i] -= gap;
+    if (within(cli->config_file, at, bend))
+        cli->config_file -= gap;
+    if (within(cli->id, at, bend))
+        cli->id -= gap;
+    if (within(cli->mqtt_url, at, bend))
+        cli->mqtt_url -= gap;
+    if (within(cli->redis_url, at, bend))
+        cli->redis_url -= gap;
 }
 
 void mrb_cli_scrub(mrb_cli *cli)
 {
-    scrub_url(cli->mqtt_url);
-    scrub_url(cli->redis_url);
+    scrub_url(cli, cli->mqtt_url);
+    scrub_url(cli, cli->redis_url);
 }
 
 void mrb_cli_free(mrb_cli *cli)

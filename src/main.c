@@ -68,16 +68,20 @@ int main(int argc, char **argv)
         status = err == MRB_ERR_INVALID ? EXIT_USAGE : 1;
         goto out;
     }
-    /* for reloads: the URLs as given, before argv is masked */
-    mrb_cli rcli = cli;
-    rcli.mqtt_url = cli.mqtt_url ? strdup(cli.mqtt_url) : NULL;
-    rcli.redis_url = cli.redis_url ? strdup(cli.redis_url) : NULL;
-    if ((cli.mqtt_url && !rcli.mqtt_url) || (cli.redis_url && !rcli.redis_url)) {
+    /* for reloads: the URLs as given, before argv is masked; the rest of
+     * the command line as it is after (the mask moves argv's strings) */
+    char *mqtt_url = cli.mqtt_url ? strdup(cli.mqtt_url) : NULL;
+    char *redis_url = cli.redis_url ? strdup(cli.redis_url) : NULL;
+    mrb_cli rcli;
+    if ((cli.mqtt_url && !mqtt_url) || (cli.redis_url && !redis_url)) {
         fprintf(stderr, "mqtt-redis-bridge: out of memory\n");
         status = 1;
         goto out_urls;
     }
     mrb_cli_scrub(&cli); /* the URLs were copied: hide their passwords */
+    rcli = cli;
+    rcli.mqtt_url = mqtt_url;
+    rcli.redis_url = redis_url;
     if (cli.check) {
         mrb_config_print(&cfg, stdout);
         for (size_t i = 0; i < cfg.n_warnings; i++)
@@ -93,8 +97,8 @@ int main(int argc, char **argv)
         mrb_warn("%s", cfg.warnings[i]);
     status = mrb_bridge_run(&cfg, reload_config, &rcli);
 out_urls:
-    free(rcli.mqtt_url);
-    free(rcli.redis_url);
+    free(mqtt_url);
+    free(redis_url);
 out:
     mrb_log_close();
     mrb_config_free(&cfg);

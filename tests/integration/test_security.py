@@ -301,7 +301,23 @@ class SecretsTest(SecurityCase):
         if b"valgrind" not in cmdline:  # (the wrapper's own argv is not ours)
             self.assertNotIn(b"mq-secret-1", cmdline)
             self.assertNotIn(b"rs-secret-2", cmdline)
-            self.assertIn(b"mqtt://bridge:***********@", cmdline)
+            # a fixed "***", the arguments closed up, NULs at the end only
+            # (8 + 8 bytes the passwords were longer than the mask)
+            want = b"\0".join(a.encode() for a in b.args[:1] + [
+                "--mqtt", "mqtt://bridge:***@127.0.0.1:%d" % mq.port,
+                "--redis", "redis://:***@127.0.0.1:%d" % rs.port, "-v"])
+            self.assertEqual(cmdline, want + b"\0" * 17)
+            # a short password and a long one give the same mask
+            short = self.start_bridge(
+                None, None, "--mqtt", "mqtt://bridge:pw3@127.0.0.1:9",
+                "--redis", "redis://:%s@127.0.0.1:9" % ("L" * 64), ready=False)
+            self.assertTrue(short.wait_log("starting:", READY_TIMEOUT),
+                            short.tail())
+            with open("/proc/%d/cmdline" % short.proc.pid, "rb") as f:
+                args = f.read().rstrip(b"\0").split(b"\0")
+            self.assertEqual(args[1:], [b"--mqtt", b"mqtt://bridge:***@127.0.0.1:9",
+                                        b"--redis", b"redis://:***@127.0.0.1:9"])
+            short.stop()
         os.kill(b.proc.pid, signal.SIGUSR1)
         self.assert_log(b, "stats:")
         b.stop()

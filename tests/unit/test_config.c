@@ -685,22 +685,97 @@ static void test_world_readable_config(void **state)
     unlink(path);
 }
 
+/* An argv as the kernel lays it out: the strings back to back in one
+ * block (what /proc/PID/cmdline shows), argv[argc] NULL. */
+static int argv_in_block(char *block, size_t size, const char *const *args,
+                         char **argv, int max)
+{
+    size_t o = 0;
+    int n = 0;
+    memset(block, 'X', size);
+    for (; args[n] && n < max - 1; n++) {
+        size_t len = strlen(args[n]) + 1;
+        assert_true(o + len <= size);
+        memcpy(block + o, args[n], len);
+        argv[n] = block + o;
+        o += len;
+    }
+    argv[n] = NULL;
+    return n;
+}
+
 static void test_cli_scrub(void **state)
 {
-    char a1[] = "mqtts://u:topsecret@h:8883", a2[] = "redis://:pw@r/2",
-         a3[] = "redis://r/a@b:c";
-    char *argv[] = {"mrb", "--mqtt", a1, "--redis", a2, NULL};
-    mrb_cli c;
     char msg[256];
-    assert_int_equal(mrb_cli_parse(5, argv, &c, msg, sizeof(msg)), MRB_OK);
+    mrb_cli c;
+    /* the kernel's layout: the password becomes "***", the rest of the
+     * block moves up, NULs fill its end; the argv pointers and what the
+     * options point at follow */
+    static const char *const args[] = {
+        "mrb", "--mqtt", "mqtts://u:topsecret@h:8883", "-c", "/etc/b.json",
+        "--redis", "redis://:pw-4@r/2", "--id", "b1", "--route", "a > b", NULL};
+    static const char masked[] =
+        "mrb\0--mqtt\0mqtts://u:***@h:8883\0-c\0/etc/b.json\0--redis\0"
+        "redis://:***@r/2\0--id\0b1\0--route\0a > b\0";
+    char block[256], *argv[16];
+    int argc = argv_in_block(block, sizeof(block), args, argv, 16);
+    size_t used = 0;
+    for (int i = 0; i < argc; i++)
+        used += strlen(args[i]) + 1;
+    assert_int_equal(mrb_cli_parse(argc, argv, &c, msg, sizeof(msg)), MRB_OK);
     mrb_cli_scrub(&c);
-    assert_string_equal(a1, "mqtts://u:*********@h:8883");
-    assert_string_equal(a2, "redis://:**@r/2");
+    assert_memory_equal(block, masked, sizeof(masked) - 1);
+    for (size_t i = sizeof(masked) - 1; i < used; i++)
+        if (block[i] != '\0')
+            fail_msg("byte %zu of the block: 0x%02x, not NUL", i,
+                     (unsigned char)block[i]);
+    assert_int_equal(block[used], 'X'); /* nothing beyond the block */
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], args[i]) != 0 && i != 2 && i != 6)
+            fail_msg("argv[%d]: \"%s\", want \"%s\"", i, argv[i], args[i]);
+    assert_string_equal(argv[2], "mqtts://u:***@h:8883");
+    assert_string_equal(argv[6], "redis://:***@r/2");
+    assert_string_equal(c.mqtt_url, "mqtts://u:***@h:8883");
+    assert_string_equal(c.redis_url, "redis://:***@r/2");
+    assert_string_equal(c.config_file, "/etc/b.json");
+    assert_string_equal(c.id, "b1");
+    assert_int_equal(c.n_routes, 1);
+    assert_string_equal(c.routes[0], "a > b");
     mrb_cli_free(&c);
-    char *argv2[] = {"mrb", "--redis", a3, NULL};
+
+    /* short and long passwords look the same */
+    char pw[80];
+    memset(pw, 'L', 64);
+    pw[64] = '\0';
+    char long_url[128];
+    snprintf(long_url, sizeof(long_url), "mqtt://u:%s@h", pw);
+    const char *const a2[] = {"mrb", "--mqtt", long_url, "--redis",
+                              "redis://:abc@r", NULL};
+    argc = argv_in_block(block, sizeof(block), a2, argv, 16);
+    assert_int_equal(mrb_cli_parse(argc, argv, &c, msg, sizeof(msg)), MRB_OK);
+    mrb_cli_scrub(&c);
+    assert_string_equal(c.mqtt_url, "mqtt://u:***@h");
+    assert_string_equal(c.redis_url, "redis://:***@r");
+    assert_memory_equal(block, "mrb\0--mqtt\0mqtt://u:***@h\0--redis\0"
+                        "redis://:***@r\0\0", 51);
+    mrb_cli_free(&c);
+
+    /* strings that are not one block (here: separate arrays): each is
+     * masked within itself, NUL-padded; a password too short for "***"
+     * (the text cannot grow) is starred over */
+    char s1[] = "mqtts://u:topsecret@h:8883", s2[] = "redis://:pw@r/2",
+         s3[] = "redis://r/a@b:c";
+    char *argv1[] = {"mrb", "--mqtt", s1, "--redis", s2, NULL};
+    assert_int_equal(mrb_cli_parse(5, argv1, &c, msg, sizeof(msg)), MRB_OK);
+    mrb_cli_scrub(&c);
+    assert_string_equal(s1, "mqtts://u:***@h:8883");
+    assert_memory_equal(s1 + 20, "\0\0\0\0\0\0\0", 7);
+    assert_string_equal(s2, "redis://:**@r/2");
+    mrb_cli_free(&c);
+    char *argv2[] = {"mrb", "--redis", s3, NULL};
     assert_int_equal(mrb_cli_parse(3, argv2, &c, msg, sizeof(msg)), MRB_OK);
     mrb_cli_scrub(&c);
-    assert_string_equal(a3, "redis://r/a@b:c"); /* no user information */
+    assert_string_equal(s3, "redis://r/a@b:c"); /* no user information */
     mrb_cli_free(&c);
 }
 
