@@ -16,9 +16,9 @@
  *
  * Loop prevention: with MQTT 5 the broker does not return our publishes (No
  * Local); Redis has no such option, so each PUBLISH to a channel that our own
- * subscriptions match is fingerprinted (redis_echo) and the copy that comes
- * back is recognised and dropped. MQTT 3.1.1 gets the same treatment on the
- * MQTT side (mqtt_echo).
+ * subscriptions match is fingerprinted and the copy that comes back is
+ * recognised and dropped (the echo guard, echo.h). MQTT 3.1.1 gets the same
+ * treatment on the MQTT side.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -154,9 +154,10 @@ static void out_enqueue(mrb_bridge *b, const char *topic, size_t tlen,
         if (mrb_ratelimit_allow(&b->rl_full, mrb_now_ms(), &sup))
             mrb_warn("dropped %zu oldest message(s) waiting for MQTT: queue full "
                      "(limits.queue_messages %ld, limits.queue_bytes %ld); "
-                     "dropped_queue_full=%llu", dropped, b->cfg->queue_messages,
-                     b->cfg->queue_bytes,
-                     (unsigned long long)b->c.dropped_queue_full);
+                     "dropped_queue_full=%llu (%llu similar not logged)", dropped,
+                     b->cfg->queue_messages, b->cfg->queue_bytes,
+                     (unsigned long long)b->c.dropped_queue_full,
+                     (unsigned long long)sup);
     }
 }
 
@@ -167,10 +168,13 @@ static int mqtt_send(mrb_bridge *b, const char *topic, size_t tlen,
 {
     /* before the send: the echo may be back (and judged by the ingest
      * thread) before mrb_mqtt_publish() returns */
-    int noted = mrb_bridge_note_mqtt_publish(b, topic, tlen, payload, plen);
+    mrb_echo_note_result noted = mrb_bridge_note_mqtt_publish(b, topic, tlen, payload,
+                                                              plen);
+    if (noted == MRB_ECHO_FULL)
+        return 0; /* the ingest thread wakes us when there is room */
     mrb_err err = mrb_mqtt_publish(b, topic, payload, plen, qos, retain, route, t0_us);
-    if (err != MRB_OK && noted)
-        mrb_bridge_unnote_mqtt_publish(b, topic, tlen, payload, plen);
+    if (err != MRB_OK)
+        mrb_bridge_unnote_mqtt_publish(b, topic, tlen, payload, plen, noted);
     if (err == MRB_ERR_FULL || err == MRB_ERR_CONN)
         return 0;
     if (err != MRB_OK) {
@@ -181,34 +185,39 @@ static int mqtt_send(mrb_bridge *b, const char *topic, size_t tlen,
             mrb_stats_count(&b->st.r[route].r2m.dropped_send_failed, 1);
         if (mrb_ratelimit_allow(&b->rl_send, mrb_now_ms(), &sup))
             mrb_warn("dropped message to MQTT topic '%s': the MQTT library "
-                     "refused it; dropped_send_failed=%llu",
-                     mrb_log_escape(topic, tlen, esc, sizeof(esc)),
-                     (unsigned long long)b->c.dropped_send_failed);
+                     "refused it; dropped_send_failed=%llu (%llu similar not "
+                     "logged)", mrb_log_escape(topic, tlen, esc, sizeof(esc)),
+                     (unsigned long long)b->c.dropped_send_failed,
+                     (unsigned long long)sup);
         return 1;
     }
     return 1;
 }
 
-int mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
-                                 const char *payload, size_t plen)
+mrb_echo_note_result mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *topic,
+                                                  size_t tlen, const char *payload,
+                                                  size_t plen)
 {
     if (b->mqtt.version == MQTTVERSION_5 ||
         mrb_routes_mqtt_canonical(&b->routes, topic, tlen) == MRB_NO_SUB)
-        return 0;
-    pthread_mutex_lock(&b->echo_lock);
-    mrb_seen_add(&b->mqtt_echo, mrb_seen_key(topic, tlen, payload, plen),
-                 mrb_now_ms());
-    pthread_mutex_unlock(&b->echo_lock);
-    return 1;
+        return MRB_ECHO_NOT_NEEDED;
+    mrb_echo_note_result r = mrb_echo_note_mqtt(
+        b->echo, mrb_seen_key(topic, tlen, payload, plen), mrb_now_ms());
+    if (r == MRB_ECHO_FULL) {
+        /* held back until the ingest thread takes copies (it wakes us);
+         * then look again, in case it took the last one meanwhile */
+        atomic_store(&b->mqtt_echo_wait, 1);
+        if (mrb_echo_mqtt_has_room(b->echo))
+            mrb_bridge_wake(b);
+    }
+    return r;
 }
 
 void mrb_bridge_unnote_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
-                                    const char *payload, size_t plen)
+                                    const char *payload, size_t plen,
+                                    mrb_echo_note_result how)
 {
-    pthread_mutex_lock(&b->echo_lock);
-    mrb_seen_take(&b->mqtt_echo, mrb_seen_key(topic, tlen, payload, plen),
-                  mrb_now_ms());
-    pthread_mutex_unlock(&b->echo_lock);
+    mrb_echo_unnote_mqtt(b->echo, mrb_seen_key(topic, tlen, payload, plen), how);
 }
 
 void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
@@ -226,12 +235,12 @@ void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
     }
     b->c.redis_in++;
     int64_t t0_us = mrb_now_us();
-    pthread_mutex_lock(&b->echo_lock);
-    int echo = mrb_seen_take(&b->redis_echo, mrb_seen_key(channel, clen, payload, plen),
-                             mrb_now_ms());
-    pthread_mutex_unlock(&b->echo_lock);
-    if (echo) {
+    if (mrb_echo_take_redis(b->echo, mrb_seen_key(channel, clen, payload, plen),
+                            mrb_now_ms())) {
         b->c.echoes++;
+        /* the ingest thread may wait for this room */
+        if (atomic_load(&b->ing.echo_wait) && mrb_echo_redis_has_room(b->echo))
+            mrb_ingest_kick_unlocked(b);
         return;
     }
     /* drops before mapping count for the first route of the subscription */
@@ -282,7 +291,7 @@ void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
         if (lim && mrb_bucket_limited(&lim->to_mqtt)) {
             if (r->qos == 0 && !mrb_bucket_take(&lim->to_mqtt, mrb_now_ms())) {
                 mrb_limits_dropped_one(b, ri, 0, &lim->rl_mqtt, "Redis channel",
-                                       channel, clen);
+                                       channel, clen, NULL);
                 continue;
             }
             /* QoS > 0: waits in out_q for its token (in order) */
@@ -537,13 +546,50 @@ out:
     mrb_config_free(&nc);
 }
 
+/* The summaries of main's warning bursts that ended (log.h); returns when
+ * the next is due. */
+static int64_t flush_warnings(mrb_bridge *b, int64_t now)
+{
+    int64_t next = INT64_MAX, t;
+#define FLUSH(rl, what, counter, value)                                        \
+    do {                                                                       \
+        t = mrb_ratelimit_flush(rl, now, NULL, what, counter, value);          \
+        if (t < next)                                                          \
+            next = t;                                                          \
+    } while (0)
+    FLUSH(&b->rl_large, "dropped messages from Redis: too large",
+          "dropped_too_large", b->c.dropped_too_large);
+    FLUSH(&b->rl_unmappable, "dropped messages from Redis: unmappable",
+          "dropped_unmappable", b->c.dropped_unmappable);
+    FLUSH(&b->rl_malformed, "dropped malformed messages from Redis",
+          "dropped_malformed", b->c.dropped_malformed);
+    FLUSH(&b->rl_full, "dropped oldest messages waiting for MQTT: queue full",
+          "dropped_queue_full", b->c.dropped_queue_full);
+    FLUSH(&b->rl_send, "dropped messages to MQTT: refused by the MQTT library",
+          "dropped_send_failed", b->c.dropped_send_failed);
+#undef FLUSH
+    t = mrb_limits_flush(b, 0, now, NULL);
+    if (t < next)
+        next = t;
+    t = mrb_replay_flush_warnings(b, now);
+    return t < next ? t : next;
+}
+
 /* Returns 0 after a clean stop, 1 after a fatal error (logged). */
 static int run_loop(mrb_bridge *b)
 {
-    int64_t deadline = 0, busy_ms = 0;
+    int64_t deadline = 0, busy_ms = 0, warn_at = 0, echo_at;
     int trim_due = 0;
     for (;;) {
         int64_t now = mrb_now_ms();
+        if (now >= warn_at)
+            warn_at = flush_warnings(b, now);
+        /* (every turn: cheap, and new uncertain copies may be due earlier
+         * than the last answer said) */
+        echo_at = mrb_echo_tick(b->echo, now);
+        /* expired copies make room the ingest thread may wait for */
+        if (atomic_load(&b->ing.echo_wait) && mrb_echo_redis_has_room(b->echo))
+            mrb_ingest_kick_unlocked(b);
         if (got_usr1) {
             got_usr1 = 0;
             mrb_stats_log(b);
@@ -617,6 +663,10 @@ static int run_loop(mrb_bridge *b)
         rt = mrb_stats_next_timer(b);
         if (rt < next)
             next = rt;
+        if (warn_at < next)
+            next = warn_at;
+        if (echo_at < next)
+            next = echo_at;
         if (b->stopping && deadline < next)
             next = deadline;
         if (trim_due && now - busy_ms >= MRB_TRIM_IDLE_MS) {
@@ -677,8 +727,7 @@ int mrb_bridge_run(const mrb_config *cfg, mrb_reload_fn reload_fn, void *reload_
     b->next_stats_ms = b->started_ms + cfg->stats_interval * 1000;
     if (mrb_routes_build(&b->routes, cfg->routes, cfg->n_routes) != MRB_OK ||
         mrb_stats_table_alloc(&b->st, &b->routes) != MRB_OK ||
-        mrb_seen_init(&b->redis_echo, MRB_ECHO_CAPACITY, MRB_ECHO_TTL_MS) != MRB_OK ||
-        mrb_seen_init(&b->mqtt_echo, MRB_ECHO_CAPACITY, MRB_ECHO_TTL_MS) != MRB_OK) {
+        !(b->echo = mrb_echo_new((size_t)cfg->queue_messages))) {
         mrb_error("out of memory");
         goto out;
     }
@@ -697,14 +746,17 @@ int mrb_bridge_run(const mrb_config *cfg, mrb_reload_fn reload_fn, void *reload_
         goto out;
     if (pthread_cond_init(&b->in_cond, NULL) != 0 ||
         pthread_mutex_init(&b->sx_lock, NULL) != 0 ||
-        pthread_mutex_init(&b->routes_lock, NULL) != 0 ||
-        pthread_mutex_init(&b->echo_lock, NULL) != 0) {
+        pthread_mutex_init(&b->routes_lock, NULL) != 0) {
         pthread_mutex_destroy(&b->in_lock);
         goto out;
     }
     have_lock = 1;
     atomic_init(&b->intake_stopped, 0);
-    atomic_init(&b->sub_alive, 0);
+    atomic_init(&b->in_waiting, 0);
+    atomic_init(&b->paho_calls, 0);
+    atomic_init(&b->main_in_paho, 0);
+    atomic_init(&b->mqtt_echo_wait, 0);
+    atomic_init(&b->ing.echo_wait, 0);
     mrb_queue_init(&b->in_q, (size_t)cfg->queue_messages, (size_t)cfg->queue_bytes);
     mrb_queue_init(&b->out_q, (size_t)cfg->queue_messages, (size_t)cfg->queue_bytes);
     if (mrb_stream_init(b) != MRB_OK || mrb_replay_init(b) != MRB_OK) {
@@ -782,7 +834,6 @@ out:
         pthread_mutex_destroy(&b->in_lock);
         pthread_cond_destroy(&b->in_cond);
         pthread_mutex_destroy(&b->sx_lock);
-        pthread_mutex_destroy(&b->echo_lock);
         pthread_mutex_destroy(&b->routes_lock);
     }
     mrb_stream_free(b);
@@ -790,8 +841,7 @@ out:
     mrb_replay_free(b);
     mrb_queue_clear(&b->out_q);
     mrb_targets_free(&b->tg);
-    mrb_seen_free(&b->redis_echo);
-    mrb_seen_free(&b->mqtt_echo);
+    mrb_echo_free(b->echo);
     mrb_stats_table_free(&b->st);
     mrb_limits_free(b->limits);
     mrb_routes_free(&b->routes);

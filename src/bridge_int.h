@@ -74,6 +74,8 @@
 #include "mrb/seen.h"
 #include "mrb/stats.h"
 
+#include "echo.h"
+
 /* At most this many sends may be in flight inside Paho, and this many
  * PUBLISH/XADD replies outstanding on the ingest connection: past that, messages
  * wait in our bounded queues instead of in unbounded library buffers. */
@@ -81,8 +83,6 @@
 #define MRB_REDIS_WINDOW 1000
 #define MRB_REDIS_WINDOW_BYTES ((size_t)8 * 1024 * 1024)
 #define MRB_CONNECT_TIMEOUT_MS 10000
-#define MRB_ECHO_CAPACITY 4096
-#define MRB_ECHO_TTL_MS 5000
 #define MRB_SHORT_SESSION_MS 5000
 #define MRB_IDLE_CAP_MS 60000
 /* After a burst, once a thread has been idle this long, it gives freed heap
@@ -122,7 +122,19 @@ typedef struct mrb_counters {
     uint64_t stream_reread;      /* pending entries read again (maybe dups) */
     uint64_t dropped_malformed;  /* stream entries without a payload field */
     uint64_t stalls;             /* Redis stopped answering: reconnected */
+    uint64_t sub_lost;           /* the subscriber connection was lost */
+    uint64_t redis_call_failed;  /* hiredis could not queue a command */
 } mrb_counters;
+
+/* One command on the ingest connection whose reply is awaited (ingest.c):
+ * replies come in order, so they are matched to these in order. */
+typedef struct mrb_cmd {
+    uint64_t key;                /* PUBLISH: its echo fingerprint */
+    unsigned route;              /* MRB_NO_ROUTE: not counted per route */
+    unsigned target;             /* position among the message's targets */
+    unsigned char kind;          /* CMD_HASH, CMD_PUBLISH, CMD_XADD */
+    unsigned char note;          /* PUBLISH: mrb_echo_note_result */
+} mrb_cmd;
 
 /* MQTT -> Redis: the ingest thread's state (ingest.c). */
 typedef struct mrb_ingest {
@@ -140,21 +152,44 @@ typedef struct mrb_ingest {
     redisContext *c;
     mrb_queue unacked;           /* sent or to send, replies awaited, in order */
     mrb_msg *unsent;             /* first of unacked not sent on this connection */
+    mrb_msg *unsent_prev;        /* the one before it (NULL: unsent is the head) */
+    mrb_msg *rcur, *rprev;       /* the message the next reply is for, and the
+                                    one before it (NULL: look from the head) */
     size_t outstanding, outstanding_bytes;
+    /* Redis refused messages for now (OOM, LOADING...: mrb/rerror.h) or a
+     * command could not be queued: those messages are kept (in unacked, in
+     * order, unacknowledged) and sent again, one at a time, at retry_at_ms
+     * (backoff), until Redis takes one; nothing new is sent meanwhile */
+    size_t kept;
+    int refusing, probing;
+    int64_t retry_at_ms, refused_since_ms;
+    mrb_backoff refuse_backoff;
+    /* the echo table is full (echo.h): the next message waits for room,
+     * unless main may be blocked in Paho behind a waiting callback */
+    atomic_int echo_wait;
+    size_t echo_need;            /* copies the waiting message needs */
+    int echo_force;              /* send the next one without room */
+    unsigned force_calls;        /* main's Paho calls when the wait began */
+    int64_t force_after_ms;
+    mrb_logbuf log;              /* lines formatted under a lock */
     mrb_targets tg;
     mrb_backoff backoff;
     int64_t next_attempt_ms;
     int outage_logged;
     int64_t down_since_ms;
-    mrb_ratelimit rl_unmappable, rl_send, rl_large;
-    mrb_msg *held;               /* QoS > 0, waiting for a route's rate limit */
+    mrb_ratelimit rl_unmappable, rl_send, rl_large, rl_append;
+    mrb_msg *held;               /* waiting for a route's rate limit (QoS > 0)
+                                    or for echo room (held_until_ms 0) */
     int64_t held_until_ms;
-    /* route index of each command sent and not answered yet, in order
-     * (per-route stats of the replies); grows like tg, then reused */
-    unsigned *cmd_route;
+    /* each command sent and not answered yet, in order; grows like tg,
+     * then reused */
+    mrb_cmd *cmd;
     size_t cmd_cap, cmd_head, cmd_n;
     /* counters, read by the stats line */
     atomic_ullong redis_out, resent, echoes, stalls, connects;
+    atomic_ullong refused;       /* commands Redis refused for now (kept) */
+    atomic_ullong append_failed; /* commands that could not be queued (kept) */
+    atomic_ullong echo_waits;    /* times a message waited for echo room */
     atomic_ullong dropped_unmappable, dropped_send_failed;
     atomic_ullong dropped_too_large; /* grew past max_payload in its envelope */
     atomic_ullong hash_updates;  /* HSET/HDEL of store routes sent (once
@@ -216,6 +251,11 @@ typedef struct mrb_mqtt {
     atomic_int killed;           /* closed under Paho at shutdown: stay down */
     char **unsub;                /* filters a reload removed while down: */
     size_t n_unsub;              /* ... unsubscribed at the next connect */
+    char **resub;                /* filters whose SUBSCRIBE could not be made */
+    size_t n_resub;              /* ... tried again from mrb_mqtt_tick */
+    int online_due;              /* "online" not taken by Paho yet */
+    atomic_ullong call_failed;   /* Paho set-up calls that failed */
+    int call_failed_logged;      /* ... logged for this connection */
     mrb_pubslot *slot;           /* [MRB_PUB_SLOTS] */
     size_t slot_next;            /* main: where to look for a free one */
     uint64_t connects;           /* sessions begun (main) */
@@ -295,12 +335,17 @@ typedef struct mrb_bridge {
     uint64_t in_seq;             /* [in_lock] last arrival number given */
     uint64_t in_acked_seq;       /* [in_lock] a QoS > 0 message done */
     int in_release;              /* [in_lock] MQTT disconnected: stop waiting */
-    int in_waiting;              /* [in_lock] a receive thread waits */
+    atomic_int in_waiting;       /* [in_lock to write] a receive thread waits */
     atomic_int intake_stopped;   /* shutdown: take no new messages */
     mrb_ingest ing;
 
-    pthread_mutex_t echo_lock;
-    atomic_int sub_alive;        /* a subscriber connection exists */
+    /* main's calls into Paho (mqtt.c paho_enter): counted, and flagged
+     * while inside, so that the ingest thread can tell whether main may
+     * be blocked behind a waiting message callback (echo.h, ingest.c) */
+    atomic_uint paho_calls;
+    atomic_int main_in_paho;
+    mrb_echo *echo;              /* the echo guard (echo.h) */
+    atomic_int mqtt_echo_wait;   /* main holds publishes for MQTT echo room */
     mrb_queue out_q;             /* Redis -> MQTT, waiting for the broker */
     mrb_mqtt mqtt;
     mrb_rconn rpub, rsub, rread;
@@ -323,13 +368,17 @@ typedef struct mrb_bridge {
     int keys_dirty;              /* keys added while a read was blocked */
     int unblock_sent;            /* CLIENT UNBLOCK sent for this read */
     int64_t read_after_ms;       /* after a refused read: wait until then */
+    /* echo guard (echo.h) on the subscriber: the fence before it
+     * connects; every subscription confirmed; a reload's changes waiting
+     * for the fence ("0name" SUBSCRIBE, 1 PSUBSCRIBE, 2 UNSUBSCRIBE, 3
+     * PUNSUBSCRIBE) */
+    int sub_fencing, sub_echo_on;
+    char **sub_diff;
+    size_t n_sub_diff;
     int redis_outage_logged;
     int redis_refusal_logged;    /* credentials / ACL refusal logged */
     int64_t redis_down_since_ms;
 
-    mrb_seen redis_echo;         /* [echo_lock] what we PUBLISHed where we
-                                    subscribe */
-    mrb_seen mqtt_echo;          /* [echo_lock] MQTT 3.1.1 only: no No Local */
     mrb_targets tg;
     mrb_counters c;
     mrb_stats_table st;          /* per-route counters (see above) */
@@ -354,13 +403,16 @@ void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
                                  const char *payload, size_t plen);
 
 /* Before each publish to the broker: MQTT 3.1.1 has no No Local, so note
- * what may come back on our own subscriptions (1 if noted). If the publish
- * then does not go out, take the note back. Before, not after: the copy
+ * what may come back on our own subscriptions. MRB_ECHO_FULL: do not
+ * publish now (the table is full; the ingest thread wakes main when it has
+ * taken copies). If the publish then does not go out, take the note back. Before, not after: the copy
  * can be back, and judged on the ingest thread, before the send returns. */
-int mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
-                                 const char *payload, size_t plen);
+mrb_echo_note_result mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *topic,
+                                                  size_t tlen, const char *payload,
+                                                  size_t plen);
 void mrb_bridge_unnote_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
-                                    const char *payload, size_t plen);
+                                    const char *payload, size_t plen,
+                                    mrb_echo_note_result how);
 /* One rate-limited line for a message no route can map (any thread, with
  * its own rl and counter). */
 void mrb_warn_unmappable(mrb_ratelimit *rl, uint64_t count, const char *side,
@@ -384,10 +436,14 @@ void mrb_limits_free(mrb_route_limit *l);
 /* A QoS 0 message dropped over route ri's limit: counted in the route's
  * stats (b->st, direction to_redis or not), one rate-limited warning (the
  * calling direction's thread, its rl; the ingest thread holds
- * routes_lock). */
+ * routes_lock, and gives lb: the line is written after the unlock). */
 void mrb_limits_dropped_one(mrb_bridge *b, size_t ri, int to_redis,
                             mrb_ratelimit *rl, const char *side, const char *name,
-                            size_t len);
+                            size_t len, mrb_logbuf *lb);
+/* The summaries of the ended bursts of those warnings, for one direction
+ * (its thread; the ingest thread holds routes_lock and gives lb). Returns
+ * when the next is due. */
+int64_t mrb_limits_flush(mrb_bridge *b, int to_redis, int64_t now, mrb_logbuf *lb);
 
 /* mqtt.c: all main thread unless noted */
 mrb_err mrb_mqtt_init(mrb_bridge *b);
@@ -458,9 +514,6 @@ mrb_err mrb_redis_command(mrb_rconn *rc, redisCallbackFn *fn, void *priv,
 void mrb_redis_reset(mrb_rconn *rc, const char *why);
 void mrb_redis_got_reply(mrb_rconn *rc);
 int64_t mrb_redis_connect_timeout_ms(const mrb_bridge *b);
-/* Is this Redis error a refusal of our credentials or by the ACL (any
- * thread)? */
-int mrb_redis_is_refusal(const char *err);
 
 /* stats_report.c: main thread */
 void mrb_stats_tick(mrb_bridge *b, int64_t now);     /* publish when due */
@@ -482,6 +535,7 @@ static inline mrb_route_stats *mrb_stats_by_redis_sub(mrb_bridge *b, size_t sub)
 /* ingest.c */
 mrb_err mrb_ingest_start(mrb_bridge *b);
 void mrb_ingest_kick(mrb_bridge *b);         /* receive thread, in_lock held */
+void mrb_ingest_kick_unlocked(mrb_bridge *b); /* main: takes in_lock */
 /* Return freed heap pages to the system (glibc malloc_trim; elsewhere a
  * no-op). Any thread; called only when idle after traffic. */
 void mrb_trim(void);
@@ -512,7 +566,8 @@ typedef struct mrb_replay_counters {
     uint64_t dropped;            /* requests or answers dropped (full, down) */
 } mrb_replay_counters;
 /* The replay request subscription's MQTT 5 Subscription Identifier: the
- * largest allowed, apart from the routes' (mrb_sub.id counts up from 1). */
+ * largest allowed; the routes' ids (mrb_sub.id, derived from the filter
+ * text) stay below it. */
 #define MRB_REPLAY_SUB_ID 268435455u
 /* Main, before the MQTT client exists: on if any route is in stream mode. */
 mrb_err mrb_replay_init(mrb_bridge *b);
@@ -538,6 +593,8 @@ const char *mrb_replay_topic(const mrb_bridge *b);
 int mrb_replay_take(mrb_bridge *b, const char *topic, size_t len,
                     MQTTAsync_message *msg);
 void mrb_replay_pump(mrb_bridge *b);          /* requests out, answers out */
+/* Main: summaries of ended warning bursts; when the next is due. */
+int64_t mrb_replay_flush_warnings(mrb_bridge *b, int64_t now);
 void mrb_replay_get_counters(mrb_bridge *b, mrb_replay_counters *out);
 
 #endif

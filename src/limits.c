@@ -11,6 +11,8 @@
  */
 #include <stdlib.h>
 
+#include <stdio.h>
+
 #include "bridge_int.h"
 
 mrb_route_limit *mrb_limits_alloc(const mrb_routes *t, int64_t now, mrb_err *err)
@@ -41,7 +43,7 @@ void mrb_limits_free(mrb_route_limit *l)
 
 void mrb_limits_dropped_one(mrb_bridge *b, size_t ri, int to_redis,
                             mrb_ratelimit *rl, const char *side, const char *name,
-                            size_t len)
+                            size_t len, mrb_logbuf *lb)
 {
     uint64_t sup, n = 0;
     atomic_fetch_add(&b->rate_limited_total, 1); /* survives reloads */
@@ -54,9 +56,38 @@ void mrb_limits_dropped_one(mrb_bridge *b, size_t ri, int to_redis,
     if (mrb_ratelimit_allow(rl, mrb_now_ms(), &sup)) {
         char line[600];
         mrb_route_format(&b->routes.route[ri], line, sizeof(line));
-        mrb_warn("dropped QoS 0 message from %s '%s': over the rate limit of "
-                 "route '%s'; rate_limited=%llu on that route (%llu similar "
-                 "not logged)", side, mrb_log_escape(name, len, esc, sizeof(esc)),
-                 line, (unsigned long long)n, (unsigned long long)sup);
+#define DROPPED_FMT "dropped QoS 0 message from %s '%s': over the rate limit of " \
+                    "route '%s'; rate_limited=%llu on that route (%llu similar " \
+                    "not logged)"
+        if (lb)
+            mrb_logbuf_add(lb, MRB_LOG_WARNING, DROPPED_FMT, side,
+                           mrb_log_escape(name, len, esc, sizeof(esc)), line,
+                           (unsigned long long)n, (unsigned long long)sup);
+        else
+            mrb_warn(DROPPED_FMT, side, mrb_log_escape(name, len, esc, sizeof(esc)),
+                     line, (unsigned long long)n, (unsigned long long)sup);
+#undef DROPPED_FMT
     }
+}
+
+int64_t mrb_limits_flush(mrb_bridge *b, int to_redis, int64_t now, mrb_logbuf *lb)
+{
+    int64_t next = INT64_MAX;
+    for (size_t i = 0; b->limits && i < b->routes.n; i++) {
+        mrb_route_limit *l = &b->limits[i];
+        mrb_ratelimit *rl = to_redis ? &l->rl_redis : &l->rl_mqtt;
+        if (!rl->suppressed)
+            continue;
+        char line[600], what[700];
+        mrb_route_format(&b->routes.route[i], line, sizeof(line));
+        snprintf(what, sizeof(what), "dropped QoS 0 messages from %s over the "
+                 "rate limit of route '%s'", to_redis ? "MQTT" : "Redis", line);
+        mrb_dir_stats *d = i < b->st.n ? (to_redis ? &b->st.r[i].m2r : &b->st.r[i].r2m)
+                                       : NULL;
+        int64_t t = mrb_ratelimit_flush(rl, now, lb, what, "rate_limited",
+                                        d ? atomic_load(&d->dropped_rate_limited) : 0);
+        if (t < next)
+            next = t;
+    }
+    return next;
 }

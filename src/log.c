@@ -99,6 +99,63 @@ int mrb_ratelimit_allow(mrb_ratelimit *rl, int64_t now_ms, uint64_t *suppressed)
     return 1;
 }
 
+int mrb_ratelimit_due(mrb_ratelimit *rl, int64_t now_ms, uint64_t *suppressed)
+{
+    if (rl->suppressed == 0 || now_ms - rl->last_ms < MRB_RATELIMIT_MS)
+        return 0;
+    *suppressed = rl->suppressed;
+    rl->suppressed = 0;
+    rl->last_ms = now_ms;
+    return 1;
+}
+
+int64_t mrb_ratelimit_next_ms(const mrb_ratelimit *rl)
+{
+    return rl->suppressed ? rl->last_ms + MRB_RATELIMIT_MS : INT64_MAX;
+}
+
+void mrb_logbuf_add(mrb_logbuf *lb, mrb_log_level level, const char *fmt, ...)
+{
+    if (!mrb_log_enabled(level))
+        return;
+    if (lb->n >= MRB_LOGBUF_LINES) {
+        lb->lost++;
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(lb->line[lb->n], sizeof(lb->line[0]), fmt, ap);
+    va_end(ap);
+    lb->level[lb->n++] = level;
+}
+
+void mrb_logbuf_flush(mrb_logbuf *lb)
+{
+    for (int i = 0; i < lb->n; i++)
+        mrb_log(lb->level[i], "%s", lb->line[i]);
+    if (lb->lost)
+        mrb_warn("(%u more log line(s) of this kind were not kept)", lb->lost);
+    lb->n = 0;
+    lb->lost = 0;
+}
+
+int64_t mrb_ratelimit_flush(mrb_ratelimit *rl, int64_t now_ms, mrb_logbuf *lb,
+                            const char *what, const char *counter, uint64_t value)
+{
+    uint64_t sup;
+    if (mrb_ratelimit_due(rl, now_ms, &sup)) {
+#define FLUSH_FMT "%s: %llu more not logged in the last %d s; %s=%llu"
+        if (lb)
+            mrb_logbuf_add(lb, MRB_LOG_WARNING, FLUSH_FMT, what, (unsigned long long)sup,
+                           MRB_RATELIMIT_MS / 1000, counter, (unsigned long long)value);
+        else
+            mrb_warn(FLUSH_FMT, what, (unsigned long long)sup, MRB_RATELIMIT_MS / 1000,
+                     counter, (unsigned long long)value);
+#undef FLUSH_FMT
+    }
+    return mrb_ratelimit_next_ms(rl);
+}
+
 int64_t mrb_now_ms(void)
 {
     struct timespec ts;

@@ -69,6 +69,77 @@ static void post(mrb_bridge *b, unsigned ev, int code, const char *text)
     mrb_bridge_wake(b);
 }
 
+/* ---- main's calls into Paho ----
+ *
+ * Every Paho call takes Paho's global mutex, which the receive thread holds
+ * while a message callback waits for the ingest thread (a QoS 1 message:
+ * see ingest.c). So main may wait inside any of them until that message is
+ * in Redis. That is bounded as long as the ingest thread does not wait for
+ * main, and it waits for main only when the echo table is full (echo.h):
+ * then main does not publish at all while a callback waits (paho_enter
+ * says so, the message stays queued), and for the other calls the ingest
+ * thread sees main stay inside one (main_in_paho, paho_calls) and sends
+ * anyway. */
+
+/* 0: do not call Paho now (skip is allowed, and the ingest thread waits
+ * for echo room while a callback waits for the ingest thread). */
+static int paho_enter(mrb_bridge *b, int may_skip)
+{
+    atomic_fetch_add(&b->paho_calls, 1);
+    atomic_store(&b->main_in_paho, 1);
+    if (may_skip && atomic_load(&b->ing.echo_wait) && atomic_load(&b->in_waiting)) {
+        atomic_store(&b->main_in_paho, 0);
+        return 0;
+    }
+    return 1;
+}
+
+static void paho_leave(mrb_bridge *b)
+{
+    atomic_store(&b->main_in_paho, 0);
+    if (atomic_load(&b->ing.echo_wait))
+        mrb_ingest_kick_unlocked(b); /* it may be timing this call */
+}
+
+/* A Paho call of the set-up (a property, the "online" status) failed:
+ * counted (mqtt_call_failed), logged once per connection. */
+static void call_failed(mrb_bridge *b, const char *what, int rc)
+{
+    mrb_mqtt *m = &b->mqtt;
+    uint64_t n = atomic_fetch_add(&m->call_failed, 1) + 1;
+    if (m->call_failed_logged)
+        return;
+    m->call_failed_logged = 1;
+    mrb_warn("mqtt: %s failed (%s); trying again; mqtt_call_failed=%llu (logged "
+             "once per connection)", what, rc ? MQTTAsync_strerror(rc) : "out of memory",
+             (unsigned long long)n);
+}
+
+/* Add filter to a list of names (once); 0 when out of memory. */
+static int name_list_add(char ***list, size_t *n, const char *filter)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp((*list)[i], filter) == 0)
+            return 1;
+    char **v = realloc(*list, (*n + 1) * sizeof(*v));
+    char *copy = v ? strdup(filter) : NULL;
+    if (v)
+        *list = v;
+    if (!copy)
+        return 0;
+    (*list)[(*n)++] = copy;
+    return 1;
+}
+
+static void name_list_free(char ***list, size_t *n)
+{
+    for (size_t i = 0; i < *n; i++)
+        free((*list)[i]);
+    free(*list);
+    *list = NULL;
+    *n = 0;
+}
+
 /* ---- callbacks: Paho threads ---- */
 
 #if MRB_WITH_TLS
@@ -302,6 +373,9 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
     int64_t now = mrb_now_ms();
     uint64_t sup, seq = 0;
     char esc[MRB_LOG_ESCAPE_MAX];
+    mrb_logbuf lb; /* written after in_lock is released */
+    lb.n = 0;
+    lb.lost = 0;
     pthread_mutex_lock(&b->in_lock);
     if (atomic_load(&b->intake_stopped)) {
         /* shutdown: a QoS > 0 message stays with the broker: close the
@@ -336,13 +410,13 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
             mrb_stats_count(&rs->m2r.dropped_too_large, 1);
         pthread_mutex_unlock(&b->routes_lock);
         if (mrb_ratelimit_allow(&b->in_rl_large, now, &sup))
-            mrb_warn("dropped message from MQTT topic '%s': too large (%d bytes, "
-                     "limits.max_payload is %ld); dropped_too_large=%llu "
-                     "(%llu similar not logged)",
-                     mrb_log_escape(topic, len, esc, sizeof(esc)),
-                     msg->payloadlen, b->cfg->max_payload,
-                     (unsigned long long)b->ic.dropped_too_large,
-                     (unsigned long long)sup);
+            mrb_logbuf_add(&lb, MRB_LOG_WARNING, "dropped message from MQTT topic "
+                           "'%s': too large (%d bytes, limits.max_payload is %ld); "
+                           "dropped_too_large=%llu (%llu similar not logged)",
+                           mrb_log_escape(topic, len, esc, sizeof(esc)),
+                           msg->payloadlen, b->cfg->max_payload,
+                           (unsigned long long)b->ic.dropped_too_large,
+                           (unsigned long long)sup);
     } else {
         mrb_msg *m = mrb_msg_new(topic, len, msg->payload, (size_t)msg->payloadlen,
                                  msg->qos, msg->retained);
@@ -374,25 +448,34 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
             if (dropped) {
                 b->ic.dropped_queue_full += dropped;
                 if (mrb_ratelimit_allow(&b->in_rl_full, now, &sup))
-                    mrb_warn("dropped %zu oldest message(s) waiting for Redis: "
-                             "queue full (limits.queue_messages %ld, "
-                             "limits.queue_bytes %ld); dropped_queue_full=%llu",
-                             dropped, b->cfg->queue_messages, b->cfg->queue_bytes,
-                             (unsigned long long)b->ic.dropped_queue_full);
+                    mrb_logbuf_add(&lb, MRB_LOG_WARNING, "dropped %zu oldest "
+                                   "message(s) waiting for Redis: queue full "
+                                   "(limits.queue_messages %ld, limits.queue_bytes "
+                                   "%ld); dropped_queue_full=%llu (%llu similar "
+                                   "not logged)", dropped, b->cfg->queue_messages,
+                                   b->cfg->queue_bytes,
+                                   (unsigned long long)b->ic.dropped_queue_full,
+                                   (unsigned long long)sup);
             }
         }
     }
     if (queued)
         mrb_ingest_kick(b);
-    if (queued && msg->qos > 0) {
-        b->in_waiting = 1;
+    if (queued && msg->qos > 0 && b->in_acked_seq < seq && !b->in_release) {
+        atomic_store(&b->in_waiting, 1);
+        if (lb.n) { /* not while we wait: written now, without the lock */
+            pthread_mutex_unlock(&b->in_lock);
+            mrb_logbuf_flush(&lb);
+            pthread_mutex_lock(&b->in_lock);
+        }
         while (b->in_acked_seq < seq && !b->in_release)
             pthread_cond_wait(&b->in_cond, &b->in_lock);
-        b->in_waiting = 0;
+        atomic_store(&b->in_waiting, 0);
         if (b->in_acked_seq < seq)
             b->ic.left_with_broker++; /* released at shutdown, socket closed */
     }
     pthread_mutex_unlock(&b->in_lock);
+    mrb_logbuf_flush(&lb);
     MQTTAsync_freeMessage(&msg);
     MQTTAsync_free(topic);
     return 1;
@@ -413,15 +496,18 @@ static mrb_err client_create(mrb_bridge *b)
     mrb_mqtt *m = &b->mqtt;
     MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer;
     co.MQTTVersion = m->version;
+    paho_enter(b, 0);
     int rc = MQTTAsync_createWithOptions(&m->client, m->uri, b->cfg->client_id,
                                          MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+    if (rc == MQTTASYNC_SUCCESS)
+        MQTTAsync_setCallbacks(m->client, b, on_lost, on_message, NULL);
+    paho_leave(b);
     if (rc != MQTTASYNC_SUCCESS) {
         mrb_error("mqtt: cannot create a client for %s: %s", m->uri,
                   MQTTAsync_strerror(rc));
         m->client = NULL;
         return MRB_ERR_INVALID;
     }
-    MQTTAsync_setCallbacks(m->client, b, on_lost, on_message, NULL);
     return MRB_OK;
 }
 
@@ -464,8 +550,11 @@ mrb_err mrb_mqtt_init(mrb_bridge *b)
 
 void mrb_mqtt_destroy(mrb_bridge *b)
 {
-    if (b->mqtt.client)
+    if (b->mqtt.client) {
+        paho_enter(b, 0);
         MQTTAsync_destroy(&b->mqtt.client);
+        paho_leave(b);
+    }
     pthread_mutex_destroy(&b->mqtt.ev_lock);
     free(b->mqtt.slot); /* no Paho thread runs any more */
     b->mqtt.slot = NULL;
@@ -479,9 +568,12 @@ static void mqtt_failed(mrb_bridge *b, int64_t now, int was_up, int kind,
                         const char *why)
 {
     mrb_mqtt *m = &b->mqtt;
+    if (m->state == CONN_UP)
+        mrb_echo_mqtt_down(b->echo); /* QoS 1 copies may still come */
     m->state = CONN_DOWN;
     m->subacks = 0;
     b->ready = 0;
+    name_list_free(&m->resub, &m->n_resub); /* all are subscribed again */
     int64_t delay = mrb_backoff_next(&m->backoff);
     if (kind != FAIL_OUTAGE && delay < b->cfg->reconnect_max_ms)
         delay = b->cfg->reconnect_max_ms;
@@ -593,7 +685,14 @@ static void mqtt_connect(mrb_bridge *b, int64_t now)
         memset(&p, 0, sizeof(p));
         p.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL;
         p.value.integer4 = (unsigned)cfg->session_expiry;
-        MQTTProperties_add(&props, &p);
+        /* without it the broker would end the session with the
+         * connection, and drop what it keeps for us: not without it */
+        if (MQTTProperties_add(&props, &p) != 0) {
+            MQTTProperties_free(&props);
+            call_failed(b, "adding the Session Expiry Interval", 0);
+            mqtt_failed(b, now, 0, FAIL_OUTAGE, "out of memory");
+            return;
+        }
         o.connectProperties = &props;
     } else {
         o.cleansession = cfg->session_expiry == 0;
@@ -632,7 +731,9 @@ static void mqtt_connect(mrb_bridge *b, int64_t now)
         o.onSuccess = on_connect_ok;
         o.onFailure = on_connect_fail;
     }
+    paho_enter(b, 0);
     int rc = MQTTAsync_connect(m->client, &o);
+    paho_leave(b);
     MQTTProperties_free(&props);
     if (rc != MQTTASYNC_SUCCESS) {
         mqtt_failed(b, now, 0, FAIL_OUTAGE, MQTTAsync_strerror(rc));
@@ -655,7 +756,9 @@ static void unsub_pending_flush(mrb_bridge *b)
     mrb_mqtt *m = &b->mqtt;
     for (size_t i = 0; i < m->n_unsub; i++) {
         MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
+        paho_enter(b, 0);
         int rc = MQTTAsync_unsubscribe(m->client, m->unsub[i], &o);
+        paho_leave(b);
         if (rc != MQTTASYNC_SUCCESS)
             mrb_warn("mqtt: cannot unsubscribe from '%s': %s", m->unsub[i],
                      MQTTAsync_strerror(rc));
@@ -667,58 +770,59 @@ static void unsub_pending_flush(mrb_bridge *b)
 static void unsub_pending_add(mrb_bridge *b, const char *filter)
 {
     mrb_mqtt *m = &b->mqtt;
-    for (size_t i = 0; i < m->n_unsub; i++)
-        if (strcmp(m->unsub[i], filter) == 0)
-            return;
-    char **v = realloc(m->unsub, (m->n_unsub + 1) * sizeof(*v));
-    char *copy = v ? strdup(filter) : NULL;
-    if (v)
-        m->unsub = v;
-    if (!copy) {
+    if (!name_list_add(&m->unsub, &m->n_unsub, filter))
         mrb_warn("mqtt: out of memory: '%s' stays subscribed in the session "
                  "until it expires", filter);
-        return;
-    }
-    m->unsub[m->n_unsub++] = copy;
 }
 
+/* Subscribe one filter. A subscription that cannot be made here (its
+ * Subscription Identifier could not be added: out of memory) is tried
+ * again from mrb_mqtt_tick (m->resub); it does not count as confirmed, so
+ * "ready" waits for it. */
 static void subscribe_one(mrb_bridge *b, const mrb_sub *s)
 {
     mrb_mqtt *m = &b->mqtt;
     int v5 = m->version == MQTTVERSION_5;
-    {
-        MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
-        o.context = b;
-        if (v5) {
-            MQTTProperty p;
-            memset(&p, 0, sizeof(p));
-            p.identifier = MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER;
-            p.value.integer4 = s->id;
-            MQTTProperties_add(&o.properties, &p);
-            o.subscribeOptions.noLocal = 1;
-            /* the broker's stored retained messages are state, not news:
-             * replaying them into Redis on every (re)subscribe would
-             * duplicate them; but a store route (presence) wants that
-             * state in its hash, on every subscribe (it may have changed
-             * while we were away): the ingest thread writes a retained
-             * delivery to the hash only */
-            o.subscribeOptions.retainHandling = s->retained ? 0 : 2;
-            o.onSuccess5 = on_sub_ok5;
-            o.onFailure5 = on_sub_fail5;
-        } else {
-            o.onSuccess = on_sub_ok;
-            o.onFailure = on_sub_fail;
+    MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
+    o.context = b;
+    if (v5) {
+        MQTTProperty p;
+        memset(&p, 0, sizeof(p));
+        p.identifier = MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER;
+        p.value.integer4 = s->id;
+        /* without its identifier the copies of overlapping filters could
+         * not be told apart: not subscribed without it */
+        if (MQTTProperties_add(&o.properties, &p) != 0) {
+            MQTTProperties_free(&o.properties);
+            call_failed(b, "adding a Subscription Identifier", 0);
+            name_list_add(&m->resub, &m->n_resub, s->name);
+            return;
         }
-        /* QoS 2 is taken as QoS 1: Paho keeps a QoS 2 message only in
-         * memory between PUBREC and PUBREL, so a crash would lose it;
-         * with QoS 1 the broker sends it again instead */
-        int rc = MQTTAsync_subscribe(m->client, s->name, s->qos > 1 ? 1 : s->qos, &o);
-        MQTTProperties_free(&o.properties);
-        if (rc != MQTTASYNC_SUCCESS) {
-            mrb_error("mqtt: cannot subscribe to '%s': %s", s->name,
-                      MQTTAsync_strerror(rc));
-            suback(b, 0);
-        }
+        o.subscribeOptions.noLocal = 1;
+        /* the broker's stored retained messages are state, not news:
+         * replaying them into Redis on every (re)subscribe would
+         * duplicate them; but a store route (presence) wants that
+         * state in its hash, on every subscribe (it may have changed
+         * while we were away): the ingest thread writes a retained
+         * delivery to the hash only */
+        o.subscribeOptions.retainHandling = s->retained ? 0 : 2;
+        o.onSuccess5 = on_sub_ok5;
+        o.onFailure5 = on_sub_fail5;
+    } else {
+        o.onSuccess = on_sub_ok;
+        o.onFailure = on_sub_fail;
+    }
+    /* QoS 2 is taken as QoS 1: Paho keeps a QoS 2 message only in
+     * memory between PUBREC and PUBREL, so a crash would lose it;
+     * with QoS 1 the broker sends it again instead */
+    paho_enter(b, 0);
+    int rc = MQTTAsync_subscribe(m->client, s->name, s->qos > 1 ? 1 : s->qos, &o);
+    paho_leave(b);
+    MQTTProperties_free(&o.properties);
+    if (rc != MQTTASYNC_SUCCESS) {
+        mrb_error("mqtt: cannot subscribe to '%s': %s", s->name,
+                  MQTTAsync_strerror(rc));
+        suback(b, 0);
     }
 }
 
@@ -783,7 +887,9 @@ void mrb_mqtt_apply_routes(mrb_bridge *b, const mrb_routes *old, int had_replay,
         (*removed)++;
         if (up) {
             MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
+            paho_enter(b, 0);
             int rc = MQTTAsync_unsubscribe(m->client, s->name, &o);
+            paho_leave(b);
             if (rc == MQTTASYNC_SUCCESS)
                 continue;
             mrb_warn("mqtt: cannot unsubscribe from '%s': %s (tried again at "
@@ -797,12 +903,31 @@ void mrb_mqtt_apply_routes(mrb_bridge *b, const mrb_routes *old, int had_replay,
 
 void mrb_mqtt_free_pending(mrb_bridge *b)
 {
+    name_list_free(&b->mqtt.unsub, &b->mqtt.n_unsub);
+    name_list_free(&b->mqtt.resub, &b->mqtt.n_resub);
+}
+
+/* Subscriptions that could not be made (subscribe_one): again, now. */
+static void resubscribe_failed(mrb_bridge *b)
+{
     mrb_mqtt *m = &b->mqtt;
-    for (size_t i = 0; i < m->n_unsub; i++)
-        free(m->unsub[i]);
-    free(m->unsub);
-    m->unsub = NULL;
-    m->n_unsub = 0;
+    size_t n = m->n_resub;
+    char **names = m->resub;
+    m->resub = NULL;
+    m->n_resub = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *replay = mrb_replay_topic(b);
+        const mrb_sub *s = NULL;
+        for (size_t j = 0; j < b->routes.n_mqtt_sub && !s; j++)
+            if (strcmp(b->routes.mqtt_sub[j].name, names[i]) == 0)
+                s = &b->routes.mqtt_sub[j];
+        if (s)
+            subscribe_one(b, s);
+        else if (replay && strcmp(replay, names[i]) == 0)
+            subscribe_replay(b);
+        /* else: a reload removed it meanwhile */
+    }
+    name_list_free(&names, &n);
 }
 
 /* Is fd a TCP socket connected to the broker's port? */
@@ -857,6 +982,25 @@ int mrb_mqtt_kill_socket(mrb_bridge *b)
     return 1;
 }
 
+/* The retained "online" status; tried again from mrb_mqtt_tick until Paho
+ * takes it (the Last Will says "offline" otherwise). */
+static void send_online(mrb_bridge *b)
+{
+    mrb_mqtt *m = &b->mqtt;
+    MQTTAsync_message msg = MQTTAsync_message_initializer;
+    msg.payload = "online";
+    msg.payloadlen = 6;
+    msg.qos = STATUS_QOS;
+    msg.retained = 1;
+    paho_enter(b, 0);
+    int rc = MQTTAsync_sendMessage(m->client, b->cfg->status_topic, &msg, NULL);
+    paho_leave(b);
+    if (rc == MQTTASYNC_SUCCESS)
+        m->online_due = 0;
+    else
+        call_failed(b, "publishing the \"online\" status", rc);
+}
+
 static void mqtt_up(mrb_bridge *b, int64_t now)
 {
     mrb_mqtt *m = &b->mqtt;
@@ -871,14 +1015,13 @@ static void mqtt_up(mrb_bridge *b, int64_t now)
                  (double)(now - m->down_since_ms) / 1000.0);
         m->outage_logged = 0;
     }
+    m->call_failed_logged = 0;
+    /* the broker returns a copy of what we publish from now on (3.1.1) */
+    mrb_echo_mqtt_up(b->echo, now);
     if (b->stopping)
         return; /* back in time to flush out_q: no intake, no "online" */
-    MQTTAsync_message msg = MQTTAsync_message_initializer;
-    msg.payload = "online";
-    msg.payloadlen = 6;
-    msg.qos = STATUS_QOS;
-    msg.retained = 1;
-    MQTTAsync_sendMessage(m->client, b->cfg->status_topic, &msg, NULL);
+    m->online_due = 1;
+    send_online(b);
     mqtt_subscribe_all(b);
 }
 
@@ -903,7 +1046,9 @@ void mrb_mqtt_tick(mrb_bridge *b, int64_t now)
             (code == 132 || code == 1)) {
             mrb_warn("mqtt: the broker refused MQTT 5 (%s); falling back to "
                      "MQTT 3.1.1", text);
+            paho_enter(b, 0);
             MQTTAsync_destroy(&m->client);
+            paho_leave(b);
             m->version = MQTTVERSION_3_1_1;
             m->state = CONN_DOWN;
             if (client_create(b) != MRB_OK) {
@@ -928,6 +1073,12 @@ void mrb_mqtt_tick(mrb_bridge *b, int64_t now)
                       "authorised?); messages on those filters will not be "
                       "forwarded", fails);
     }
+    if (m->state == CONN_UP && !b->stopping) {
+        if (m->online_due)
+            send_online(b);
+        if (m->n_resub)
+            resubscribe_failed(b);
+    }
     /* also while stopping: out_q may still be flushed if the broker
      * comes back before the shutdown timeout */
     if (m->state == CONN_DOWN && m->client && now >= m->next_attempt_ms &&
@@ -947,6 +1098,19 @@ int mrb_mqtt_ready(const mrb_bridge *b)
     return b->mqtt.state == CONN_UP && b->mqtt.subacks >= n_subs(b);
 }
 
+/* 0 when out of memory. */
+static int add_user_property(MQTTProperties *props, const char *name, const char *val)
+{
+    MQTTProperty p;
+    memset(&p, 0, sizeof(p));
+    p.identifier = MQTTPROPERTY_CODE_USER_PROPERTY;
+    p.value.data.data = (char *)name;
+    p.value.data.len = (int)strlen(name);
+    p.value.value.data = (char *)val;
+    p.value.value.len = (int)strlen(val);
+    return MQTTProperties_add(props, &p) == 0;
+}
+
 static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
                        size_t len, int qos, int retain, mrb_sx *sx,
                        const mrb_pub_props *pp, unsigned route, int64_t t0_us)
@@ -955,14 +1119,18 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
     if (m->state != CONN_UP)
         return MRB_ERR_CONN;
     int acked = qos > 0;
+    if (!paho_enter(b, 1))
+        return MRB_ERR_FULL; /* the ingest thread wakes us when it goes on */
     if (atomic_load(&m->inflight) >= MRB_MQTT_WINDOW ||
         (acked && atomic_load(&m->inflight_acked) >= atomic_load(&m->receive_max))) {
         atomic_store(&m->window_waiting, 1);
         /* re-check: a completion between the test and the store would
          * not have seen window_waiting */
         if (atomic_load(&m->inflight) >= MRB_MQTT_WINDOW ||
-            (acked && atomic_load(&m->inflight_acked) >= atomic_load(&m->receive_max)))
+            (acked && atomic_load(&m->inflight_acked) >= atomic_load(&m->receive_max))) {
+            paho_leave(b);
             return MRB_ERR_FULL; /* a completion will wake us */
+        }
     }
     int v5 = m->version == MQTTVERSION_5;
     MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
@@ -979,6 +1147,7 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
             }
         }
         if (!ps) {
+            paho_leave(b);
             atomic_store(&m->window_waiting, 1);
             return MRB_ERR_FULL;
         }
@@ -988,6 +1157,7 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
         atomic_store_explicit(&ps->busy, 1, memory_order_relaxed);
         o.context = ps;
     }
+    int props_ok = 1;
     if (sx) {
         o.context = sx;
         if (v5) {
@@ -1002,16 +1172,8 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
             const char *key = sx->tag, *id = sx->tag + strlen(sx->tag) + 1;
             const char *names[2] = {"stream", "stream-id"};
             const char *vals[2] = {key, id};
-            for (int i = 0; i < 2; i++) {
-                MQTTProperty p;
-                memset(&p, 0, sizeof(p));
-                p.identifier = MQTTPROPERTY_CODE_USER_PROPERTY;
-                p.value.data.data = (char *)names[i];
-                p.value.data.len = (int)strlen(names[i]);
-                p.value.value.data = (char *)vals[i];
-                p.value.value.len = (int)strlen(vals[i]);
-                MQTTProperties_add(&msg.properties, &p);
-            }
+            for (int i = 0; i < 2 && props_ok; i++)
+                props_ok = add_user_property(&msg.properties, names[i], vals[i]);
         }
     } else if (v5) {
         if (pp && pp->corr) {
@@ -1020,23 +1182,28 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
             p.identifier = MQTTPROPERTY_CODE_CORRELATION_DATA;
             p.value.data.data = (char *)pp->corr;
             p.value.data.len = (int)pp->corr_len;
-            MQTTProperties_add(&msg.properties, &p);
+            props_ok = MQTTProperties_add(&msg.properties, &p) == 0;
         }
-        for (int i = 0; pp && i < pp->n_user; i++) {
-            MQTTProperty p;
-            memset(&p, 0, sizeof(p));
-            p.identifier = MQTTPROPERTY_CODE_USER_PROPERTY;
-            p.value.data.data = (char *)pp->names[i];
-            p.value.data.len = (int)strlen(pp->names[i]);
-            p.value.value.data = (char *)pp->vals[i];
-            p.value.value.len = (int)strlen(pp->vals[i]);
-            MQTTProperties_add(&msg.properties, &p);
-        }
+        for (int i = 0; pp && i < pp->n_user && props_ok; i++)
+            props_ok = add_user_property(&msg.properties, pp->names[i], pp->vals[i]);
         o.onSuccess5 = acked ? on_acked5 : on_sent5;
         o.onFailure5 = acked ? on_ack_fail5 : on_send_fail5;
     } else {
         o.onSuccess = acked ? on_acked : on_sent;
         o.onFailure = acked ? on_ack_fail : on_send_fail;
+    }
+    if (!props_ok) {
+        paho_leave(b);
+        /* not without them (the ids consumers rely on, the correlation
+         * of a replay answer): the message waits and is tried again */
+        MQTTProperties_free(&msg.properties);
+        if (ps)
+            atomic_store(&ps->busy, 0);
+        call_failed(b, "adding a property to a publish", 0);
+        atomic_store(&m->window_waiting, 1);
+        if (atomic_load(&m->inflight) == 0)
+            mrb_bridge_wake(b); /* nothing to complete: retry soon */
+        return MRB_ERR_FULL;
     }
     msg.payload = (void *)payload; /* Paho copies it */
     msg.payloadlen = (int)len;
@@ -1046,6 +1213,7 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
     if (acked)
         atomic_fetch_add(&m->inflight_acked, 1);
     int rc = MQTTAsync_sendMessage(m->client, topic, &msg, &o);
+    paho_leave(b);
     MQTTProperties_free(&msg.properties);
     if (rc == MQTTASYNC_SUCCESS)
         return MRB_OK;
@@ -1092,8 +1260,11 @@ mrb_err mrb_mqtt_publish_own(mrb_bridge *b, const char *topic, const void *paylo
     msg.payloadlen = (int)len;
     msg.qos = 0;
     msg.retained = retain;
-    return MQTTAsync_sendMessage(m->client, topic, &msg, NULL) == MQTTASYNC_SUCCESS
-               ? MRB_OK : MRB_ERR_CONN;
+    if (!paho_enter(b, 1))
+        return MRB_ERR_FULL;
+    int rc = MQTTAsync_sendMessage(m->client, topic, &msg, NULL);
+    paho_leave(b);
+    return rc == MQTTASYNC_SUCCESS ? MRB_OK : MRB_ERR_CONN;
 }
 
 mrb_err mrb_mqtt_publish_sx(mrb_bridge *b, const char *topic, const void *payload,
@@ -1107,13 +1278,17 @@ void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms)
     mrb_mqtt *m = &b->mqtt;
     if (!m->client)
         return;
-    if (m->state == CONN_UP && MQTTAsync_isConnected(m->client)) {
+    paho_enter(b, 0);
+    int up = m->state == CONN_UP && MQTTAsync_isConnected(m->client);
+    paho_leave(b);
+    if (up) {
         MQTTAsync_message msg = MQTTAsync_message_initializer;
         MQTTAsync_responseOptions o = MQTTAsync_responseOptions_initializer;
         msg.payload = "offline";
         msg.payloadlen = 7;
         msg.qos = STATUS_QOS;
         msg.retained = 1;
+        paho_enter(b, 0);
         if (MQTTAsync_sendMessage(m->client, b->cfg->status_topic, &msg, &o) ==
             MQTTASYNC_SUCCESS)
             MQTTAsync_waitForCompletion(m->client, o.token, (unsigned long)timeout_ms);
@@ -1127,6 +1302,7 @@ void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms)
             for (int i = 0; i < timeout_ms / 10 + 1 && MQTTAsync_isConnected(m->client); i++)
                 nanosleep(&(struct timespec){0, 10L * 1000 * 1000}, NULL);
         }
+        paho_leave(b);
     }
     m->state = CONN_DOWN;
 }

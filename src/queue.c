@@ -92,6 +92,22 @@ void mrb_queue_push_front(mrb_queue *q, mrb_msg *m)
     q->bytes += mrb_msg_size(m);
 }
 
+mrb_msg *mrb_queue_unlink_after(mrb_queue *q, mrb_msg *prev)
+{
+    if (!prev)
+        return mrb_queue_pop(q);
+    mrb_msg *m = prev->next;
+    if (!m)
+        return NULL;
+    prev->next = m->next;
+    if (q->tail == m)
+        q->tail = prev;
+    m->next = NULL;
+    q->count--;
+    q->bytes -= mrb_msg_size(m);
+    return m;
+}
+
 size_t mrb_queue_clear(mrb_queue *q)
 {
     size_t n = 0;

@@ -7,7 +7,7 @@
  *                CREATE, XACK, CLIENT UNBLOCK) and the keepalive PING.
  *                (MQTT -> Redis messages go out on the ingest thread's own
  *                connection: ingest.c.)
- *   subscriber - AUTH, then SUBSCRIBE/PSUBSCRIBE for every pub/sub
+ *   subscriber - AUTH/SELECT, then SUBSCRIBE/PSUBSCRIBE for every pub/sub
  *                subscription of the route table, in table order.
  *   reader     - stream routes only: AUTH/SELECT, CLIENT ID, then one
  *                XREADGROUP at a time (stream.c).
@@ -24,16 +24,48 @@
  * the Redis ACL does not allow (NOPERM) during set-up does not fix itself:
  * it is logged once as an error and retried every reconnect.max_ms.
  *
+ * Echo guard (echo.h): before the subscriber (re)subscribes, on a new
+ * connection or for the difference a reload makes, the PUBLISHes the
+ * ingest thread appended so far must have been answered (the fence), so
+ * that none of them runs after the SUBSCRIBE without its echo note; once
+ * every subscription is confirmed the notes are certain.
+ *
+ * Held subscriber: while out_q is half full, the subscriber is not read
+ * (back-pressure), but its socket is still polled for the peer's close
+ * (POLLRDHUP), so that Redis closing it (client-output-buffer-limit pubsub)
+ * is seen at once, logged and counted (redis_sub_lost), not when reading
+ * resumes.
+ *
+ * A command that hiredis cannot queue (out of memory) during a connection's
+ * set-up ends that attempt; a keepalive PING that cannot be queued resets
+ * the connection (logged like an outage, counted in redis_call_failed).
+ *
  * Each context is created and freed here on the main thread only. hiredis
  * frees a context itself after a connection error; ev_cleanup clears our
  * pointer when that happens, so rc->ac is NULL exactly when there is none.
  */
+#define _GNU_SOURCE /* POLLRDHUP */
 #include <hiredis/hiredis.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "bridge_int.h"
+#include "mrb/rerror.h"
+
+#define FENCE_POLL_MS 5
+
+static void send_diff(mrb_bridge *b);
+
+/* The subscription changes of a reload, sent once the fence is done. */
+static void free_diff(mrb_bridge *b)
+{
+    for (size_t i = 0; i < b->n_sub_diff; i++)
+        free(b->sub_diff[i]);
+    free(b->sub_diff);
+    b->sub_diff = NULL;
+    b->n_sub_diff = 0;
+}
 
 static void ev_add_read(void *p) { ((mrb_rconn *)p)->want_read = 1; }
 static void ev_del_read(void *p) { ((mrb_rconn *)p)->want_read = 0; }
@@ -44,8 +76,13 @@ static void ev_cleanup(void *p)
     mrb_rconn *rc = p;
     rc->want_read = rc->want_write = 0;
     rc->ac = NULL;
-    if (rc == &rc->b->rsub)
-        atomic_store(&rc->b->sub_alive, 0);
+    if (rc == &rc->b->rsub) {
+        /* nothing more comes back to a connection that is gone */
+        mrb_echo_redis_down(rc->b->echo);
+        rc->b->sub_fencing = 0;
+        rc->b->sub_echo_on = 0;
+        free_diff(rc->b);
+    }
 }
 
 static int rconn_needed(const mrb_rconn *rc)
@@ -92,21 +129,6 @@ static void side_maybe_up(mrb_bridge *b)
     b->redis_refusal_logged = 0;
 }
 
-int mrb_redis_is_refusal(const char *err)
-{
-    static const char *const prefixes[] = {
-        "WRONGPASS", "NOAUTH", "NOPERM",
-        "ERR invalid password",       /* Redis < 6 */
-        "ERR invalid username",
-        "ERR AUTH",                   /* AUTH without a password set (6+) */
-        "ERR Client sent AUTH",       /* the same, Redis < 6 */
-    };
-    for (size_t i = 0; err && i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
-        if (strncmp(err, prefixes[i], strlen(prefixes[i])) == 0)
-            return 1;
-    return 0;
-}
-
 /* The connection failed or was lost: log the outage once per side, schedule
  * the next attempt. Idempotent. refused: Redis refused our credentials or
  * its ACL a set-up command (see the top of the file). */
@@ -117,6 +139,8 @@ static void rconn_failed_as(mrb_rconn *rc, const char *why, int refused)
         return;
     int was_up = rc->state == CONN_UP;
     int64_t now = mrb_now_ms();
+    if (was_up && rc == &b->rsub)
+        b->c.sub_lost++;
     rc->state = CONN_DOWN;
     rc->confirmed = 0;
     rc->reading = rc->blocked = 0;
@@ -158,9 +182,21 @@ static void rconn_failed(mrb_rconn *rc, const char *why)
     rconn_failed_as(rc, why, 0);
 }
 
+/* Every subscription of the table confirmed: our echoes now come back for
+ * sure. */
+static void sub_confirmed(mrb_bridge *b)
+{
+    if (b->sub_echo_on || b->n_sub_diff)
+        return;
+    b->sub_echo_on = 1;
+    mrb_echo_redis_up(b->echo, mrb_now_ms());
+}
+
 static void rconn_up(mrb_rconn *rc)
 {
     rc->state = CONN_UP;
+    if (rc == &rc->b->rsub)
+        sub_confirmed(rc->b);
     rc->connects++;
     rc->last_io_ms = rc->wait_since_ms = mrb_now_ms();
     mrb_backoff_reset(&rc->backoff);
@@ -253,8 +289,12 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv)
         mrb_bridge_on_redis_message(b, e[1]->str, e[1]->len, e[1]->str,
                                     e[1]->len, e[2]->str, e[2]->len);
     } else if (strcmp(kind, "subscribe") == 0 || strcmp(kind, "psubscribe") == 0) {
-        if (++rc->confirmed == b->routes.n_redis_sub && rc->state == CONN_CONNECTING)
-            rconn_up(rc);
+        if (++rc->confirmed == b->routes.n_redis_sub) {
+            if (rc->state == CONN_CONNECTING)
+                rconn_up(rc);
+            else if (rc->state == CONN_UP)
+                sub_confirmed(b); /* the new ones of a reload */
+        }
     }
 }
 
@@ -286,8 +326,6 @@ static void rconn_start(mrb_rconn *rc, int64_t now)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     rc->ac = ac;
-    if (rc == &b->rsub)
-        atomic_store(&b->sub_alive, 1);
     rc->want_write = 1; /* the first writable event completes connect() */
     rc->deadline_ms = now + mrb_redis_connect_timeout_ms(b);
     /* a peer that vanishes without a FIN is found by TCP keepalive too
@@ -295,39 +333,55 @@ static void rconn_start(mrb_rconn *rc, int64_t now)
     if (!u->path)
         redisEnableKeepAlive(&ac->c);
 
-    int counted = rc != &b->rsub;
+    /* set-up commands, in order; one hiredis cannot queue (out of memory)
+     * ends this attempt */
+    int counted = rc != &b->rsub, ok = 1;
     if (u->password && u->user)
-        redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s %s", u->user,
-                          u->password);
+        ok = redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s %s", u->user,
+                               u->password) == REDIS_OK;
     else if (u->password)
-        redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s", u->password);
-    if (u->password && counted)
+        ok = redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s",
+                               u->password) == REDIS_OK;
+    if (u->password && counted && ok)
         sent_cmd(rc);
     /* CLIENT LIST tells operators (and tests) which connection is which */
-    redisAsyncCommand(ac, on_setup_reply, "CLIENT SETNAME",
-                      "CLIENT SETNAME mrb:%s:%s", b->cfg->id, rc->name);
-    if (counted)
+    if (ok && redisAsyncCommand(ac, on_setup_reply, "CLIENT SETNAME",
+                                "CLIENT SETNAME mrb:%s:%s", b->cfg->id,
+                                rc->name) != REDIS_OK)
+        ok = 0;
+    if (counted && ok)
         sent_cmd(rc);
-    if (rc == &b->rpub || rc == &b->rread) {
-        if (u->db) {
-            redisAsyncCommand(ac, on_setup_reply, "SELECT", "SELECT %d", u->db);
+    /* every connection in the configured database: pub/sub ignores it, but
+     * CLIENT LIST shows it, and operators and ACLs may rely on it */
+    if (ok && u->db) {
+        ok = redisAsyncCommand(ac, on_setup_reply, "SELECT", "SELECT %d",
+                               u->db) == REDIS_OK;
+        if (counted && ok)
             sent_cmd(rc);
-        }
-        if (rc == &b->rpub)
-            redisAsyncCommand(ac, on_ping_reply, NULL, "PING");
-        else
-            redisAsyncCommand(ac, on_ping_reply, "CLIENT ID", "CLIENT ID");
-        sent_cmd(rc);
-        return;
+    }
+    if (ok && (rc == &b->rpub || rc == &b->rread)) {
+        ok = rc == &b->rpub
+                 ? redisAsyncCommand(ac, on_ping_reply, NULL, "PING") == REDIS_OK
+                 : redisAsyncCommand(ac, on_ping_reply, "CLIENT ID", "CLIENT ID") ==
+                       REDIS_OK;
+        if (ok)
+            sent_cmd(rc);
     }
     /* Subscribe in table order: exact channels, then patterns. The bridge
      * acts on a message only for the first subscription that matches it,
      * and since Redis takes these in order, the active ones are always a
      * prefix of the list (see mrb_routes_redis_canonical). */
-    for (size_t i = 0; i < b->routes.n_redis_sub; i++) {
+    for (size_t i = 0; ok && rc == &b->rsub && i < b->routes.n_redis_sub; i++) {
         const mrb_sub *s = &b->routes.redis_sub[i];
-        redisAsyncCommand(ac, on_sub_reply, NULL,
-                          s->exact ? "SUBSCRIBE %s" : "PSUBSCRIBE %s", s->name);
+        ok = redisAsyncCommand(ac, on_sub_reply, NULL,
+                               s->exact ? "SUBSCRIBE %s" : "PSUBSCRIBE %s",
+                               s->name) == REDIS_OK;
+    }
+    if (!ok) {
+        b->c.redis_call_failed++;
+        rconn_failed(rc, "cannot queue the connection's set-up commands (out of "
+                     "memory)");
+        redisAsyncFree(ac);
     }
 }
 
@@ -385,6 +439,16 @@ static int is_stopped(const mrb_bridge *b, const mrb_rconn *rc)
     return b->stopping && rc != &b->rpub;
 }
 
+/* Before the subscriber connects: the fence (echo.h). 1 once done. */
+static int sub_fence_done(mrb_bridge *b)
+{
+    if (!b->sub_fencing) {
+        mrb_echo_redis_fence(b->echo);
+        b->sub_fencing = 1;
+    }
+    return mrb_echo_redis_fenced(b->echo);
+}
+
 void mrb_redis_tick(mrb_bridge *b, int64_t now)
 {
     mrb_rconn *rcs[3] = {&b->rpub, &b->rsub, &b->rread};
@@ -397,14 +461,23 @@ void mrb_redis_tick(mrb_bridge *b, int64_t now)
             mrb_redis_reset(rcs[i], why);
     }
     if (ping_due(b) <= now) {
-        redisAsyncCommand(b->rpub.ac, on_ping_reply, NULL, "PING");
-        sent_cmd(&b->rpub);
+        if (redisAsyncCommand(b->rpub.ac, on_ping_reply, NULL, "PING") == REDIS_OK) {
+            sent_cmd(&b->rpub);
+        } else {
+            b->c.redis_call_failed++;
+            mrb_redis_reset(&b->rpub, "cannot queue a keepalive PING (out of memory)");
+        }
     }
+    /* a reload's subscription changes, once the fence is done */
+    if (b->n_sub_diff && mrb_echo_redis_fenced(b->echo))
+        send_diff(b);
     for (int i = 0; i < 3; i++) {
         mrb_rconn *rc = rcs[i];
         if (!rconn_needed(rc) || is_stopped(b, rc))
             continue;
         if (rc->state == CONN_DOWN && !rc->ac && now >= rc->next_attempt_ms) {
+            if (rc == &b->rsub && !sub_fence_done(b))
+                continue; /* (the timer looks again in FENCE_POLL_MS) */
             rconn_start(rc, now);
         } else if (rc->state == CONN_CONNECTING && now >= rc->deadline_ms && rc->ac) {
             /* first, so that the reason logged is this one, not the
@@ -419,6 +492,8 @@ int64_t mrb_redis_next_timer(const mrb_bridge *b)
 {
     const mrb_rconn *rcs[3] = {&b->rpub, &b->rsub, &b->rread};
     int64_t t = ping_due(b);
+    if (b->n_sub_diff) /* a reload's changes wait for the fence */
+        t = mrb_now_ms() + FENCE_POLL_MS;
     if (stall_deadline(b, &b->rpub) < t)
         t = stall_deadline(b, &b->rpub);
     if (stall_deadline(b, &b->rread) < t)
@@ -431,6 +506,11 @@ int64_t mrb_redis_next_timer(const mrb_bridge *b)
             continue;
         if (rc->state == CONN_DOWN && !rc->ac && rc->next_attempt_ms < t)
             t = rc->next_attempt_ms;
+        /* waiting for the fence: the ingest thread's replies do not wake
+         * us, so look again soon */
+        if (rc == &b->rsub && rc->state == CONN_DOWN && !rc->ac && b->sub_fencing &&
+            rc->next_attempt_ms <= mrb_now_ms())
+            t = mrb_now_ms() + FENCE_POLL_MS;
         if (rc->state == CONN_CONNECTING && rc->deadline_ms < t)
             t = rc->deadline_ms;
     }
@@ -452,13 +532,18 @@ int mrb_redis_pollfds(mrb_bridge *b, struct pollfd *pfd, mrb_rconn **owner)
     int hold_sub = mrb_mqtt_ready(b) && b->rsub.state == CONN_UP &&
                    (b->out_q.count * 2 >= b->out_q.max_count ||
                     b->out_q.bytes * 2 >= b->out_q.max_bytes);
+    /* the ingest thread waits for echo room: the copies are in there */
+    if (atomic_load(&b->ing.echo_wait))
+        hold_sub = 0;
     for (int i = 0; i < 3; i++) {
         mrb_rconn *rc = rcs[i];
-        int want_read = rc->want_read && !(hold_sub && rc == &b->rsub);
-        if (!rc->ac || (!want_read && !rc->want_write))
+        int held = hold_sub && rc == &b->rsub && rc->want_read;
+        int want_read = rc->want_read && !held;
+        if (!rc->ac || (!want_read && !rc->want_write && !held))
             continue;
         pfd[n].fd = rc->ac->c.fd;
-        pfd[n].events = (short)((want_read ? POLLIN : 0) |
+        /* held: only whether the server closed it (read then, to the end) */
+        pfd[n].events = (short)((want_read ? POLLIN : 0) | (held ? POLLRDHUP : 0) |
                                 (rc->want_write ? POLLOUT : 0));
         pfd[n].revents = 0;
         owner[n++] = rc;
@@ -469,7 +554,7 @@ int mrb_redis_pollfds(mrb_bridge *b, struct pollfd *pfd, mrb_rconn **owner)
 void mrb_redis_handle(mrb_rconn *rc, short revents)
 {
     /* A read may end in an error that frees the context: re-check rc->ac. */
-    if (rc->ac && (revents & (POLLIN | POLLERR | POLLHUP)))
+    if (rc->ac && (revents & (POLLIN | POLLERR | POLLHUP | POLLRDHUP)))
         redisAsyncHandleRead(rc->ac);
     if (rc->ac && (revents & POLLOUT))
         redisAsyncHandleWrite(rc->ac);
@@ -497,6 +582,53 @@ static int has_sub(const mrb_sub *v, size_t n, const char *name)
     return 0;
 }
 
+/* Send a reload's subscription changes (the fence is done). */
+static void send_diff(mrb_bridge *b)
+{
+    mrb_rconn *rc = &b->rsub;
+    size_t added = 0;
+    int ok = 1;
+    for (size_t i = 0; i < b->n_sub_diff && rc->ac && ok; i++) {
+        const char *d = b->sub_diff[i];
+        static const char *const fmt[] = {"SUBSCRIBE %s", "PSUBSCRIBE %s",
+                                          "UNSUBSCRIBE %s", "PUNSUBSCRIBE %s"};
+        int k = d[0] - '0';
+        added += k < 2;
+        /* the unsubscribe replies come to the channel's callback
+         * (on_sub_reply), which ignores them */
+        ok = redisAsyncCommand(rc->ac, k < 2 ? on_sub_reply : NULL, NULL, fmt[k],
+                               d + 1) == REDIS_OK;
+    }
+    free_diff(b);
+    if (!ok) {
+        b->c.redis_call_failed++;
+        mrb_redis_reset(rc, "cannot queue the subscription changes of a reload "
+                        "(out of memory)");
+        return;
+    }
+    /* the kept ones are confirmed; the new ones' replies count on from
+     * here (mrb_redis_sub_in_place) */
+    rc->confirmed = b->routes.n_redis_sub - added;
+    if (rc->confirmed >= b->routes.n_redis_sub)
+        sub_confirmed(b); /* only removals */
+}
+
+static int diff_add(mrb_bridge *b, int kind, const char *name)
+{
+    char **v = realloc(b->sub_diff, (b->n_sub_diff + 1) * sizeof(*v));
+    if (!v)
+        return 0;
+    b->sub_diff = v;
+    size_t n = strlen(name);
+    char *d = malloc(n + 2);
+    if (!d)
+        return 0;
+    d[0] = (char)('0' + kind);
+    memcpy(d + 1, name, n + 1);
+    b->sub_diff[b->n_sub_diff++] = d;
+    return 1;
+}
+
 void mrb_redis_apply_routes(mrb_bridge *b, const mrb_routes *old, size_t *added,
                             size_t *removed)
 {
@@ -509,33 +641,35 @@ void mrb_redis_apply_routes(mrb_bridge *b, const mrb_routes *old, size_t *added,
         *added += !has_sub(old->redis_sub, old->n_redis_sub, t->redis_sub[i].name);
     if ((*added == 0 && *removed == 0) || !rc->ac || b->stopping)
         return; /* a connection made later subscribes from the new table */
-    if (t->n_redis_sub == 0 || rc->state != CONN_UP) {
-        /* nothing left to subscribe, or still confirming the old set:
-         * close; a new connection (if needed) subscribes the new table */
+    int ok = 1;
+    /* Up: change only the difference, so the unchanged subscriptions keep
+     * delivering; subscribes first. After the fence (echo.h): the changes
+     * go out once the PUBLISHes appended before this reload are answered. */
+    for (size_t i = 0; ok && rc->state == CONN_UP && i < t->n_redis_sub; i++) {
+        const mrb_sub *s = &t->redis_sub[i];
+        if (!has_sub(old->redis_sub, old->n_redis_sub, s->name))
+            ok = diff_add(b, s->exact ? 0 : 1, s->name);
+    }
+    for (size_t i = 0; ok && rc->state == CONN_UP && i < old->n_redis_sub; i++) {
+        const mrb_sub *s = &old->redis_sub[i];
+        if (!has_sub(t->redis_sub, t->n_redis_sub, s->name))
+            ok = diff_add(b, s->exact ? 2 : 3, s->name);
+    }
+    if (t->n_redis_sub == 0 || rc->state != CONN_UP || !ok) {
+        /* nothing left to subscribe, still confirming the old set, or out
+         * of memory: close; a new connection (if needed) subscribes the new
+         * table */
+        free_diff(b);
         rc->state = CONN_DOWN; /* first: not an outage (rconn_failed_as) */
         rc->confirmed = 0;
         redisAsyncFree(rc->ac);
         rc->next_attempt_ms = 0;
         return;
     }
-    /* Up: change only the difference, so the unchanged subscriptions keep
-     * delivering. The unsubscribe replies come to the channel's callback
-     * (on_sub_reply), which ignores them. */
-    for (size_t i = 0; i < t->n_redis_sub; i++) {
-        const mrb_sub *s = &t->redis_sub[i];
-        if (!has_sub(old->redis_sub, old->n_redis_sub, s->name))
-            redisAsyncCommand(rc->ac, on_sub_reply, NULL,
-                              s->exact ? "SUBSCRIBE %s" : "PSUBSCRIBE %s", s->name);
-    }
-    for (size_t i = 0; i < old->n_redis_sub; i++) {
-        const mrb_sub *s = &old->redis_sub[i];
-        if (!has_sub(t->redis_sub, t->n_redis_sub, s->name))
-            redisAsyncCommand(rc->ac, NULL, NULL,
-                              s->exact ? "UNSUBSCRIBE %s" : "PUNSUBSCRIBE %s", s->name);
-    }
-    /* the kept ones are confirmed; the new ones' replies count on from
-     * here (mrb_redis_sub_in_place) */
-    rc->confirmed = t->n_redis_sub - *added;
+    b->sub_echo_on = 0;
+    mrb_echo_redis_fence(b->echo);
+    if (mrb_echo_redis_fenced(b->echo))
+        send_diff(b);
 }
 
 void mrb_redis_close_reader(mrb_bridge *b)
@@ -548,7 +682,8 @@ void mrb_redis_close_reader(mrb_bridge *b)
 int mrb_redis_sub_in_place(const mrb_bridge *b)
 {
     return !rconn_needed(&b->rsub) ||
-           (b->rsub.state == CONN_UP && b->rsub.confirmed >= b->routes.n_redis_sub);
+           (b->rsub.state == CONN_UP && !b->n_sub_diff &&
+            b->rsub.confirmed >= b->routes.n_redis_sub);
 }
 
 void mrb_redis_close_sub(mrb_bridge *b)

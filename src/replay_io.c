@@ -267,16 +267,22 @@ int mrb_replay_take(mrb_bridge *b, const char *topic, size_t len,
         }
     }
     uint64_t sup;
+    mrb_logbuf lb; /* written after the unlock */
+    lb.n = 0;
+    lb.lost = 0;
     pthread_mutex_lock(&rp->lock);
     rp->requests++;
     if (!r || rp->n >= MRB_REPLAY_QUEUE) {
         rp->dropped++;
         if (mrb_ratelimit_allow(&rp->rl_full, mrb_now_ms(), &sup))
-            mrb_warn("replay: dropped a request on %s: %s (at most %d wait); "
-                     "replay_dropped=%llu (%llu similar not logged)", rp->topic,
-                     r ? "too many requests" : "out of memory", MRB_REPLAY_QUEUE,
-                     (unsigned long long)rp->dropped, (unsigned long long)sup);
+            mrb_logbuf_add(&lb, MRB_LOG_WARNING, "replay: dropped a request on %s: "
+                           "%s (at most %d wait); replay_dropped=%llu (%llu similar "
+                           "not logged)", rp->topic,
+                           r ? "too many requests" : "out of memory",
+                           MRB_REPLAY_QUEUE, (unsigned long long)rp->dropped,
+                           (unsigned long long)sup);
         pthread_mutex_unlock(&rp->lock);
+        mrb_logbuf_flush(&lb);
         if (r) {
             free(r->response_topic);
             free(r->corr);
@@ -572,13 +578,15 @@ static void send_answers(mrb_bridge *b)
         }
         const char *topic = mrb_msg_name(m);
         const char *payload = mrb_msg_payload(m);
-        int noted = mrb_bridge_note_mqtt_publish(b, topic, m->name_len, payload,
-                                                 m->payload_len);
-        mrb_err err = mrb_mqtt_publish_props(b, topic, payload, m->payload_len,
-                                             m->qos, 0, &pp);
-        if (err != MRB_OK && noted)
+        mrb_echo_note_result noted = mrb_bridge_note_mqtt_publish(
+            b, topic, m->name_len, payload, m->payload_len);
+        mrb_err err = noted == MRB_ECHO_FULL
+                          ? MRB_ERR_FULL
+                          : mrb_mqtt_publish_props(b, topic, payload, m->payload_len,
+                                                   m->qos, 0, &pp);
+        if (err != MRB_OK)
             mrb_bridge_unnote_mqtt_publish(b, topic, m->name_len, payload,
-                                           m->payload_len);
+                                           m->payload_len, noted);
         if (err == MRB_ERR_FULL || err == MRB_ERR_CONN) {
             mrb_queue_push_front(&rp->out, m); /* wait: a completion wakes us */
             return;
@@ -589,6 +597,26 @@ static void send_answers(mrb_bridge *b)
             rp->messages++;
         free(m);
     }
+}
+
+int64_t mrb_replay_flush_warnings(mrb_bridge *b, int64_t now)
+{
+    mrb_replay *rp = b->replay;
+    if (!rp)
+        return INT64_MAX;
+    mrb_logbuf lb;
+    lb.n = 0;
+    lb.lost = 0;
+    pthread_mutex_lock(&rp->lock);
+    int64_t next = mrb_ratelimit_flush(&rp->rl_full, now, &lb,
+                                       "replay: dropped requests", "replay_dropped",
+                                       rp->dropped + rp->main_dropped);
+    pthread_mutex_unlock(&rp->lock);
+    mrb_logbuf_flush(&lb);
+    int64_t t = mrb_ratelimit_flush(&rp->rl_error, now, NULL,
+                                    "replay: requests answered with an error",
+                                    "replay_errors", rp->errors);
+    return t < next ? t : next;
 }
 
 void mrb_replay_pump(mrb_bridge *b)

@@ -14,7 +14,7 @@
 
 #include "bridge_int.h"
 
-#define N_TOTALS 29
+#define N_TOTALS 38
 
 /* The global counters, by the names of the stats line (unchanged order). */
 static size_t totals(mrb_bridge *b, const mrb_route_snap *rs, size_t n_rs,
@@ -25,9 +25,8 @@ static size_t totals(mrb_bridge *b, const mrb_route_snap *rs, size_t n_rs,
     size_t in_queued = b->ing.busy;
     pthread_mutex_unlock(&b->in_lock);
     mrb_ingest *g = &b->ing;
-    pthread_mutex_lock(&b->echo_lock);
-    uint64_t evicted = b->redis_echo.evicted + b->mqtt_echo.evicted;
-    pthread_mutex_unlock(&b->echo_lock);
+    mrb_echo_counters ec;
+    mrb_echo_get_counters(b->echo, &ec);
     const mrb_counters *c = &b->c;
     /* (not the sum of the routes': a reload drops removed routes' counts) */
     uint64_t rate_limited = atomic_load(&b->rate_limited_total);
@@ -59,7 +58,7 @@ static size_t totals(mrb_bridge *b, const mrb_route_snap *rs, size_t n_rs,
     KV("dropped_malformed", c->dropped_malformed);
     KV("dropped_shutdown", c->dropped_shutdown + ic.dropped_shutdown);
     KV("retained_skipped", ic.retained_skipped);
-    KV("echo_evicted", evicted);
+    KV("echo_evicted", ec.evicted);
     KV("dropped_rate_limited", rate_limited);
     mrb_replay_counters rc;
     mrb_replay_get_counters(b, &rc);
@@ -68,6 +67,16 @@ static size_t totals(mrb_bridge *b, const mrb_route_snap *rs, size_t n_rs,
     KV("replay_errors", rc.errors);
     KV("replay_dropped", rc.dropped);
     KV("hash_updates", atomic_load(&g->hash_updates));
+    /* (new ones at the end: the order of the line is kept) */
+    KV("redis_refused", atomic_load(&g->refused));
+    KV("redis_append_failed", atomic_load(&g->append_failed));
+    KV("redis_call_failed", c->redis_call_failed);
+    KV("mqtt_call_failed", atomic_load(&b->mqtt.call_failed));
+    KV("redis_sub_lost", c->sub_lost);
+    KV("echo_expired", ec.expired);
+    KV("echo_cleared", ec.cleared);
+    KV("echo_peak", ec.peak);
+    KV("echo_waits", atomic_load(&g->echo_waits));
 #undef KV
     return n;
 }

@@ -684,16 +684,16 @@ static void publish_queued(mrb_bridge *b)
             sx->t0_us = m->taken_us;
             memcpy(sx->tag, mrb_msg_tag(m), m->tag_len + 1);
         }
-        int noted = mrb_bridge_note_mqtt_publish(b, mrb_msg_name(m), m->name_len,
-                                                 mrb_msg_payload(m), m->payload_len);
-        mrb_err err = sx ? mrb_mqtt_publish_sx(b, mrb_msg_name(m), mrb_msg_payload(m),
+        mrb_echo_note_result noted = mrb_bridge_note_mqtt_publish(
+            b, mrb_msg_name(m), m->name_len, mrb_msg_payload(m), m->payload_len);
+        mrb_err err = noted == MRB_ECHO_FULL ? MRB_ERR_FULL : sx ? mrb_mqtt_publish_sx(b, mrb_msg_name(m), mrb_msg_payload(m),
                                                m->payload_len, m->qos, m->retain, sx)
                          : mrb_mqtt_publish(b, mrb_msg_name(m), mrb_msg_payload(m),
                                             m->payload_len, m->qos, m->retain,
                                             m->route, m->taken_us);
-        if (err != MRB_OK && noted)
+        if (err != MRB_OK)
             mrb_bridge_unnote_mqtt_publish(b, mrb_msg_name(m), m->name_len,
-                                           mrb_msg_payload(m), m->payload_len);
+                                           mrb_msg_payload(m), m->payload_len, noted);
         if (err == MRB_ERR_FULL || err == MRB_ERR_CONN) {
             free(sx);
             return;

@@ -60,6 +60,35 @@ typedef struct mrb_ratelimit {
 /* Returns 1 if a line may be logged now (and sets *suppressed to the number
  * of events swallowed since the last line), 0 if this event is swallowed. */
 int mrb_ratelimit_allow(mrb_ratelimit *rl, int64_t now_ms, uint64_t *suppressed);
+/* The end of a burst: events were swallowed and MRB_RATELIMIT_MS have passed
+ * since the last line, so nothing else will report them. Returns 1 (with
+ * *suppressed, and counts as a line) when the owner should log a summary
+ * now; owners call it from their loop, at mrb_ratelimit_next_ms(). */
+int mrb_ratelimit_due(mrb_ratelimit *rl, int64_t now_ms, uint64_t *suppressed);
+/* When a summary is due (INT64_MAX: nothing swallowed). */
+int64_t mrb_ratelimit_next_ms(const mrb_ratelimit *rl);
+
+/* Lines formatted now and written later: for a thread that must not write
+ * (I/O) while it holds a lock. The level is checked when the line is
+ * added; a line past MRB_LOGBUF_LINES is written in the flush as a count. */
+#define MRB_LOGBUF_LINES 4
+#define MRB_LOGBUF_LEN 768
+typedef struct mrb_logbuf {
+    int n;
+    unsigned lost;                 /* lines that did not fit */
+    mrb_log_level level[MRB_LOGBUF_LINES];
+    char line[MRB_LOGBUF_LINES][MRB_LOGBUF_LEN];
+} mrb_logbuf;
+void mrb_logbuf_add(mrb_logbuf *lb, mrb_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Write the lines (no lock held) and empty lb. */
+void mrb_logbuf_flush(mrb_logbuf *lb);
+
+/* The summary of a burst that ended (mrb_ratelimit_due), as one warning:
+ * "<what>: N more not logged in the last 10 s; <counter>=<value>", into lb
+ * (NULL: logged now). Returns mrb_ratelimit_next_ms() after it. */
+int64_t mrb_ratelimit_flush(mrb_ratelimit *rl, int64_t now_ms, mrb_logbuf *lb,
+                            const char *what, const char *counter, uint64_t value);
 
 /* Names from the network (Redis channels are any bytes) made safe to log:
  * printable ASCII as is, other bytes as \xHH, cut to fit out with "...".

@@ -27,7 +27,12 @@ typedef struct mrb_msg {
                            not to send, e.g. over a route's rate limit */
     unsigned route;     /* owner's bookkeeping: route index (stats) */
     unsigned gen;       /* owner's bookkeeping: route table generation of
-                           skip (a reload makes target positions stale) */
+                           skip and done (a reload makes target positions
+                           stale) */
+    unsigned flags;     /* owner's bookkeeping */
+    uint64_t done;      /* owner's bookkeeping: targets already delivered
+                           (bit i: the i-th), not to send again */
+    uint64_t hdone;     /* ... the same for a second command per target */
     int64_t taken_us;   /* monotonic us it was taken in (latency, stats) */
     char data[];        /* name '\0' payload tag '\0' */
 } mrb_msg;
@@ -77,6 +82,9 @@ mrb_msg *mrb_queue_pop_if_full(mrb_queue *q, size_t size);
 void mrb_queue_push_front(mrb_queue *q, mrb_msg *m);
 /* The oldest message, now the caller's; NULL when empty. */
 mrb_msg *mrb_queue_pop(mrb_queue *q);
+/* Takes out the message after prev (prev NULL: the head), now the
+ * caller's; NULL if there is none. */
+mrb_msg *mrb_queue_unlink_after(mrb_queue *q, mrb_msg *prev);
 /* Frees all queued messages; returns how many there were. */
 size_t mrb_queue_clear(mrb_queue *q);
 
