@@ -13,8 +13,9 @@ table, writes JSON (--json) and optionally the Markdown report (--doc).
                  [--quick] [--json out.json] [--doc docs/PERFORMANCE.md]
                  [--check]
 
---check exits 1 if a receiver count is not sane (what the ctest 'bench' test
-uses); timing targets are only printed, never fail the run. Everything is
+--check exits 1 if a receiver count is not sane or breaks what the path
+promises (what the ctest 'bench' test uses: see PROMISES); timing targets
+are only printed, never fail the run. Everything is
 bounded in time; every process started here is stopped by its PID.
 Standard library only.
 """
@@ -57,15 +58,26 @@ def wait_port(port, proc, timeout=10.0):
     return False
 
 
+# SIGTERM to exit, at most: the bridge's shutdown_timeout_ms (default 5000,
+# not set here) + 4.01 s for Paho's bounded disconnect (src/bridge.c,
+# src/mqtt.c mrb_mqtt_shutdown) + 1 s (as tests/integration/harness.py)
+BRIDGE_EXIT_S = 5.0 + 4.01 + 1.0
+
+
 def stop(proc, timeout=10.0):
+    """SIGTERM, wait, SIGKILL after timeout. (exit code, seconds it took or
+    None if killed); (None, 0) if it was not running."""
     if proc is None or proc.poll() is not None:
-        return
+        return (None if proc is None else proc.returncode), 0.0
+    t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout)
+        return proc.returncode, time.monotonic() - t0
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+        return proc.returncode, None
 
 
 # --------------------------------------------------------------------------
@@ -149,6 +161,7 @@ class Env:
         self.args = args
         self.dir = tempfile.mkdtemp(prefix="mrb-bench-")
         self.redis = self.mosq = self.bridge = None
+        self.problems = []  # the bridge's exits (stop_bridge)
         self.rport, self.mport = free_port(), free_port()
 
     def start_servers(self):
@@ -172,8 +185,23 @@ class Env:
         if not wait_port(self.rport, self.redis) or not wait_port(self.mport, self.mosq):
             raise RuntimeError("servers did not start (see %s)" % self.dir)
 
+    def stop_bridge(self):
+        """Stop the running bridge: it must exit 0 within BRIDGE_EXIT_S
+        (else a problem, which --check reports)."""
+        if self.bridge is None:
+            return
+        rc, took = stop(self.bridge, BRIDGE_EXIT_S + 5)
+        if rc != 0 or took is None or took > BRIDGE_EXIT_S:
+            self.problems.append(
+                "bridge %s: exit status %r %s after SIGTERM (want 0 within "
+                "%.1f s); log %s" % (self.bridge_name, rc,
+                                     "killed" if took is None else "%.1f s" % took,
+                                     BRIDGE_EXIT_S, self.blog_path))
+        self.bridge = None
+
     def start_bridge(self, routes, name):
-        stop(self.bridge)
+        self.stop_bridge()
+        self.bridge_name = name
         cfg = {"id": "bench", "log_level": "warning",
                "mqtt": {"url": "mqtt://127.0.0.1:%d" % self.mport, "session_expiry": 0},
                "redis": {"url": "redis://127.0.0.1:%d" % self.rport},
@@ -239,7 +267,8 @@ class Env:
         return None
 
     def close(self):
-        for p in (self.bridge, self.mosq, self.redis):
+        self.stop_bridge()
+        for p in (self.mosq, self.redis):
             stop(p)
         if not self.args.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -286,6 +315,50 @@ PATHS = {
 }
 
 
+# What each bridge path promises (README "What the bridge guarantees",
+# "Delivery"), checked by flow() in every measurement of the path:
+#   "no loss": every message arrives (unique == count): QoS 1 MQTT -> Redis,
+#     acknowledged to the broker only after Redis accepted it (the stream
+#     routes promise it too; no measurement here uses one)
+#   "no dup": no message arrives twice (duplicated == 0): the at-most-once
+#     paths, QoS 0 MQTT -> Redis and Redis pub/sub -> MQTT at any QoS.
+#     At-least-once (QoS 1 MQTT -> Redis) may duplicate after a re-send.
+# QoS 0 and Redis pub/sub may lose messages (the broker's queue limits,
+# Redis's output buffer limit): their loss is a timing target, not a check.
+# The direct paths are not the bridge's: only their counts are checked.
+PROMISES = {
+    "bridge_m2r_q0": {"no dup"},
+    "bridge_m2r_q1": {"no loss"},
+    "bridge_r2m_q0": {"no dup"},
+    "bridge_r2m_q1": {"no dup"},
+    "bridge_user_m2r": {"no dup"},
+    "bridge_user_r2m": {"no dup"},
+}
+
+
+def count_problems(r, count, promises):
+    """What is wrong with the receiver's counts r of count messages sent on
+    a path with these promises: a list of strings (empty: fine). (The
+    generator reports lost = count - unique, so unique + lost == count
+    always: no check.)"""
+    p = []
+    if r["sent"] != count:
+        p.append("sent %d of %d" % (r["sent"], count))
+    if r["malformed"]:
+        p.append("%d malformed" % r["malformed"])
+    if r["unique"] > count or r["unique"] + r["duplicated"] + r["malformed"] != r["received"]:
+        p.append("received %d = unique %d + duplicated %d + malformed %d does "
+                 "not add up" % (r["received"], r["unique"], r["duplicated"],
+                                 r["malformed"]))
+    if "no loss" in promises and r["unique"] != count:
+        p.append("lost %d of %d on a path that promises no loss"
+                 % (count - r["unique"], count))
+    if "no dup" in promises and r["duplicated"] != 0:
+        p.append("%d duplicated on a path that promises no duplicates"
+                 % r["duplicated"])
+    return p
+
+
 class Bench:
     def __init__(self, args):
         self.args, self.env = args, Env(args)
@@ -325,8 +398,13 @@ class Bench:
                    r["bridge_run_us_per_msg"], r["mosquitto_run_us_per_msg"],
                    r["redis_run_us_per_msg"]))
         print(line, flush=True)
-        if r["malformed"] or r["sent"] != count or r["unique"] + r["lost"] != count:
-            self.problems.append("%s: counts do not add up: %s" % (key, r))
+        problems = count_problems(r, count, PROMISES.get(path, set()))
+        if problems:
+            self.problems.append("%s (%s): %s; counts: %s"
+                                 % (key, path, "; ".join(problems),
+                                    {k: r[k] for k in ("sent", "received", "unique",
+                                                       "lost", "duplicated",
+                                                       "malformed")}))
         return r
 
     def run(self):
@@ -551,6 +629,7 @@ def main():
         res = b.run()
     finally:
         b.env.close()
+    res["problems"] += b.env.problems
     text = table(res)
     print()
     print(text)

@@ -11,9 +11,16 @@ or set MRB_BRIDGE instead of --bridge.  Other arguments go to unittest
 
 Environment:
     MRB_BRIDGE          path of the bridge binary (overridden by --bridge)
-    MRB_TIMEOUT_SCALE   multiply every timeout (not the quiet periods), e.g. 3
-                        for sanitizer builds
+    MRB_TIMEOUT_SCALE   multiply every timeout and the quiet period of the
+                        negative checks (QUIET), e.g. 3 for sanitizer builds
     MRB_KEEP_TMP=1      keep the temporary directories for inspection
+
+Every bridge a test stops with SIGTERM or SIGINT (Bridge.stop, and the
+cleanup of a bridge the test left running) must exit 0 within its exit bound
+(Bridge.exit_bound: its shutdown_timeout_ms, Paho's bounded disconnect and a
+margin); otherwise the stop raises AssertionError. A test that expects
+another exit code says so: stop(expect=1), or stop(expect=None) to judge
+the (code, in_time) it returns itself.
 """
 
 import collections
@@ -43,8 +50,23 @@ READY_TIMEOUT = 10 * SCALE       # bridge reaches "ready:"
 DELIVERY_TIMEOUT = 5 * SCALE     # one message crosses the bridge
 RECOVERY_TIMEOUT = 15 * SCALE    # bridge recovers from a server restart
 SERVER_TIMEOUT = 10 * SCALE      # redis-server / mosquitto accept connections
-EXIT_TIMEOUT = 15 * SCALE        # bridge exits after SIGTERM
-QUIET = 0.5                      # silence that proves "no more copies"
+EXIT_TIMEOUT = 15 * SCALE        # SIGKILL a bridge this long after SIGTERM
+                                 # (at least its exit bound + EXIT_MARGIN)
+QUIET = 0.5 * SCALE              # silence that proves "no more copies"
+
+# How long a bridge may take from SIGTERM/SIGINT to its exit (see
+# Bridge.exit_bound). src/bridge.c run_loop flushes for at most
+# shutdown_timeout_ms (default 5000, config key shutdown_timeout_ms); then
+# mrb_bridge_run calls mrb_mqtt_shutdown(b, 2000) (src/mqtt.c), which waits
+# up to 2000 ms for the retained "offline" status (MQTTAsync_waitForCompletion)
+# and polls up to 2000 ms + 10 ms for the MQTT disconnect: 4.01 s more at
+# most.  The rest (joining the ingest thread, freeing) is quick; the margin
+# covers it and scales for valgrind/ASan (slower code, valgrind's leak check
+# at exit).
+SHUTDOWN_TIMEOUT_MS = 5000       # the bridge's default shutdown_timeout_ms
+MQTT_CLOSE_S = 4.01              # mrb_mqtt_shutdown's two bounded waits
+EXIT_MARGIN = 1.0 * SCALE
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 LOST_RE = re.compile(r"connection lost|cannot connect")
 
@@ -634,11 +656,43 @@ class RedisSub:
 # --------------------------------------------------------------------------
 # the bridge process
 
+def config_shutdown_timeout_ms(args):
+    """The shutdown_timeout_ms a bridge started with args runs with: from the
+    configuration file of -c/--config (the command line has no option for
+    it), else the bridge's default. An unreadable or invalid file gives the
+    default (such a bridge does not run long)."""
+    path = None
+    args = list(args)
+    for i, a in enumerate(args):
+        if a in ("-c", "--config") and i + 1 < len(args):
+            path = args[i + 1]
+        elif a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        elif a.startswith("-c") and len(a) > 2 and not a.startswith("--"):
+            path = a[2:]
+    if path is None:
+        return SHUTDOWN_TIMEOUT_MS
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+        v = cfg.get("shutdown_timeout_ms", SHUTDOWN_TIMEOUT_MS)
+        return int(v) if isinstance(v, int) and v >= 0 else SHUTDOWN_TIMEOUT_MS
+    except (OSError, ValueError, AttributeError):
+        return SHUTDOWN_TIMEOUT_MS
+
+
 class Bridge:
-    def __init__(self, workdir, args, name="bridge", env=None):
-        """env: variables added to the bridge's environment."""
+    def __init__(self, workdir, args, name="bridge", env=None,
+                 shutdown_timeout_ms=None):
+        """env: variables added to the bridge's environment.
+        shutdown_timeout_ms: what the bridge runs with, for its exit bound
+        (default: read from its -c configuration file, else 5000)."""
         self.name = name
         self.stopped_by_test = False
+        self.shutdown_timeout_ms = (
+            shutdown_timeout_ms if shutdown_timeout_ms is not None
+            else config_shutdown_timeout_ms(args))
+        self.stop_took = None
         self.args = [BRIDGE] + list(args)
         self.err_path = os.path.join(workdir, "%s.stderr" % name)
         self.out_path = os.path.join(workdir, "%s.stdout" % name)
@@ -688,23 +742,65 @@ class Bridge:
     def alive(self):
         return self.proc.poll() is None
 
-    def stop(self, sig=signal.SIGTERM, timeout=None):
-        """Send sig and wait for the exit; SIGKILL after timeout.
-        Returns (exit code, True if it exited by itself in time)."""
+    def exit_bound(self):
+        """Seconds from SIGTERM/SIGINT to the exit that the bridge may take:
+        shutdown_timeout_ms + MQTT_CLOSE_S + EXIT_MARGIN (see above)."""
+        return self.shutdown_timeout_ms / 1000.0 + MQTT_CLOSE_S + EXIT_MARGIN
+
+    def stop(self, sig=signal.SIGTERM, timeout=None, expect=0):
+        """Send sig and wait for the exit; SIGKILL after timeout (default:
+        EXIT_TIMEOUT, at least the exit bound + EXIT_MARGIN).
+        Returns (exit code, in_time): in_time is True if the bridge exited
+        by itself within exit_bound() (and before timeout).
+
+        For SIGTERM and SIGINT the stop is checked: unless the bridge exits
+        with status `expect` (default 0) in time, AssertionError (with the
+        log tail). expect=None: not checked, the caller judges the result
+        (for other signals it is never checked)."""
         self.stopped_by_test = True
-        return self._stop(sig, timeout)
+        code, in_time = self._stop(sig, timeout)
+        if expect is not None and sig in STOP_SIGNALS:
+            problem = self.stop_problem(sig, code, in_time, expect)
+            if problem:
+                raise AssertionError(problem + "\n" + self.tail(30))
+        return code, in_time
+
+    def stop_problem(self, sig, code, in_time, expect=0):
+        """What is wrong with a stop by sig that gave (code, in_time), or
+        None."""
+        name = signal.Signals(sig).name
+        if not in_time:
+            return ("bridge %s did not exit within %.1f s of %s (exit bound: "
+                    "shutdown_timeout_ms %d + %.2f s for the MQTT disconnect + "
+                    "%.1f s margin); took %s, exit status %r"
+                    % (self.name, self.exit_bound(), name,
+                       self.shutdown_timeout_ms, MQTT_CLOSE_S, EXIT_MARGIN,
+                       "%.1f s" % self.stop_took if self.stop_took is not None
+                       else "?", code))
+        if code != expect:
+            return ("bridge %s exited with status %r after %s, expected %r"
+                    % (self.name, code, name, expect))
+        return None
 
     def _stop(self, sig=signal.SIGTERM, timeout=None):
-        timeout = timeout or EXIT_TIMEOUT
+        """Send sig, wait; SIGKILL after timeout. (exit code, in_time); the
+        time it took is in stop_took."""
+        bound = self.exit_bound()
+        if timeout is None:
+            timeout = max(EXIT_TIMEOUT, bound + EXIT_MARGIN)
         if self.proc.poll() is not None:
+            self.stop_took = 0.0
             return self.proc.returncode, True
+        t0 = time.monotonic()
         self.proc.send_signal(sig)
         try:
             self.proc.wait(timeout)
-            return self.proc.returncode, True
+            self.stop_took = time.monotonic() - t0
+            return self.proc.returncode, self.stop_took <= bound
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+            self.stop_took = None
             return self.proc.returncode, False
 
     def kill(self):
@@ -728,9 +824,9 @@ class Bridge:
 
     def cleanup_check(self):
         """Cleanup of every bridge a test started: a bridge the test did not
-        stop itself must still be running, must exit 0 within EXIT_TIMEOUT
-        of SIGTERM, and no sanitizer may have complained.  Raising here
-        makes unittest report the test as an ERROR."""
+        stop itself must still be running, must exit 0 within its exit
+        bound of SIGTERM, and no sanitizer may have complained.  Raising
+        here makes unittest report the test as an ERROR."""
         problems = []
         if not self.stopped_by_test:
             if self.proc.poll() is not None:
@@ -739,13 +835,9 @@ class Bridge:
                                                     self.proc.returncode))
             else:
                 rc, in_time = self._stop()
-                if not in_time:
-                    problems.append("bridge %s did not exit within %.0fs of "
-                                    "SIGTERM (killed)" % (self.name,
-                                                          EXIT_TIMEOUT))
-                elif rc != 0:
-                    problems.append("bridge %s exited %r after SIGTERM"
-                                    % (self.name, rc))
+                problem = self.stop_problem(signal.SIGTERM, rc, in_time)
+                if problem:
+                    problems.append(problem + " (at the test's cleanup)")
         marker = self.sanitizer_report()
         if marker:
             problems.append("bridge %s: sanitizer report (%s) on stderr"
@@ -870,9 +962,11 @@ class BridgeTestCase(unittest.TestCase):
 
     # bridge -------------------------------------------------------------
     def start_bridge(self, mqtt_port=None, redis_port=None, *extra,
-                     bridge_id=None, name=None, ready=True, env=None):
+                     bridge_id=None, name=None, ready=True, env=None,
+                     shutdown_timeout_ms=None):
         """Start the bridge with --mqtt/--redis/--id for the given ports
-        (None: leave out) plus the extra arguments; env: added variables."""
+        (None: leave out) plus the extra arguments; env: added variables;
+        shutdown_timeout_ms: see Bridge (default: from its -c file)."""
         args = []
         if mqtt_port is not None:
             args += ["--mqtt", "mqtt://127.0.0.1:%d" % mqtt_port]
@@ -882,7 +976,7 @@ class BridgeTestCase(unittest.TestCase):
             args += ["--id", bridge_id]
         args += list(extra)
         b = Bridge(self.workdir, args, name or "bridge%d" % len(self._bridges),
-                   env=env)
+                   env=env, shutdown_timeout_ms=shutdown_timeout_ms)
         self._bridges.append(b)
         self.addCleanup(b.cleanup_check)
         if ready:
@@ -914,8 +1008,8 @@ class BridgeTestCase(unittest.TestCase):
         self.addCleanup(s.close)
         return s
 
-    def redis_client(self, port, password=None):
-        r = redis.Redis(host="127.0.0.1", port=port, password=password,
+    def redis_client(self, port, password=None, db=0):
+        r = redis.Redis(host="127.0.0.1", port=port, password=password, db=db,
                         socket_timeout=10, socket_connect_timeout=5)
         self.addCleanup(r.close)
         return r

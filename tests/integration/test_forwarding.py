@@ -82,8 +82,17 @@ class DefaultRoutesTest(BridgeTestCase):
         numsub = dict(self.r.pubsub_numsub("news"))
         self.assertEqual(numsub.get(b"news"), 1,
                          "PUBSUB NUMSUB news should count exactly the bridge")
-        self.assertGreaterEqual(self.r.pubsub_numpat(), 1,
-                                "PUBSUB NUMPAT: user:* must be a PSUBSCRIBE")
+        # one PSUBSCRIBE per pattern route: user:* is the only one (and no
+        # other client of this Redis subscribes)
+        self.assertEqual(self.r.pubsub_numpat(), 1,
+                         "PUBSUB NUMPAT: user:* must be one PSUBSCRIBE")
+        # (NUMPAT counts distinct patterns: the subscriber connection's own
+        # counts say that it subscribed each once, and no other one did)
+        subs = {c["name"]: (int(c["sub"]), int(c["psub"]))
+                for c in self.r.client_list()
+                if int(c["sub"]) or int(c["psub"])}
+        self.assertEqual(subs, {"mrb:fwd:subscriber": (1, 1)},
+                         "(SUBSCRIBEs, PSUBSCRIBEs) per connection")
         channels = self.r.pubsub_channels()
         self.assertIn(b"news", channels)
         self.assertNotIn(b"user:*", channels,

@@ -177,7 +177,9 @@ class ReplayTest(BridgeTestCase):
         msgs = ans.wait_end(len(cases) + 1)
         self.assertEqual([m[0] for m in msgs[len(cases):len(cases) + 2]], [b"m2", b"m3"])
         self.assertTrue(b.alive())
-        self.assertGreaterEqual(b.count("replay: request for"), 1)
+        # the error answers are logged rate-limited: one line per 10 s
+        # (MRB_RATELIMIT_MS) for all of them, the rest counted
+        self.assertEqual(b.count("replay: request for"), 1, b.tail())
         b.stop()
         _, c = self.exit_stats(b)
         self.assertEqual((c["replay_requests"], c["replay_errors"]),
@@ -236,8 +238,7 @@ class ReplayTest(BridgeTestCase):
         self.rs.proc.send_signal(harness.signal.SIGCONT)
         msgs = ans.wait_end()
         self.assertEqual([m[0] for m in msgs[:-1]], [b"m1", b"m2"], msgs)
-        code, in_time = b.stop()
-        self.assertEqual((code, in_time), (0, True), b.tail())
+        b.stop()  # exit 0 within its exit bound (the harness checks)
         _, c = self.exit_stats(b)
         self.assertEqual((c["replay_requests"], c["replay_messages"],
                           c["replay_errors"], c["replay_dropped"]),
@@ -248,8 +249,7 @@ class ReplayTest(BridgeTestCase):
         counted in replay_dropped and logged once, not freed silently, and
         not reported as an error of the request."""
         b, ans = self.stopped_redis_under_a_request(500)
-        code, _ = b.stop()
-        self.assertEqual(code, 0, b.tail())
+        b.stop()
         self.assertEqual(ans.msgs, [])
         self.assertEqual(b.count("shutdown: 1 replay request(s) or answer(s) "
                                  "could not be sent in time"), 1, b.tail())

@@ -263,21 +263,34 @@ class AuthTest(SecurityCase):
         self.flow(mq.port, rs, "after the password was fixed")
 
     def test_redis_acl_user_limited_to_the_routes(self):
-        """A route the ACL user may not use: NOPERM, said once, clearly; the
-        allowed routes work."""
+        """A route the ACL user may not use: NOPERM, said once, clearly, and
+        not again when the retries (every reconnect.max_ms) fail the same
+        way; the allowed routes work."""
         mq = self.start_mosquitto()
         rs = self.start_redis()
         self.redis_client(rs.port).execute_command("ACL", "SETUSER", "bridge",
                                                    *REDIS_ACL)
-        b = self.start_bridge(None, None, "--mqtt", mq.url, "--redis",
-                              "redis://bridge:b-pass@127.0.0.1:%d" % rs.port,
+        cfg = self.bridge_config({"url": mq.url},
+                                 "redis://bridge:b-pass@127.0.0.1:%d" % rs.port,
+                                 name="acl.json")
+        b = self.start_bridge(None, None, "-c", cfg, "-v",
                               "--route", "user/+ <> user:*",
                               "--route", "secret <> secret", ready=False)
-        self.assert_log(b, re.compile(r"error redis: .* refused the subscriber "
-                                      r"connection: NOPERM"),
-                        timeout=READY_TIMEOUT)
-        time.sleep(1.0)
-        self.assertEqual(b.count("NOPERM"), 1, b.tail())
+        said = re.compile(r"error redis: .* refused the subscriber "
+                          r"connection: NOPERM")
+        self.assert_log(b, said, timeout=READY_TIMEOUT)
+        # two retries (every reconnect.max_ms) that fail the same way: -v
+        # logs each (however it is logged, its line names NOPERM)
+        self.assertTrue(b.wait_log("NOPERM", 2 * MAX_MS / 1000.0 + READY_TIMEOUT,
+                                   count=3), "no retries after NOPERM:\n" + b.tail())
+        self.assertEqual(b.count(said), 1, "NOPERM said once:\n" + b.tail())
+        retry = re.compile(r"debug redis subscriber: attempt \d+ failed: NOPERM.*; "
+                           r"next in (\d+) ms")
+        waits = [int(m.group(1)) for l in b.lines() for m in [retry.search(l)] if m]
+        self.assertTrue(len(waits) >= 2 and set(waits) == {MAX_MS},
+                        "retries after NOPERM wait reconnect.max_ms: %r" % waits)
+        self.assertEqual(b.count(re.compile(r"^\S+ (error|warning) ")), 1,
+                         "one error or warning in all:\n" + b.tail())
         b.stop()
         b = self.start_bridge(None, None, "--mqtt", mq.url, "--redis",
                               "redis://bridge:b-pass@127.0.0.1:%d" % rs.port,

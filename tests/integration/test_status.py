@@ -64,17 +64,23 @@ class StatusTest(BridgeTestCase):
         r.publish("news", q)
         self.assertIsNotNone(sub.wait_for(lambda m: m.payload == q),
                              "redis -> mqtt before shutdown")
-        rc, in_time = bridge.stop(sig)
-        self.assertTrue(in_time, "bridge did not exit within %.0fs of %s:\n%s"
-                        % (harness.EXIT_TIMEOUT, sig.name, bridge.tail()))
-        self.assertEqual(rc, 0, "exit status after %s:\n%s"
-                         % (sig.name, bridge.tail()))
+        # exit status 0 within the exit bound (checked by the harness)
+        bridge.stop(sig)
         self.assert_status("st", b"offline", "after %s" % sig.name)
         msg, counters = self.exit_stats(bridge)
         self.assertRegex(msg, STATS_RE)
-        self.assertGreaterEqual(int(counters.get("mqtt_in", 0)), 1, msg)
-        self.assertGreaterEqual(int(counters.get("redis_out", 0)), 1, msg)
-        self.assertGreaterEqual(int(counters.get("mqtt_out", 0)), 1, msg)
+        # one message each way: p MQTT -> Redis, q Redis -> MQTT (MQTT 5's
+        # No Local keeps q's copy from coming back; p's copy from Redis may
+        # or may not have been read before the subscriber was closed, and is
+        # an echo then)
+        got = {k: int(counters[k]) for k in ("mqtt_in", "redis_out",
+                                              "mqtt_out", "redis_in", "echoes")}
+        self.assertIn(got["echoes"], (0, 1), msg)
+        self.assertEqual(
+            (got["mqtt_in"], got["redis_out"], got["mqtt_out"],
+             got["redis_in"] - got["echoes"]), (1, 1, 1, 1),
+            "(mqtt_in, redis_out, mqtt_out, redis_in - echoes) after one "
+            "message each way: %s" % msg)
         for k in ("dropped_unmappable", "dropped_too_large",
                   "dropped_queue_full"):
             self.assertEqual(counters.get(k), "0", "%s in %r" % (k, msg))
@@ -100,13 +106,11 @@ class StatusTest(BridgeTestCase):
         for i in range(3):
             pub.publish("news", unique("stuck").encode())
         t0 = time.monotonic()
-        rc, in_time = bridge.stop(signal.SIGTERM, timeout=6)
+        bridge.stop(signal.SIGTERM)  # exit 0 within the exit bound
         took = time.monotonic() - t0
-        self.assertTrue(in_time, "bridge still running 6 s after SIGTERM with "
-                        "shutdown_timeout_ms 1000:\n%s" % bridge.tail())
+        # the broker is up: no wait for Paho's disconnect either
         self.assertLess(took, 3.0, "exit took %.1fs with shutdown_timeout_ms "
                         "1000" % took)
-        self.assertEqual(rc, 0, bridge.tail())
         self.assert_status("sd", b"offline", "after SIGTERM with Redis down")
 
     def test_last_will_after_sigkill(self):
@@ -123,8 +127,7 @@ class StatusTest(BridgeTestCase):
                           name="b2")
         self.assert_status("one", b"online", "bridge one running")
         self.assert_status("two", b"online", "bridge two running")
-        rc, _ = b1.stop()
-        self.assertEqual(rc, 0)
+        b1.stop()
         self.assert_status("one", b"offline", "bridge one stopped")
         self.assert_status("two", b"online", "bridge two still running")
 
@@ -146,8 +149,7 @@ class StatusTest(BridgeTestCase):
         self.assertLessEqual(b1.count(hint), 1, "the hint is said once")
         self.assertLessEqual(b2.count(hint), 1, "the hint is said once")
         for b in (b1, b2):
-            rc, _ = b.stop()
-            self.assertEqual(rc, 0)
+            b.stop()
 
 
 if __name__ == "__main__":

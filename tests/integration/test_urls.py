@@ -45,12 +45,64 @@ class UrlTest(BridgeTestCase):
                   mqtt_auth=("tester", "t-pass"), redis_password="r-secret")
 
     def test_redis_database_number(self):
+        """redis://host:port/3: every connection of the bridge works in
+        database 3 (pub/sub ignores the database, so the flow alone proves
+        nothing): CLIENT LIST says db=3 for each, and what the bridge stores
+        (stream entries, the presence hash, its stats hash and the set
+        "bridges") is in database 3, not in 0."""
         rs = self.start_redis()
         mq = self.start_mosquitto()
-        self.start_bridge(None, None, "--mqtt", mq.url,
-                          "--redis", "redis://127.0.0.1:%d/3" % rs.port,
-                          "--id", "db3")
+        cfg = self.write_config({
+            "id": "db3", "mqtt": {"url": mq.url},
+            "redis": {"url": "redis://127.0.0.1:%d/3" % rs.port,
+                      "scan_interval": 1},
+            "stats_interval": 1,
+            "routes": [{"mqtt": "news", "redis": "news"},
+                       {"mqtt": "st/+", "redis": "st:*", "mode": "stream"},
+                       {"mqtt": "dev/+/status", "redis": "presence:*",
+                        "direction": "mqtt_to_redis", "store": "hash",
+                        "hash": "devices"}]})
+        b = self.start_bridge(None, None, "-c", cfg)
         self.flow(mq.port, rs.port, "redis URL with /3")
+        r0 = self.redis_client(rs.port)
+        r3 = self.redis_client(rs.port, db=3)
+
+        # every connection of the bridge, by its CLIENT SETNAME name
+        conns = sorted((c["name"], c["db"]) for c in r0.client_list()
+                       if c["name"].startswith("mrb:db3:"))
+        self.assertEqual(conns, [("mrb:db3:ingest", "3"),
+                                 ("mrb:db3:publisher", "3"),
+                                 ("mrb:db3:reader", "3"),
+                                 ("mrb:db3:subscriber", "3")],
+                         "(connection, db) in CLIENT LIST")
+
+        # MQTT -> Redis: XADD and the presence hash into database 3
+        pub = self.mqtt_client(mq.port, name="pub3")
+        x = unique("x").encode()
+        pub.publish("st/a", x)
+        pub.publish("dev/d1/status", b"online")
+        self.assertTrue(harness.wait_until(
+            lambda: r3.xlen("st:a") == 1 and r3.hget("devices", "d1") == b"online",
+            harness.DELIVERY_TIMEOUT),
+            "db 3: XLEN st:a %r, HGETALL devices %r"
+            % (r3.xlen("st:a"), r3.hgetall("devices")))
+        self.assertEqual(r3.xrange("st:a")[0][1][b"payload"], x)
+        # Redis -> MQTT: an entry added in database 3 is read (the reader
+        # and the publisher's SCAN and XGROUP work there)
+        msub = self.mqtt_client(mq.port, "st/+", name="st")
+        y = unique("y").encode()
+        r3.xadd("st:b", {"payload": y})
+        self.assertIsNotNone(msub.wait_for(lambda m: m.payload == y,
+                                           harness.DELIVERY_TIMEOUT + 2),
+                             "XADD st:b in database 3 did not reach MQTT")
+        # the stats report (every second) into database 3
+        self.assertTrue(harness.wait_until(
+            lambda: r3.hget("bridge:db3:stats", "status") == b"running",
+            harness.DELIVERY_TIMEOUT), "no bridge:db3:stats in database 3")
+        self.assertTrue(r3.sismember("bridges", "db3"))
+        # and nothing of it in database 0
+        self.assertEqual(sorted(r0.keys("*")), [], "keys in database 0")
+        b.stop()
 
     def test_redis_unix_socket(self):
         rs = self.start_redis(unixsocket=True)
