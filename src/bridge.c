@@ -663,6 +663,8 @@ static int run_loop(mrb_bridge *b)
         rt = mrb_stats_next_timer(b);
         if (rt < next)
             next = rt;
+        /* (again: what the pumps and handlers swallowed since) */
+        warn_at = flush_warnings(b, now);
         if (warn_at < next)
             next = warn_at;
         if (echo_at < next)
@@ -744,7 +746,12 @@ int mrb_bridge_run(const mrb_config *cfg, mrb_reload_fn reload_fn, void *reload_
     }
     if (pthread_mutex_init(&b->in_lock, NULL) != 0)
         goto out;
-    if (pthread_cond_init(&b->in_cond, NULL) != 0 ||
+    pthread_condattr_t ca; /* in_cond waits use CLOCK_MONOTONIC (mqtt.c) */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int cond_rc = pthread_cond_init(&b->in_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    if (cond_rc != 0 ||
         pthread_mutex_init(&b->sx_lock, NULL) != 0 ||
         pthread_mutex_init(&b->routes_lock, NULL) != 0) {
         pthread_mutex_destroy(&b->in_lock);
@@ -753,8 +760,10 @@ int mrb_bridge_run(const mrb_config *cfg, mrb_reload_fn reload_fn, void *reload_
     have_lock = 1;
     atomic_init(&b->intake_stopped, 0);
     atomic_init(&b->in_waiting, 0);
+    atomic_init(&b->in_wait_since_ms, 0);
     atomic_init(&b->paho_calls, 0);
     atomic_init(&b->main_in_paho, 0);
+    atomic_init(&b->paho_skipped, 0);
     atomic_init(&b->mqtt_echo_wait, 0);
     atomic_init(&b->ing.echo_wait, 0);
     mrb_queue_init(&b->in_q, (size_t)cfg->queue_messages, (size_t)cfg->queue_bytes);
@@ -791,7 +800,7 @@ int mrb_bridge_run(const mrb_config *cfg, mrb_reload_fn reload_fn, void *reload_
     pthread_mutex_lock(&b->in_lock);
     int waiting = b->in_waiting;
     pthread_mutex_unlock(&b->in_lock);
-    if (waiting && !mrb_mqtt_kill_socket(b))
+    if (waiting && !mrb_mqtt_kill_socket(b, 1))
         mrb_warn("shutdown: cannot close the broker connection before "
                  "releasing a waiting QoS 1 message: it may be acknowledged "
                  "without having reached Redis");

@@ -88,6 +88,12 @@
 /* After a burst, once a thread has been idle this long, it gives freed heap
  * back to the system (mrb_trim), so memory returns to its idle size. */
 #define MRB_TRIM_IDLE_MS 1000
+/* A message callback that waits for Redis while main stays inside one Paho
+ * call this long gives its message back to the broker (mqtt.c on_message). */
+#define MRB_CALLBACK_BLOCK_MS 1000
+/* A callback that has waited this long waits for something slow: main
+ * does not start QoS > 0 publishes meanwhile (mqtt.c paho_enter). */
+#define MRB_CALLBACK_SLOW_MS 50
 /* Stream mode: entries read but not yet completed on MQTT, at most; keys
  * followed at most; entries per XREADGROUP at most. */
 #define MRB_SX_WINDOW 512
@@ -172,6 +178,7 @@ typedef struct mrb_ingest {
     unsigned force_calls;        /* main's Paho calls when the wait began */
     int64_t force_after_ms;
     mrb_logbuf log;              /* lines formatted under a lock */
+    int64_t warn_at_ms;          /* summaries of warning bursts due then */
     mrb_targets tg;
     mrb_backoff backoff;
     int64_t next_attempt_ms;
@@ -204,6 +211,8 @@ typedef struct mrb_in_counters { /* [in_lock] */
     uint64_t retained_skipped;   /* stored retained messages replayed on subscribe */
     uint64_t redelivered;        /* arrived with the DUP flag: a broker resend */
     uint64_t left_with_broker;   /* QoS > 0, not acknowledged at shutdown */
+    uint64_t given_back;         /* QoS > 0, given back to the broker while
+                                    main was blocked behind its callback */
     uint64_t dropped_shutdown;   /* QoS 0 arriving after shutdown began */
     uint64_t nomem;              /* could not be copied */
 } mrb_in_counters;
@@ -283,7 +292,9 @@ typedef struct mrb_rconn {
     int64_t wait_since_ms;       /* ... awaited since (stall check) */
     int64_t last_io_ms;          /* last reply or connect (keepalive PING) */
     uint64_t connects;           /* times it came up */
-    long long client_id;         /* reader: CLIENT ID, for CLIENT UNBLOCK */
+    long long client_id;         /* reader: CLIENT ID, for CLIENT UNBLOCK;
+                                    subscriber: for CLIENT LIST ID */
+    int draining;                /* subscriber: Redis closed it: read it out */
     int reading;                 /* reader: an XREADGROUP is outstanding */
     int blocked;                 /* reader: ... and it may block */
     char last_error[200];
@@ -336,6 +347,7 @@ typedef struct mrb_bridge {
     uint64_t in_acked_seq;       /* [in_lock] a QoS > 0 message done */
     int in_release;              /* [in_lock] MQTT disconnected: stop waiting */
     atomic_int in_waiting;       /* [in_lock to write] a receive thread waits */
+    atomic_llong in_wait_since_ms; /* ... since then */
     atomic_int intake_stopped;   /* shutdown: take no new messages */
     mrb_ingest ing;
 
@@ -344,6 +356,7 @@ typedef struct mrb_bridge {
      * be blocked behind a waiting message callback (echo.h, ingest.c) */
     atomic_uint paho_calls;
     atomic_int main_in_paho;
+    atomic_int paho_skipped;     /* main skipped a publish: wake it */
     mrb_echo *echo;              /* the echo guard (echo.h) */
     atomic_int mqtt_echo_wait;   /* main holds publishes for MQTT echo room */
     mrb_queue out_q;             /* Redis -> MQTT, waiting for the broker */
@@ -373,6 +386,9 @@ typedef struct mrb_bridge {
      * for the fence ("0name" SUBSCRIBE, 1 PSUBSCRIBE, 2 UNSUBSCRIBE, 3
      * PUNSUBSCRIBE) */
     int sub_fencing, sub_echo_on;
+    /* subscriber held for back-pressure: looked for (CLIENT LIST ID) then */
+    int sub_held, sub_check_busy, sub_check_off;
+    int64_t sub_check_ms;
     char **sub_diff;
     size_t n_sub_diff;
     int redis_outage_logged;
@@ -477,8 +493,9 @@ mrb_err mrb_mqtt_publish_props(mrb_bridge *b, const char *topic,
  * network connection is closed, so that its PUBACK is not sent). */
 void mrb_mqtt_release_waiter(mrb_bridge *b);
 /* Close the broker connection's socket under Paho (any thread): nothing
- * more, a PUBACK included, reaches the broker. 0 if not known. */
-int mrb_mqtt_kill_socket(mrb_bridge *b);
+ * more, a PUBACK included, reaches the broker. 0 if not known. stay_down:
+ * no reconnect (shutdown); else main reconnects as after any loss. */
+int mrb_mqtt_kill_socket(mrb_bridge *b, int stay_down);
 int mrb_mqtt_ready(const mrb_bridge *b);
 /* After a reload replaced old with b->routes: subscribe the new filters,
  * unsubscribe the removed ones (now, or at the next connect). Counts both. */

@@ -872,7 +872,10 @@ static void retry_kept(mrb_ingest *g)
     g->probing = 1;
 }
 
-/* Wait until fd is ready for events, in slices so that a stop is seen.
+static int64_t flush_warnings(mrb_bridge *b, int64_t now);
+
+/* Wait until fd is ready for events, in slices so that a stop is seen (and
+ * the summaries of warning bursts are not held up by a silent server).
  * 1 ready, 0 overdue (redis.keepalive), -1 stopping, -2 poll error. */
 static int wait_fd(mrb_bridge *b, short events)
 {
@@ -880,6 +883,11 @@ static int wait_fd(mrb_bridge *b, short events)
     for (;;) {
         if (atomic_load(&b->ing.quit))
             return -1;
+        /* (the receive thread's warnings go on while we wait) */
+        pthread_mutex_lock(&b->in_lock);
+        b->ing.warn_at_ms = flush_warnings(b, mrb_now_ms());
+        pthread_mutex_unlock(&b->in_lock);
+        mrb_logbuf_flush(&b->ing.log);
         struct pollfd p = {.fd = b->ing.c->fd, .events = events};
         int n = poll(&p, 1, 500);
         if (n > 0)
@@ -1046,7 +1054,7 @@ static void *ingest_main(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are main's */
-    int64_t busy_ms = 0, warn_at = 0;
+    int64_t busy_ms = 0;
 
     for (;;) {
         int trim = 0, work = 0;
@@ -1058,8 +1066,8 @@ static void *ingest_main(void *arg)
                 return NULL;
             }
             int64_t now = mrb_now_ms();
-            if (now >= warn_at)
-                warn_at = flush_warnings(b, now);
+            /* every time: events since may have made one due later */
+            g->warn_at_ms = flush_warnings(b, now);
             int64_t until = next_work(b, now);
             work = until == 0;
             if (work || g->log.n)
@@ -1074,8 +1082,8 @@ static void *ingest_main(void *arg)
                 if (busy_ms + MRB_TRIM_IDLE_MS < until)
                     until = busy_ms + MRB_TRIM_IDLE_MS;
             }
-            if (warn_at < until)
-                until = warn_at;
+            if (g->warn_at_ms < until)
+                until = g->warn_at_ms;
             g->idle = 1;
             if (until == INT64_MAX) {
                 pthread_cond_wait(&g->work, &b->in_lock);

@@ -81,14 +81,25 @@ static void post(mrb_bridge *b, unsigned ev, int code, const char *text)
  * thread sees main stay inside one (main_in_paho, paho_calls) and sends
  * anyway. */
 
-/* 0: do not call Paho now (skip is allowed, and the ingest thread waits
- * for echo room while a callback waits for the ingest thread). */
+/* 0: do not call Paho now: may_skip (a QoS > 0 publish, which takes
+ * Paho's global mutex; a QoS 0 one does not) and a message callback holds
+ * that mutex waiting for something slow: for echo room, or for longer than
+ * a Redis round trip (MRB_CALLBACK_SLOW_MS: Redis is away, stopped or
+ * refusing). A callback that waits a round trip only does not make main
+ * skip: that would starve Redis->MQTT QoS 1 under MQTT->Redis QoS 1 load.
+ * The message stays queued; the callback wakes main when it returns
+ * (paho_skipped). */
 static int paho_enter(mrb_bridge *b, int may_skip)
 {
     atomic_fetch_add(&b->paho_calls, 1);
     atomic_store(&b->main_in_paho, 1);
-    if (may_skip && atomic_load(&b->ing.echo_wait) && atomic_load(&b->in_waiting)) {
+    if (may_skip && atomic_load(&b->in_waiting) &&
+        (atomic_load(&b->ing.echo_wait) ||
+         mrb_now_ms() - atomic_load(&b->in_wait_since_ms) >= MRB_CALLBACK_SLOW_MS)) {
         atomic_store(&b->main_in_paho, 0);
+        atomic_store(&b->paho_skipped, 1);
+        if (!atomic_load(&b->in_waiting) && atomic_exchange(&b->paho_skipped, 0))
+            mrb_bridge_wake(b); /* it returned meanwhile */
         return 0;
     }
     return 1;
@@ -383,7 +394,7 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
          * keeps it for our return); a QoS 0 one is lost */
         if (msg->qos > 0) {
             b->ic.left_with_broker++;
-            if (!mrb_mqtt_kill_socket(b))
+            if (!mrb_mqtt_kill_socket(b, 1))
                 while (!b->in_release)
                     pthread_cond_wait(&b->in_cond, &b->in_lock);
         } else {
@@ -462,16 +473,48 @@ static int on_message(void *ctx, char *topic, int tlen, MQTTAsync_message *msg)
     if (queued)
         mrb_ingest_kick(b);
     if (queued && msg->qos > 0 && b->in_acked_seq < seq && !b->in_release) {
+        atomic_store(&b->in_wait_since_ms, now);
         atomic_store(&b->in_waiting, 1);
         if (lb.n) { /* not while we wait: written now, without the lock */
             pthread_mutex_unlock(&b->in_lock);
             mrb_logbuf_flush(&lb);
             pthread_mutex_lock(&b->in_lock);
         }
-        while (b->in_acked_seq < seq && !b->in_release)
-            pthread_cond_wait(&b->in_cond, &b->in_lock);
+        /* Paho's mutex is ours while we wait: main may be blocked in a
+         * Paho call that began just before (paho_enter skips publishing
+         * while we wait, but it cannot see the future). If main stays in
+         * one call for MRB_CALLBACK_BLOCK_MS, it is waiting for us, and we
+         * for Redis: give the message back to the broker instead (the
+         * connection is closed under Paho first, so no PUBACK goes out;
+         * the broker sends it again after the reconnect, and the ingest
+         * thread still sends its copy: a duplicate, never a loss). */
+        unsigned calls = atomic_load(&b->paho_calls);
+        int64_t since = mrb_now_ms(), deadline;
+        int given_back = 0;
+        while (b->in_acked_seq < seq && !b->in_release) {
+            int64_t t = mrb_now_ms();
+            if (!atomic_load(&b->main_in_paho) ||
+                atomic_load(&b->paho_calls) != calls) {
+                calls = atomic_load(&b->paho_calls);
+                since = t;
+            } else if (t - since >= MRB_CALLBACK_BLOCK_MS) {
+                if (mrb_mqtt_kill_socket(b, 0)) {
+                    given_back = 1;
+                    break;
+                }
+                since = t; /* not known: look again later */
+            }
+            deadline = t + 100;
+            struct timespec ts = {(time_t)(deadline / 1000),
+                                  (long)(deadline % 1000) * 1000000};
+            pthread_cond_timedwait(&b->in_cond, &b->in_lock, &ts);
+        }
         atomic_store(&b->in_waiting, 0);
-        if (b->in_acked_seq < seq)
+        if (atomic_exchange(&b->paho_skipped, 0))
+            mrb_bridge_wake(b); /* main skipped a publish meanwhile */
+        if (given_back)
+            b->ic.given_back++;
+        else if (b->in_acked_seq < seq)
             b->ic.left_with_broker++; /* released at shutdown, socket closed */
     }
     pthread_mutex_unlock(&b->in_lock);
@@ -971,13 +1014,14 @@ static void mqtt_find_socket(mrb_bridge *b)
     }
 }
 
-int mrb_mqtt_kill_socket(mrb_bridge *b)
+int mrb_mqtt_kill_socket(mrb_bridge *b, int stay_down)
 {
     int fd = atomic_load(&b->mqtt.sock_fd);
     /* re-checked: Paho may have closed it and the number been reused */
     if (fd < 0 || !is_broker_socket(b, fd))
         return 0;
-    atomic_store(&b->mqtt.killed, 1);
+    if (stay_down)
+        atomic_store(&b->mqtt.killed, 1);
     shutdown(fd, SHUT_RDWR);
     return 1;
 }
@@ -1119,8 +1163,8 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
     if (m->state != CONN_UP)
         return MRB_ERR_CONN;
     int acked = qos > 0;
-    if (!paho_enter(b, 1))
-        return MRB_ERR_FULL; /* the ingest thread wakes us when it goes on */
+    if (!paho_enter(b, acked))
+        return MRB_ERR_FULL; /* the waiting callback wakes us when it returns */
     if (atomic_load(&m->inflight) >= MRB_MQTT_WINDOW ||
         (acked && atomic_load(&m->inflight_acked) >= atomic_load(&m->receive_max))) {
         atomic_store(&m->window_waiting, 1);
@@ -1260,8 +1304,7 @@ mrb_err mrb_mqtt_publish_own(mrb_bridge *b, const char *topic, const void *paylo
     msg.payloadlen = (int)len;
     msg.qos = 0;
     msg.retained = retain;
-    if (!paho_enter(b, 1))
-        return MRB_ERR_FULL;
+    paho_enter(b, 0); /* QoS 0: does not wait for Paho's mutex */
     int rc = MQTTAsync_sendMessage(m->client, topic, &msg, NULL);
     paho_leave(b);
     return rc == MQTTASYNC_SUCCESS ? MRB_OK : MRB_ERR_CONN;

@@ -31,10 +31,15 @@
  * every subscription is confirmed the notes are certain.
  *
  * Held subscriber: while out_q is half full, the subscriber is not read
- * (back-pressure), but its socket is still polled for the peer's close
- * (POLLRDHUP), so that Redis closing it (client-output-buffer-limit pubsub)
- * is seen at once, logged and counted (redis_sub_lost), not when reading
- * resumes.
+ * (back-pressure). Redis may close it meanwhile (client-output-buffer-limit
+ * pubsub), but its FIN queues behind the data our full receive window
+ * holds back, so the socket cannot tell. So while it is held, the
+ * publisher asks `CLIENT LIST ID <subscriber>` every half redis.keepalive;
+ * when Redis no longer knows it, the subscriber is read to its end (what
+ * Redis sent before closing goes to out_q, oldest dropped and counted as
+ * always), and the loss is logged and counted (redis_sub_lost) at once,
+ * not when the broker is back. (POLLRDHUP is polled too, for a close that
+ * did get through.)
  *
  * A command that hiredis cannot queue (out of memory) during a connection's
  * set-up ends that attempt; a keepalive PING that cannot be queued resets
@@ -261,6 +266,43 @@ static void on_ping_reply(redisAsyncContext *ac, void *r, void *priv)
     rconn_up(rc);
 }
 
+static void on_sub_id_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    redisReply *reply = r;
+    mrb_rconn *rc = ac->data;
+    rc->client_id = reply && reply->type == REDIS_REPLY_INTEGER ? reply->integer : 0;
+}
+
+/* The publisher's answer to CLIENT LIST ID <subscriber>. */
+static void on_sub_check(redisAsyncContext *ac, void *r, void *priv)
+{
+    redisReply *reply = r;
+    mrb_rconn *rc = ac->data;
+    mrb_bridge *b = rc->b;
+    got_reply(rc);
+    b->sub_check_busy = 0;
+    if (!reply)
+        return;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* not allowed by the ACL, say: only a close that gets through
+         * (POLLRDHUP) or the end of the back-pressure shows it then */
+        if (!b->sub_check_off)
+            mrb_info("redis: cannot ask whether the subscriber connection "
+                     "still exists while it is paused (%s); a closed one is "
+                     "noticed when reading resumes", reply->str);
+        b->sub_check_off = 1;
+        return;
+    }
+    if (reply->type == REDIS_REPLY_STRING && reply->len == 0 && b->rsub.ac &&
+        b->rsub.state == CONN_UP && !b->rsub.draining) {
+        /* gone: read what it sent before, then its end */
+        b->rsub.draining = 1;
+        mrb_warn("redis: the server closed the subscriber connection while it "
+                 "was paused for back-pressure (client-output-buffer-limit "
+                 "pubsub?); reading what it sent before, then reconnecting");
+    }
+}
+
 static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv)
 {
     redisReply *reply = r;
@@ -307,6 +349,8 @@ static void rconn_start(mrb_rconn *rc, int64_t now)
     rc->state = CONN_CONNECTING;
     rc->confirmed = 0;
     rc->cmds = 0;
+    rc->draining = 0;
+    rc->client_id = 0;
     rc->reading = rc->blocked = 0;
     if (!ac || ac->err) {
         char why[200];
@@ -367,6 +411,9 @@ static void rconn_start(mrb_rconn *rc, int64_t now)
         if (ok)
             sent_cmd(rc);
     }
+    /* the subscriber's id: to ask whether Redis still has it (held) */
+    if (ok && rc == &b->rsub)
+        ok = redisAsyncCommand(ac, on_sub_id_reply, NULL, "CLIENT ID") == REDIS_OK;
     /* Subscribe in table order: exact channels, then patterns. The bridge
      * acts on a message only for the first subscription that matches it,
      * and since Redis takes these in order, the active ones are always a
@@ -439,6 +486,14 @@ static int is_stopped(const mrb_bridge *b, const mrb_rconn *rc)
     return b->stopping && rc != &b->rpub;
 }
 
+/* How often a held subscriber is looked for (CLIENT LIST ID): twice per
+ * redis.keepalive, at least every second. */
+static int64_t sub_check_every(const mrb_bridge *b)
+{
+    long ka = b->cfg->redis_keepalive > 0 ? b->cfg->redis_keepalive : 10;
+    return ka * 500 > 1000 ? ka * 500 : 1000;
+}
+
 /* Before the subscriber connects: the fence (echo.h). 1 once done. */
 static int sub_fence_done(mrb_bridge *b)
 {
@@ -471,6 +526,17 @@ void mrb_redis_tick(mrb_bridge *b, int64_t now)
     /* a reload's subscription changes, once the fence is done */
     if (b->n_sub_diff && mrb_echo_redis_fenced(b->echo))
         send_diff(b);
+    /* a held subscriber: does Redis still have it? */
+    if (b->sub_held && !b->sub_check_off && !b->sub_check_busy &&
+        b->rsub.client_id > 0 && now >= b->sub_check_ms && b->rpub.state == CONN_UP) {
+        char id[24];
+        snprintf(id, sizeof(id), "%lld", b->rsub.client_id);
+        const char *argv[] = {"CLIENT", "LIST", "ID", id};
+        size_t lens[] = {6, 4, 2, strlen(id)};
+        if (mrb_redis_command(&b->rpub, on_sub_check, NULL, 4, argv, lens) == MRB_OK)
+            b->sub_check_busy = 1;
+        b->sub_check_ms = now + sub_check_every(b);
+    }
     for (int i = 0; i < 3; i++) {
         mrb_rconn *rc = rcs[i];
         if (!rconn_needed(rc) || is_stopped(b, rc))
@@ -494,6 +560,8 @@ int64_t mrb_redis_next_timer(const mrb_bridge *b)
     int64_t t = ping_due(b);
     if (b->n_sub_diff) /* a reload's changes wait for the fence */
         t = mrb_now_ms() + FENCE_POLL_MS;
+    if (b->sub_held && !b->sub_check_off && b->sub_check_ms < t)
+        t = b->sub_check_ms;
     if (stall_deadline(b, &b->rpub) < t)
         t = stall_deadline(b, &b->rpub);
     if (stall_deadline(b, &b->rread) < t)
@@ -529,12 +597,15 @@ int mrb_redis_pollfds(mrb_bridge *b, struct pollfd *pfd, mrb_rconn **owner)
      * documented (Redis would otherwise cut off a subscriber that stops
      * reading for long: client-output-buffer-limit pubsub). Only once the
      * subscriber is up: its SUBSCRIBE confirmations have a deadline. */
-    int hold_sub = mrb_mqtt_ready(b) && b->rsub.state == CONN_UP &&
+    int hold_sub = mrb_mqtt_ready(b) && b->rsub.state == CONN_UP && !b->rsub.draining &&
                    (b->out_q.count * 2 >= b->out_q.max_count ||
                     b->out_q.bytes * 2 >= b->out_q.max_bytes);
     /* the ingest thread waits for echo room: the copies are in there */
     if (atomic_load(&b->ing.echo_wait))
         hold_sub = 0;
+    if (hold_sub && !b->sub_held)
+        b->sub_check_ms = mrb_now_ms() + sub_check_every(b);
+    b->sub_held = hold_sub;
     for (int i = 0; i < 3; i++) {
         mrb_rconn *rc = rcs[i];
         int held = hold_sub && rc == &b->rsub && rc->want_read;
@@ -690,9 +761,9 @@ void mrb_redis_close_sub(mrb_bridge *b)
 {
     mrb_rconn *rcs[2] = {&b->rsub, &b->rread};
     for (int i = 0; i < 2; i++) {
+        rcs[i]->state = CONN_DOWN; /* first: not an outage (rconn_failed_as) */
         if (rcs[i]->ac)
             redisAsyncFree(rcs[i]->ac);
-        rcs[i]->state = CONN_DOWN;
     }
 }
 

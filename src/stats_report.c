@@ -14,7 +14,7 @@
 
 #include "bridge_int.h"
 
-#define N_TOTALS 38
+#define N_TOTALS 39
 
 /* The global counters, by the names of the stats line (unchanged order). */
 static size_t totals(mrb_bridge *b, const mrb_route_snap *rs, size_t n_rs,
@@ -77,6 +77,7 @@ static size_t totals(mrb_bridge *b, const mrb_route_snap *rs, size_t n_rs,
     KV("echo_cleared", ec.cleared);
     KV("echo_peak", ec.peak);
     KV("echo_waits", atomic_load(&g->echo_waits));
+    KV("given_back", ic.given_back);
 #undef KV
     return n;
 }
