@@ -167,7 +167,7 @@ typedef struct mrb_ingest {
      * order, unacknowledged) and sent again, one at a time, at retry_at_ms
      * (backoff), until Redis takes one; nothing new is sent meanwhile */
     size_t kept;
-    int refusing, probing;
+    int refusing, probing, refusal_logged;
     int64_t retry_at_ms, refused_since_ms;
     mrb_backoff refuse_backoff;
     /* the echo table is full (echo.h): the next message waits for room,

@@ -753,10 +753,11 @@ static void refused_for_now(mrb_bridge *b, const mrb_msg *m, const char *err)
 {
     mrb_ingest *g = &b->ing;
     uint64_t n = atomic_fetch_add(&g->refused, 1) + 1;
-    if (g->refusing)
+    if (g->refusal_logged)
         return;
     char esc[MRB_LOG_ESCAPE_MAX];
     g->refusing = 1;
+    g->refusal_logged = 1;
     g->refused_since_ms = mrb_now_ms();
     mrb_warn("redis: refused a message from MQTT topic '%s' for now: %s; it and "
              "what follows stay unacknowledged and are sent again in order, "
@@ -783,6 +784,11 @@ static void settled(mrb_bridge *b, mrb_msg *m)
             /* the first message taken after a refusal: back to normal */
             g->probing = g->refusing = 0;
             mrb_backoff_reset(&g->refuse_backoff);
+        }
+        if (g->refusal_logged && !g->kept) {
+            /* said once, like the refusal (a command that could not be
+             * queued has its own rate-limited line) */
+            g->refusal_logged = 0;
             mrb_info("redis: takes messages from MQTT again after %.1f s "
                      "(redis_refused=%llu, redis_append_failed=%llu)",
                      (double)(mrb_now_ms() - g->refused_since_ms) / 1000.0,
