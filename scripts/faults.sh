@@ -3,7 +3,7 @@
 # is missing, builds the bridge (build/, RelWithDebInfo), and runs every cell
 # of tests/faults/fault_matrix.py against private redis-server and mosquitto
 # instances on free loopback ports. Prints the table; the JSON lines go to
-# build/faults.jsonl. Takes about 4 minutes on 2 cores.
+# build/faults.jsonl. Takes about 6.5 minutes on 2 cores.
 #
 #   scripts/faults.sh [fault_matrix.py options, e.g. --fault redis_kill]
 set -euo pipefail

@@ -5,7 +5,13 @@ injected mid-stream; the receiver counts what arrived.
 
 Faults: Redis SIGKILL + restart (AOF, appendfsync always), mosquitto restart
 (persistence on), bridge SIGKILL + restart, Redis SIGSTOP for 10 s,
-mosquitto SIGSTOP for 10 s. Each cell reports sent, received, lost,
+mosquitto SIGSTOP for 10 s, Redis out of memory for 10 s (redis_oom:
+maxmemory 1mb, noeviction, with used_memory above it: every command with
+the denyoom flag, XADD and HSET among them, is refused with -OOM), Redis
+SIGKILL + restart that stays in LOADING for several seconds (redis_loading:
+a data set loaded with the hidden key-load-delay, so that -LOADING is
+answered for 5-7 s; the matrix checks that the bridge really got -LOADING
+replies). Each cell reports sent, received, lost,
 duplicated, out of order (a first copy arriving after a higher number), the
 time until messages flow again after the fault ends, and the bridge's peak
 memory (VmHWM, the highest of its runs).
@@ -17,10 +23,20 @@ same stream is also received directly on the broker (no bridge), as a
 control: its numbers are in the JSON ("direct").
 
 Targets (asserted; exit status 1 if one is missed):
-  - lost = 0 and out of order = 0 in every stream-mode cell, and in every
-    MQTT -> Redis pub/sub cell whose fault is at the bridge or at mosquitto;
+  - lost = 0 and out of order = 0 in every stream-mode cell, in every
+    MQTT -> Redis pub/sub cell whose fault is at the bridge or at mosquitto,
+    and in every redis_oom cell (Redis stays up; PUBLISH is not refused);
   - in every cell: messages flow again after the fault, and the bridge's
-    peak memory stays under --max-hwm-mb.
+    peak memory stays under --max-hwm-mb;
+  - every bridge the matrix stops with SIGTERM (not one it SIGKILLs on
+    purpose) exits 0 within its exit bound (harness.Bridge.exit_bound:
+    shutdown_timeout_ms + the bounded MQTT disconnect + a margin);
+  - redis_oom / redis_loading: the fault really happened (used_memory above
+    maxmemory, commands refused with -OOM; loading:1 and the bridge's PING
+    refused with -LOADING); MQTT -> Redis: the bridge's exit stats show
+    dropped_send_failed=0, and a refusal episode is logged exactly once
+    ("refused ... for now") and its end once ("takes messages from MQTT
+    again"); in the MQTT -> Redis stream cell under OOM redis_refused >= 1.
 Elsewhere Redis pub/sub itself cannot deliver (nobody is subscribed while
 Redis restarts, or the bridge is): the loss is reported, not asserted.
 
@@ -47,8 +63,24 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import redis  # noqa: E402
 
 FAULTS = ["redis_kill", "mosquitto_restart", "bridge_kill", "redis_stop",
-          "mosquitto_stop"]
+          "mosquitto_stop", "redis_oom", "redis_loading"]
 STALL_S = 10
+# redis_oom: maxmemory during the fault, and a value written before the
+# stream so that used_memory is surely above it (an idle Redis 7.0 uses
+# ~0.9 MB, and pub/sub cells store nothing)
+OOM_MAXMEMORY = "1mb"
+OOM_BALLAST_BYTES = 1024 * 1024
+# redis_loading: keys written before the stream (and, by BGREWRITEAOF just
+# before the kill, into the AOF's RDB base); the restarted server sleeps
+# LOADING_KEY_DELAY_US per key (key-load-delay): 5-7 s of LOADING (measured
+# ~0.43 ms per key with 300 us on Redis 7.0.15: usleep's overshoot)
+LOADING_KEYS = 12000
+LOADING_KEY_DELAY_US = 300
+LOADING_MAX_S = 60
+# a bridge's exit bound when the harness has no
+# Bridge.exit_bound (see harness.py): default shutdown_timeout_ms 5000 +
+# mrb_mqtt_shutdown's two bounded waits (4.01 s) + a margin
+FALLBACK_EXIT_BOUND_S = 5.0 + 4.01 + 1.0 * harness.SCALE
 WINDOW = 500           # MQTT publisher: unacknowledged messages at most
 BATCH = 50             # Redis publisher: commands per pipeline
 DRAIN_IDLE_S = 15      # after the last send: give up after this long without progress
@@ -57,7 +89,7 @@ DRAIN_MAX_S = 90
 
 def must_hold(direction, mode, fault):
     """Is lost = 0 / out of order = 0 a target for this cell?"""
-    if mode == "stream":
+    if mode == "stream" or fault == "redis_oom":
         return True
     return direction == "mqtt_to_redis" and fault in (
         "bridge_kill", "mosquitto_restart", "mosquitto_stop")
@@ -72,6 +104,95 @@ def vm_hwm_kb(pid):
     except OSError:
         pass
     return 0
+
+
+class MatrixRedis(harness.RedisServer):
+    """harness.RedisServer with extra command-line options (extra_args) for
+    its next start; with accept_loading, start() returns as soon as the
+    server answers INFO, also while it is still loading (harness.RedisServer
+    waits for a PONG, which LOADING refuses). Its own probes use INFO and
+    CONFIG only, never PING: a PING refused by LOADING is the bridge's."""
+
+    extra_args = ()
+    accept_loading = False
+
+    def _extra(self):
+        return super()._extra() + list(self.extra_args)
+
+    def ping(self):
+        if not self.accept_loading:
+            return super().ping()
+        try:
+            r = redis.Redis(host="127.0.0.1", port=self.port,
+                            socket_timeout=1, socket_connect_timeout=1)
+            try:
+                return "loading" in r.info("persistence")
+            finally:
+                r.close()
+        except (redis.exceptions.RedisError, OSError):
+            return False
+
+
+def redis_info(port, section):
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5,
+                    socket_connect_timeout=2)
+    try:
+        return r.info(section)
+    finally:
+        r.close()
+
+
+def rejected_calls(port):
+    """{command: rejected_calls} of INFO commandstats (Redis 6.2+): the
+    commands refused before they ran (-OOM, -LOADING ...)."""
+    out = {}
+    for k, v in redis_info(port, "commandstats").items():
+        if isinstance(v, dict) and v.get("rejected_calls"):
+            out[k.replace("cmdstat_", "")] = v["rejected_calls"]
+    return out
+
+
+def fill_for_loading(port):
+    """LOADING_KEYS keys, loaded one by one with key-load-delay each after a
+    restart."""
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30,
+                    socket_connect_timeout=2)
+    try:
+        if "key-load-delay" not in r.config_get("key-load-delay"):
+            raise RuntimeError("this redis-server has no key-load-delay "
+                               "(Redis 6.2+): cannot make LOADING last")
+        value = b"v" * 100
+        for start in range(0, LOADING_KEYS, 1000):
+            r.mset({"fill:%d" % i: value
+                    for i in range(start, min(start + 1000, LOADING_KEYS))})
+    finally:
+        r.close()
+
+
+def rewrite_aof(port):
+    """BGREWRITEAOF, and wait until it is done. key-load-delay applies to
+    each key of the AOF's RDB base and to each command of its incremental
+    part: after the rewrite the keys so far are in the base, so the loading
+    takes about as long in every cell (the commands a cell sent, three per
+    message for a stream read by a group, would add up to 6 s)."""
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30,
+                    socket_connect_timeout=2)
+    try:
+        before = r.info("persistence")
+        try:
+            r.bgrewriteaof()
+        except redis.exceptions.ResponseError:
+            pass  # one in progress: then it is scheduled
+        done = harness.wait_until(
+            lambda: (lambda i: i["aof_rewrite_in_progress"] == 0 and
+                     i["aof_rewrite_scheduled"] == 0 and
+                     i.get("aof_rewrites", 1) > before.get("aof_rewrites", 0))(
+                         r.info("persistence")), 30, 0.05)
+        if not done or r.info("persistence")["aof_last_bgrewrite_status"] != "ok":
+            raise RuntimeError("BGREWRITEAOF did not finish: %r"
+                               % r.info("persistence"))
+    finally:
+        r.close()
 
 
 class Received:
@@ -225,10 +346,20 @@ class MqttPublisher:
 
 class RedisPublisher:
     """PUBLISH or XADD in pipelines of BATCH; a batch that fails is sent
-    again after reconnecting (duplicates possible, as with any client)."""
+    again after reconnecting (duplicates possible, as with any client).
 
-    def __init__(self, port, name, mode):
+    atomic: each batch in MULTI/EXEC. For the faults where Redis refuses
+    XADD for a while (OOM, LOADING): a plain pipeline that straddles the
+    fault's end has its first commands refused and its last ones taken, and
+    the batch sent again would put those before the older ones (out of
+    order through the publisher's own fault); a transaction is taken or
+    refused whole (EXECABORT). Only for XADD: under OOM Redis 7.0 refuses
+    every command queued in a MULTI, PUBLISH too, which it takes outside
+    one."""
+
+    def __init__(self, port, name, mode, atomic=False):
         self.port, self.name, self.mode = port, name, mode
+        self.atomic = atomic
         self.pending = []
         self.r = None
 
@@ -246,7 +377,7 @@ class RedisPublisher:
                 if self.r is None:
                     self.r = redis.Redis(host="127.0.0.1", port=self.port,
                                          socket_timeout=2, socket_connect_timeout=1)
-                p = self.r.pipeline(transaction=False)
+                p = self.r.pipeline(transaction=self.atomic)
                 for m in self.pending:
                     if self.mode == "stream":
                         p.xadd(self.name, {"payload": m})
@@ -254,6 +385,11 @@ class RedisPublisher:
                         p.publish(self.name, m)
                 p.execute()
                 self.pending = []
+            except redis.exceptions.BusyLoadingError:
+                # not every 50 ms: Redis answers between the keys it loads,
+                # and a client hammering it makes the loading itself slower
+                self.r = None
+                time.sleep(0.2)
             except (redis.exceptions.RedisError, OSError):
                 self.r = None
                 time.sleep(0.05)
@@ -284,7 +420,7 @@ def analyse(items):
 def run_cell(bridge_path, direction, mode, fault, n, rate, max_hwm_kb):
     harness.BRIDGE = bridge_path
     work = tempfile.mkdtemp(prefix="mrb-faults-")
-    rs = harness.RedisServer(work, aof=True)
+    rs = MatrixRedis(work, aof=True)
     mq = harness.Mosquitto(work, persistence=True, max_queued=100000)
     procs = []
     receiver = publisher = None
@@ -292,6 +428,10 @@ def run_cell(bridge_path, direction, mode, fault, n, rate, max_hwm_kb):
     try:
         rs.start()
         mq.start()
+        if fault == "redis_oom":
+            rs.client().set("ballast", b"b" * OOM_BALLAST_BYTES)
+        elif fault == "redis_loading":
+            fill_for_loading(rs.port)
         tag = "%s-%s-%s" % (direction[0], mode[0], fault)
         topic, name = "f/%s" % tag, "f:%s" % tag
         cfg = {
@@ -329,15 +469,21 @@ def run_cell(bridge_path, direction, mode, fault, n, rate, max_hwm_kb):
             publisher = MqttPublisher(mq.port, topic, "fm-pub-" + tag)
         else:
             receiver = MqttReceiver(mq.port, topic, got, "fm-recv-" + tag)
-            publisher = RedisPublisher(rs.port, name, mode)
+            # (not for PUBLISH: Redis takes it under OOM and while loading,
+            # but under OOM refuses every command queued in a MULTI)
+            publisher = RedisPublisher(rs.port, name, mode, atomic=(
+                mode == "stream" and fault in ("redis_oom", "redis_loading")))
         if not receiver.subscribed.wait(10):
             raise RuntimeError("receiver did not subscribe")
         time.sleep(0.3)
 
         hwm = [0]
         t_fault = {}
+        fault_info = {}
 
         def inject():
+            if fault == "redis_loading":
+                rewrite_aof(rs.port)
             t_fault["start"] = time.monotonic()
             if fault == "redis_kill":
                 rs.stop(signal.SIGKILL)
@@ -356,7 +502,60 @@ def run_cell(bridge_path, direction, mode, fault, n, rate, max_hwm_kb):
                 os.kill(proc.pid, signal.SIGSTOP)
                 time.sleep(STALL_S)
                 os.kill(proc.pid, signal.SIGCONT)
-            t_fault["end"] = time.monotonic()
+            elif fault == "redis_oom":
+                inject_oom()
+            elif fault == "redis_loading":
+                inject_loading()
+            t_fault.setdefault("end", time.monotonic())
+
+        def inject_oom():
+            r = rs.client()
+            old = r.config_get("maxmemory*")
+            try:
+                r.config_set("maxmemory-policy", "noeviction")
+                r.config_set("maxmemory", OOM_MAXMEMORY)
+                mem = r.info("memory")
+                fault_info.update(used_memory=mem["used_memory"],
+                                  maxmemory=mem["maxmemory"])
+                time.sleep(STALL_S)
+                fault_info["rejected"] = rejected_calls(rs.port)
+            finally:
+                # the end of the fault (also after an error): the memory
+                # back first
+                r.config_set("maxmemory", old["maxmemory"])
+                r.config_set("maxmemory-policy", old["maxmemory-policy"])
+                r.close()
+
+        def inject_loading():
+            rs.stop(signal.SIGKILL)
+            rs.extra_args = ["--key-load-delay", str(LOADING_KEY_DELAY_US),
+                             # process events (answer -LOADING) every 1 kB
+                             # loaded, not every 2 MB
+                             "--loading-process-events-interval-bytes", "1024"]
+            rs.accept_loading = True
+            try:
+                rs.start()
+            finally:
+                rs.extra_args, rs.accept_loading = (), False
+            # the restart is done: as for redis_kill, this is the fault's
+            # end (flow is counted from here; the rest of the stream is
+            # offered from here on). Redis takes PUBLISH and SUBSCRIBE while
+            # it loads, but refuses PING, XADD, XREADGROUP... until "loaded"
+            t_up = t_fault["end"] = time.monotonic()
+            states = []
+
+            def loaded():
+                try:
+                    v = redis_info(rs.port, "persistence")["loading"]
+                except (redis.exceptions.RedisError, OSError):
+                    return False
+                states.append(v)
+                return v == 0
+            harness.wait_until(loaded, LOADING_MAX_S, 0.05)
+            t_fault["loaded"] = time.monotonic()
+            fault_info.update(loading_seen=1 in states,
+                              loading_s=round(t_fault["loaded"] - t_up, 2),
+                              rejected=rejected_calls(rs.port))
 
         injector = threading.Thread(target=inject, daemon=True)
         t0 = time.monotonic()
@@ -439,6 +638,29 @@ def run_cell(bridge_path, direction, mode, fault, n, rate, max_hwm_kb):
         for b in bridges:
             if not b.stopped_by_test and not b.alive():
                 problems.append("bridge exited by itself:\n" + harness.tail(b.log()))
+        # every bridge still running stops with SIGTERM: exit 0 in time
+        res["exits"] = []
+        for b in bridges:
+            if b.stopped_by_test and not b.alive():
+                continue  # SIGKILLed on purpose (bridge_kill)
+            problem, info = stop_checked(b)
+            res["exits"].append(info)
+            if problem:
+                problems.append(problem)
+        if fault == "redis_loading" and "loaded" in t_fault:
+            # stream mode: nothing can be written while Redis loads, so the
+            # rest of the stream must arrive after the loading's end
+            late = [t for _s, t in items if t > t_fault["loaded"]]
+            fault_info["flowed_after_loading"] = len(late)
+            fault_info["flow_after_loading_s"] = (
+                round(min(late) - t_fault["loaded"], 3) if late else None)
+            if mode == "stream" and not late:
+                problems.append("messages did not flow again after Redis "
+                                "finished loading")
+        if fault in ("redis_oom", "redis_loading"):
+            res["fault_info"] = fault_info
+            problems += fault_checks(direction, mode, fault, fault_info,
+                                     bridges, res)
         res["problems"] = problems
         if problems:
             res["bridge_log"] = harness.tail(bridges[-1].log(), 30)
@@ -453,8 +675,14 @@ def run_cell(bridge_path, direction, mode, fault, n, rate, max_hwm_kb):
                 receiver.running = False
             if hasattr(receiver, "close"):
                 receiver.close()
-        for b in bridges:
-            b._stop(signal.SIGTERM, 20)
+        for b in bridges:  # only after an error: stop_checked stopped them
+            if b.alive():
+                b.proc.send_signal(signal.SIGTERM)
+                try:
+                    b.proc.wait(20)
+                except Exception:
+                    b.proc.kill()
+                    b.proc.wait(10)
         for p in procs:
             harness.stop_process(p)
         for s in (rs, mq):
@@ -467,6 +695,118 @@ def run_cell(bridge_path, direction, mode, fault, n, rate, max_hwm_kb):
         if not os.environ.get("MRB_KEEP_TMP"):
             import shutil
             shutil.rmtree(work, ignore_errors=True)
+
+
+def exit_bound(b):
+    """Seconds from SIGTERM to the exit that bridge b may take."""
+    if hasattr(b, "exit_bound"):
+        return b.exit_bound()
+    return FALLBACK_EXIT_BOUND_S
+
+
+def stop_checked(b):
+    """SIGTERM to bridge b (running); (problem or None, info): it must exit
+    0 within its exit bound. Killed if it has not exited well after that."""
+    bound = exit_bound(b)
+    b.stopped_by_test = True
+    t0 = time.monotonic()
+    b.proc.send_signal(signal.SIGTERM)
+    try:
+        b.proc.wait(bound + 10)
+        took = time.monotonic() - t0
+    except Exception:  # subprocess.TimeoutExpired
+        b.proc.kill()
+        b.proc.wait(10)
+        took = None
+    code = b.proc.returncode
+    info = {"bridge": b.name, "signal": "SIGTERM", "exit": code,
+            "took_s": None if took is None else round(took, 2),
+            "bound_s": round(bound, 2)}
+    if took is None:
+        return ("bridge %s did not exit within %.1f s of SIGTERM (killed; exit "
+                "bound %.2f s)" % (b.name, bound + 10, bound)), info
+    if took > bound:
+        return ("bridge %s took %.2f s to exit after SIGTERM, over its exit "
+                "bound of %.2f s (exit status %r)" % (b.name, took, bound, code)), info
+    if code != 0:
+        return ("bridge %s exited with status %r after SIGTERM (in %.2f s), "
+                "expected 0" % (b.name, code, took)), info
+    return None, info
+
+
+REFUSED_FOR_NOW = "refused a message from MQTT topic"
+TAKES_AGAIN = "takes messages from MQTT again"
+
+
+def exit_stats(b):
+    """The counters of bridge b's last "stats:" line (at its exit), or None."""
+    lines = [harness.log_message(l) for l in b.lines()]
+    stats = [l for l in lines if l.startswith("stats:") and "mqtt_in=" in l]
+    if not stats:
+        return None
+    return {k: int(v) for k, v in harness.stats_counters(stats[-1]).items()}
+
+
+def fault_checks(direction, mode, fault, info, bridges, res):
+    """redis_oom / redis_loading: did the fault happen, and how did the
+    bridge take it (log lines, exit stats)? A list of problems."""
+    problems = []
+    rejected = info.get("rejected") or {}
+    if fault == "redis_oom":
+        used, maxm = info.get("used_memory", 0), info.get("maxmemory", 0)
+        if not maxm or used <= maxm:
+            problems.append("fault not injected: used_memory %d not above "
+                            "maxmemory %d" % (used, maxm))
+        # only the bridge writes in MQTT -> Redis, only the test in the
+        # other direction; pub/sub cells send no denyoom command at all
+        if mode == "stream" and not rejected.get("xadd"):
+            problems.append("fault not injected: no XADD refused with -OOM "
+                            "(commandstats %r)" % rejected)
+    else:
+        if not info.get("loading_seen"):
+            problems.append("fault not injected: Redis was never seen loading "
+                            "(INFO persistence loading:1)")
+        # the test's own clients send no PING: these are the bridge's
+        if not rejected.get("ping"):
+            problems.append("fault not injected: the bridge got no -LOADING "
+                            "reply (no PING refused; commandstats %r)" % rejected)
+    if direction != "mqtt_to_redis":
+        return problems
+    # MQTT -> Redis: nothing dropped, each refusal episode logged once
+    text = "\n".join(b.log() for b in bridges)
+    lines = text.splitlines()
+    refused = [l for l in lines if REFUSED_FOR_NOW in l]
+    for_now = [l for l in refused if "for now" in l]
+    again = [l for l in lines if TAKES_AGAIN in l]
+    res["log_refused"], res["log_takes_again"] = len(refused), len(again)
+    stats = [exit_stats(b) for b in bridges]
+    if any(s is None for s in stats):
+        problems.append("no exit stats line (stats: ...) in a bridge's log")
+        return problems
+    total = {}
+    for st in stats:
+        for k, v in st.items():
+            total[k] = total.get(k, 0) + v
+    res["stats"] = {k: total.get(k) for k in ("redis_refused", "dropped_send_failed",
+                                               "redis_resent", "mqtt_in", "redis_out")}
+    if total.get("dropped_send_failed", 0) != 0:
+        problems.append("dropped_send_failed=%d in the exit stats (target 0)"
+                        % total["dropped_send_failed"])
+    refused_n = total.get("redis_refused", 0)
+    if fault == "redis_oom" and mode == "stream" and refused_n < 1:
+        problems.append("redis_refused=%s in the exit stats, expected >= 1"
+                        % total.get("redis_refused", "(absent)"))
+    if len(refused) != len(for_now):
+        problems.append("%d refusal line(s) without 'for now' (dropped), e.g. %s"
+                        % (len(refused) - len(for_now),
+                           next(l for l in refused if "for now" not in l)))
+    episodes = 1 if refused_n else 0
+    if len(for_now) != episodes or len(again) != episodes:
+        problems.append("log: %d 'refused ... for now' and %d '%s' line(s), "
+                        "expected %d each (redis_refused=%d)"
+                        % (len(for_now), len(again), TAKES_AGAIN, episodes,
+                           refused_n))
+    return problems
 
 
 def fmt_row(r):
