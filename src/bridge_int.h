@@ -176,6 +176,8 @@ typedef struct mrb_ingest {
     size_t echo_need;            /* copies the waiting message needs */
     int echo_force;              /* send the next one without room */
     unsigned force_calls;        /* main's Paho calls when the wait began */
+    int forcing;                 /* main is blocked in call forcing_calls: */
+    unsigned forcing_calls;      /* ... send without room until it ends */
     int64_t force_after_ms;
     mrb_logbuf log;              /* lines formatted under a lock */
     int64_t warn_at_ms;          /* summaries of warning bursts due then */

@@ -995,15 +995,26 @@ static int64_t next_work(mrb_bridge *b, int64_t now)
          * sending the message ends it */
         if (atomic_load(&b->in_waiting) && atomic_load(&b->main_in_paho)) {
             unsigned calls = atomic_load(&b->paho_calls);
+            /* once main is found blocked in a call, everything goes until
+             * that call ends: one message per FORCE_AFTER_MS would leave
+             * a callback behind a full in_q waiting long enough to give
+             * its message back */
+            if (g->forcing && calls == g->forcing_calls) {
+                g->echo_force = 1;
+                return 0;
+            }
             if (calls != g->force_calls || !g->force_after_ms) {
                 g->force_calls = calls;
                 g->force_after_ms = now + FORCE_AFTER_MS;
             }
             if (now < g->force_after_ms)
                 return g->force_after_ms;
+            g->forcing = 1;
+            g->forcing_calls = calls;
             g->echo_force = 1;
             return 0;
         }
+        g->forcing = 0;
         g->force_after_ms = 0;
         return INT64_MAX; /* main kicks us when there is room */
     }

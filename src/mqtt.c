@@ -83,7 +83,8 @@ static void post(mrb_bridge *b, unsigned ev, int code, const char *text)
 
 /* 0: do not call Paho now: may_skip (a QoS > 0 publish, which takes
  * Paho's global mutex; a QoS 0 one does not) and a message callback holds
- * that mutex waiting for something slow: for echo room, or for longer than
+ * that mutex waiting for something slow: for echo room (or the echo table
+ * is three quarters full, so the wait may begin any moment), or for longer than
  * a Redis round trip (MRB_CALLBACK_SLOW_MS: Redis is away, stopped or
  * refusing). A callback that waits a round trip only does not make main
  * skip: that would starve Redis->MQTT QoS 1 under MQTT->Redis QoS 1 load.
@@ -95,7 +96,8 @@ static int paho_enter(mrb_bridge *b, int may_skip)
     atomic_store(&b->main_in_paho, 1);
     if (may_skip && atomic_load(&b->in_waiting) &&
         (atomic_load(&b->ing.echo_wait) ||
-         mrb_now_ms() - atomic_load(&b->in_wait_since_ms) >= MRB_CALLBACK_SLOW_MS)) {
+         mrb_now_ms() - atomic_load(&b->in_wait_since_ms) >= MRB_CALLBACK_SLOW_MS ||
+         !mrb_echo_redis_has_room(b->echo))) {
         atomic_store(&b->main_in_paho, 0);
         atomic_store(&b->paho_skipped, 1);
         if (!atomic_load(&b->in_waiting) && atomic_exchange(&b->paho_skipped, 0))
