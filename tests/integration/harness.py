@@ -1014,6 +1014,27 @@ class BridgeTestCase(unittest.TestCase):
         self.addCleanup(r.close)
         return r
 
+    def retained(self, port, topic, want, timeout=None):
+        """Poll (bounded) with fresh subscribers on the broker at port until
+        the retained message on topic is `want`; returns the last retained
+        message seen (or None)."""
+        timeout = timeout or DELIVERY_TIMEOUT
+        last = [None]
+
+        def check():
+            c = MqttClient(port, name="status")
+            try:
+                c.connect()
+                c.subscribe(topic)
+                m = c.wait_for(lambda m: m.topic == topic, 0.3)
+            finally:
+                c.close()
+            if m is not None:
+                last[0] = m
+            return m is not None and m.payload == want and m.retain
+        wait_until(check, timeout, 0.05)
+        return last[0]
+
     # assertions ---------------------------------------------------------
     def assert_once_each(self, checks, what, timeout=None, quiet=QUIET,
                          subscribers=()):

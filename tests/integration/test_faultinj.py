@@ -84,24 +84,6 @@ class FaultInjTest(BridgeTestCase):
         self.assertIn(name, counters, "no %s in the exit stats: %s" % (name, msg))
         return int(counters[name])
 
-    def retained_status(self, topic, want, timeout):
-        """Fresh subscribers until the retained message on topic is want;
-        the last one seen (or None)."""
-        last = [None]
-
-        def check():
-            c = harness.MqttClient(self.mq.port, name="status")
-            try:
-                c.connect()
-                c.subscribe(topic)
-                m = c.wait_for(lambda m: m.topic == topic, 0.3)
-            finally:
-                c.close()
-            if m is not None:
-                last[0] = m
-            return m is not None and m.payload == want and m.retain
-        harness.wait_until(check, timeout, 0.05)
-        return last[0]
 
     def stream_payloads(self, key):
         return [f[b"payload"] for _, f in self.r.xrange(key)]
@@ -184,7 +166,7 @@ class FaultInjTest(BridgeTestCase):
         topic = "bridge/fib/status"
         b = self.bridge("fib", [{"mqtt": "b/+", "redis": "b:*"}],
                         "MQTTAsync_sendMessage,match=%s online,count=2" % topic)
-        m = self.retained_status(topic, b"online", harness.DELIVERY_TIMEOUT)
+        m = self.retained(self.mq.port, topic, b"online", harness.DELIVERY_TIMEOUT)
         self.assertIsNotNone(m, "no retained message on %s" % topic)
         self.assertEqual((m.payload, m.retain), (b"online", True),
                          "retained status after two failed publishes")

@@ -24,25 +24,9 @@ class StatusTest(BridgeTestCase):
         self.mq = self.start_mosquitto()
 
     def retained_status(self, bridge_id, want, timeout=None):
-        """Poll (bounded) with fresh subscribers until the retained status is
-        `want`; returns the last retained message seen (or None)."""
-        timeout = timeout or harness.DELIVERY_TIMEOUT
-        topic = "bridge/%s/status" % bridge_id
-        last = [None]
-
-        def check():
-            c = harness.MqttClient(self.mq.port, name="status")
-            try:
-                c.connect()
-                c.subscribe(topic)
-                m = c.wait_for(lambda m: m.topic == topic, 0.3)
-            finally:
-                c.close()
-            if m is not None:
-                last[0] = m
-            return m is not None and m.payload == want and m.retain
-        harness.wait_until(check, timeout, 0.05)
-        return last[0]
+        """The retained status of bridge_id once it is `want` (bounded)."""
+        return self.retained(self.mq.port, "bridge/%s/status" % bridge_id, want,
+                             timeout)
 
     def assert_status(self, bridge_id, want, what, timeout=None):
         m = self.retained_status(bridge_id, want, timeout)
