@@ -100,12 +100,27 @@ void mrb_echo_redis_answered(mrb_echo *e, size_t n)
     pthread_mutex_unlock(&e->lock);
 }
 
-int mrb_echo_take_redis(mrb_echo *e, uint64_t key, int64_t now_ms)
+static int take(mrb_echo *e, mrb_seen *t, uint64_t key, int64_t now_ms)
 {
     pthread_mutex_lock(&e->lock);
-    int r = e->redis.copies ? mrb_seen_take(&e->redis, key, now_ms) : 0;
+    int r = t->copies ? mrb_seen_take(t, key, now_ms) : 0;
     pthread_mutex_unlock(&e->lock);
     return r;
+}
+
+/* The uncertain copies of t expire MRB_ECHO_TTL_MS from now (lock held). */
+static void start_expiry(mrb_echo *e, mrb_seen *t, int64_t now_ms)
+{
+    if (!t->uncertain)
+        return;
+    mrb_seen_start_expiry(t, now_ms + MRB_ECHO_TTL_MS);
+    if (now_ms + MRB_ECHO_TTL_MS < e->next_tick_ms)
+        e->next_tick_ms = now_ms + MRB_ECHO_TTL_MS;
+}
+
+int mrb_echo_take_redis(mrb_echo *e, uint64_t key, int64_t now_ms)
+{
+    return take(e, &e->redis, key, now_ms);
 }
 
 void mrb_echo_redis_down(mrb_echo *e)
@@ -136,11 +151,7 @@ void mrb_echo_redis_up(mrb_echo *e, int64_t now_ms)
 {
     pthread_mutex_lock(&e->lock);
     e->redis_phase = PHASE_ON;
-    if (e->redis.uncertain) {
-        mrb_seen_start_expiry(&e->redis, now_ms + MRB_ECHO_TTL_MS);
-        if (now_ms + MRB_ECHO_TTL_MS < e->next_tick_ms)
-            e->next_tick_ms = now_ms + MRB_ECHO_TTL_MS;
-    }
+    start_expiry(e, &e->redis, now_ms);
     pthread_mutex_unlock(&e->lock);
 }
 
@@ -192,10 +203,7 @@ void mrb_echo_unnote_mqtt(mrb_echo *e, uint64_t key, mrb_echo_note_result how)
 
 int mrb_echo_take_mqtt(mrb_echo *e, uint64_t key, int64_t now_ms)
 {
-    pthread_mutex_lock(&e->lock);
-    int r = e->mqtt.copies ? mrb_seen_take(&e->mqtt, key, now_ms) : 0;
-    pthread_mutex_unlock(&e->lock);
-    return r;
+    return take(e, &e->mqtt, key, now_ms);
 }
 
 void mrb_echo_mqtt_down(mrb_echo *e)
@@ -210,11 +218,7 @@ void mrb_echo_mqtt_up(mrb_echo *e, int64_t now_ms)
 {
     pthread_mutex_lock(&e->lock);
     e->mqtt_up = 1;
-    if (e->mqtt.uncertain) {
-        mrb_seen_start_expiry(&e->mqtt, now_ms + MRB_ECHO_TTL_MS);
-        if (now_ms + MRB_ECHO_TTL_MS < e->next_tick_ms)
-            e->next_tick_ms = now_ms + MRB_ECHO_TTL_MS;
-    }
+    start_expiry(e, &e->mqtt, now_ms);
     pthread_mutex_unlock(&e->lock);
 }
 
