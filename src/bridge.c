@@ -80,24 +80,32 @@ void mrb_bridge_warn_too_large(mrb_bridge *b, const char *side,
 }
 
 void mrb_warn_unmappable(mrb_ratelimit *rl, uint64_t count, const char *side,
-                         const char *name, size_t len)
+                         const char *name, size_t len, mrb_logbuf *lb)
 {
     uint64_t sup;
     char esc[MRB_LOG_ESCAPE_MAX];
-    if (mrb_ratelimit_allow(rl, mrb_now_ms(), &sup))
-        mrb_warn("dropped message from %s '%s': unmappable (it matches a "
-                 "route on this side, but the name it maps to is not valid or "
-                 "not matched on the other side); dropped_unmappable=%llu "
-                 "(%llu similar not logged)", side,
-                 mrb_log_escape(name, len, esc, sizeof(esc)),
+    if (!mrb_ratelimit_allow(rl, mrb_now_ms(), &sup))
+        return;
+#define UNMAPPABLE_FMT "dropped message from %s '%s': unmappable (it matches a " \
+                       "route on this side, but the name it maps to is not "    \
+                       "valid or not matched on the other side); "              \
+                       "dropped_unmappable=%llu (%llu similar not logged)"
+    if (lb)
+        mrb_logbuf_add(lb, MRB_LOG_WARNING, UNMAPPABLE_FMT, side,
+                       mrb_log_escape(name, len, esc, sizeof(esc)),
+                       (unsigned long long)count, (unsigned long long)sup);
+    else
+        mrb_warn(UNMAPPABLE_FMT, side, mrb_log_escape(name, len, esc, sizeof(esc)),
                  (unsigned long long)count, (unsigned long long)sup);
+#undef UNMAPPABLE_FMT
 }
 
 void mrb_bridge_warn_unmappable(mrb_bridge *b, const char *side,
                                 const char *name, size_t len)
 {
     b->c.dropped_unmappable++;
-    mrb_warn_unmappable(&b->rl_unmappable, b->c.dropped_unmappable, side, name, len);
+    mrb_warn_unmappable(&b->rl_unmappable, b->c.dropped_unmappable, side, name, len,
+                        NULL);
 }
 
 int mrb_bridge_unwrap(mrb_bridge *b, const char *side, const char *name,
@@ -201,8 +209,8 @@ mrb_echo_note_result mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *top
     if (b->mqtt.version == MQTTVERSION_5 ||
         mrb_routes_mqtt_canonical(&b->routes, topic, tlen) == MRB_NO_SUB)
         return MRB_ECHO_NOT_NEEDED;
-    mrb_echo_note_result r = mrb_echo_note_mqtt(
-        b->echo, mrb_seen_key(topic, tlen, payload, plen), mrb_now_ms());
+    mrb_echo_note_result r =
+        mrb_echo_note_mqtt(b->echo, mrb_seen_key(topic, tlen, payload, plen));
     if (r == MRB_ECHO_FULL) {
         /* held back until the ingest thread takes copies (it wakes us);
          * then look again, in case it took the last one meanwhile */
@@ -509,6 +517,7 @@ static void reload(mrb_bridge *b)
     b->routes_gen++;
     old_limits = b->limits;
     b->limits = limits;
+    b->limits_due_ms[0] = b->limits_due_ms[1] = INT64_MAX; /* fresh buckets */
     pthread_mutex_unlock(&b->routes_lock);
     mrb_stats_table_free(&old_st);
     mrb_limits_free(old_limits);
@@ -550,40 +559,33 @@ out:
  * the next is due. */
 static int64_t flush_warnings(mrb_bridge *b, int64_t now)
 {
-    int64_t next = INT64_MAX, t;
-#define FLUSH(rl, what, counter, value)                                        \
-    do {                                                                       \
-        t = mrb_ratelimit_flush(rl, now, NULL, what, counter, value);          \
-        if (t < next)                                                          \
-            next = t;                                                          \
-    } while (0)
-    FLUSH(&b->rl_large, "dropped messages from Redis: too large",
-          "dropped_too_large", b->c.dropped_too_large);
-    FLUSH(&b->rl_unmappable, "dropped messages from Redis: unmappable",
-          "dropped_unmappable", b->c.dropped_unmappable);
-    FLUSH(&b->rl_malformed, "dropped malformed messages from Redis",
-          "dropped_malformed", b->c.dropped_malformed);
-    FLUSH(&b->rl_full, "dropped oldest messages waiting for MQTT: queue full",
-          "dropped_queue_full", b->c.dropped_queue_full);
-    FLUSH(&b->rl_send, "dropped messages to MQTT: refused by the MQTT library",
-          "dropped_send_failed", b->c.dropped_send_failed);
-#undef FLUSH
-    t = mrb_limits_flush(b, 0, now, NULL);
-    if (t < next)
-        next = t;
-    t = mrb_replay_flush_warnings(b, now);
-    return t < next ? t : next;
+    int64_t next = INT64_MAX;
+    next = mrb_min_ms(next, mrb_ratelimit_flush(
+        &b->rl_large, now, NULL, "dropped messages from Redis: too large",
+        "dropped_too_large", b->c.dropped_too_large));
+    next = mrb_min_ms(next, mrb_ratelimit_flush(
+        &b->rl_unmappable, now, NULL, "dropped messages from Redis: unmappable",
+        "dropped_unmappable", b->c.dropped_unmappable));
+    next = mrb_min_ms(next, mrb_ratelimit_flush(
+        &b->rl_malformed, now, NULL, "dropped malformed messages from Redis",
+        "dropped_malformed", b->c.dropped_malformed));
+    next = mrb_min_ms(next, mrb_ratelimit_flush(
+        &b->rl_full, now, NULL, "dropped oldest messages waiting for MQTT: queue full",
+        "dropped_queue_full", b->c.dropped_queue_full));
+    next = mrb_min_ms(next, mrb_ratelimit_flush(
+        &b->rl_send, now, NULL, "dropped messages to MQTT: refused by the MQTT library",
+        "dropped_send_failed", b->c.dropped_send_failed));
+    next = mrb_min_ms(next, mrb_limits_flush(b, 0, now, NULL));
+    return mrb_min_ms(next, mrb_replay_flush_warnings(b, now));
 }
 
 /* Returns 0 after a clean stop, 1 after a fatal error (logged). */
 static int run_loop(mrb_bridge *b)
 {
-    int64_t deadline = 0, busy_ms = 0, warn_at = 0, echo_at;
+    int64_t deadline = 0, busy_ms = 0, warn_at, echo_at;
     int trim_due = 0;
     for (;;) {
         int64_t now = mrb_now_ms();
-        if (now >= warn_at)
-            warn_at = flush_warnings(b, now);
         /* (every turn: cheap, and new uncertain copies may be due earlier
          * than the last answer said) */
         echo_at = mrb_echo_tick(b->echo, now);
@@ -764,6 +766,7 @@ int mrb_bridge_run(const mrb_config *cfg, mrb_reload_fn reload_fn, void *reload_
     atomic_init(&b->paho_calls, 0);
     atomic_init(&b->main_in_paho, 0);
     atomic_init(&b->paho_skipped, 0);
+    b->limits_due_ms[0] = b->limits_due_ms[1] = INT64_MAX;
     atomic_init(&b->mqtt_echo_wait, 0);
     atomic_init(&b->ing.echo_wait, 0);
     mrb_queue_init(&b->in_q, (size_t)cfg->queue_messages, (size_t)cfg->queue_bytes);

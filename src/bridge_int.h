@@ -333,6 +333,9 @@ typedef struct mrb_bridge {
     void *reload_ctx;
     mrb_route_limit *limits;     /* per route (see above); NULL: none limited;
                                     swapped with routes */
+    int64_t limits_due_ms[2];    /* [to_redis] a summary of their warnings
+                                    is due then (mrb_limits_flush; [1] under
+                                    routes_lock) */
     int64_t out_rate_wait_ms;    /* main: out_q's head waits for a token until */
     int64_t sx_rate_wait_ms;     /* main: sx_q's head likewise (streams) */
     int wake_fd[2];
@@ -432,9 +435,10 @@ void mrb_bridge_unnote_mqtt_publish(mrb_bridge *b, const char *topic, size_t tle
                                     const char *payload, size_t plen,
                                     mrb_echo_note_result how);
 /* One rate-limited line for a message no route can map (any thread, with
- * its own rl and counter). */
+ * its own rl and counter; lb: formatted into it, to be written after a
+ * lock is released; NULL: written now). */
 void mrb_warn_unmappable(mrb_ratelimit *rl, uint64_t count, const char *side,
-                         const char *name, size_t len);
+                         const char *name, size_t len, mrb_logbuf *lb);
 void mrb_bridge_warn_unmappable(mrb_bridge *b, const char *side,
                                 const char *name, size_t len);
 void mrb_bridge_warn_too_large(mrb_bridge *b, const char *side,

@@ -69,7 +69,7 @@ static mrb_echo_note_result note(mrb_echo *e, mrb_seen *t, uint64_t key, int unc
 /* ---- Redis side ---- */
 
 mrb_echo_note_result mrb_echo_note_redis(mrb_echo *e, uint64_t key, int subscribed,
-                                         int force, int64_t now_ms)
+                                         int force)
 {
     mrb_echo_note_result r = MRB_ECHO_NOT_NEEDED;
     pthread_mutex_lock(&e->lock);
@@ -78,7 +78,6 @@ mrb_echo_note_result mrb_echo_note_redis(mrb_echo *e, uint64_t key, int subscrib
     if (r != MRB_ECHO_FULL)
         e->appended++;
     pthread_mutex_unlock(&e->lock);
-    (void)now_ms;
     return r;
 }
 
@@ -181,14 +180,13 @@ int mrb_echo_redis_has_room(mrb_echo *e)
 
 /* ---- MQTT side ---- */
 
-mrb_echo_note_result mrb_echo_note_mqtt(mrb_echo *e, uint64_t key, int64_t now_ms)
+mrb_echo_note_result mrb_echo_note_mqtt(mrb_echo *e, uint64_t key)
 {
     pthread_mutex_lock(&e->lock);
     /* not up: nothing is published (the caller is not connected) */
     mrb_echo_note_result r = e->mqtt_up ? note(e, &e->mqtt, key, 0, 0, INT64_MAX)
                                         : MRB_ECHO_NOT_NEEDED;
     pthread_mutex_unlock(&e->lock);
-    (void)now_ms;
     return r;
 }
 

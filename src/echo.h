@@ -74,7 +74,7 @@ void mrb_echo_free(mrb_echo *e);
  * channel is one our subscriptions match (so it may come back). Counts the
  * PUBLISH for the fence unless the result is MRB_ECHO_FULL. */
 mrb_echo_note_result mrb_echo_note_redis(mrb_echo *e, uint64_t key, int subscribed,
-                                         int force, int64_t now_ms);
+                                         int force);
 /* Ingest thread: a noted PUBLISH was not appended after all: the note goes
  * (not counted anywhere), and so does its count for the fence. */
 void mrb_echo_unnote_redis(mrb_echo *e, uint64_t key, mrb_echo_note_result how);
@@ -106,7 +106,7 @@ void mrb_echo_redis_doubt(mrb_echo *e, uint64_t key, int64_t now_ms);
 
 /* ---- MQTT side ---- */
 /* Main, before a publish on a topic we subscribe (MQTT 3.1.1). */
-mrb_echo_note_result mrb_echo_note_mqtt(mrb_echo *e, uint64_t key, int64_t now_ms);
+mrb_echo_note_result mrb_echo_note_mqtt(mrb_echo *e, uint64_t key);
 void mrb_echo_unnote_mqtt(mrb_echo *e, uint64_t key, mrb_echo_note_result how);
 /* Ingest thread: a copy arrived from the broker; 1 if it is one of ours. */
 int mrb_echo_take_mqtt(mrb_echo *e, uint64_t key, int64_t now_ms);

@@ -138,15 +138,9 @@ static void warn_unmappable_locked(mrb_bridge *b, const mrb_msg *m)
         b, mrb_routes_mqtt_canonical(&b->routes, mrb_msg_name(m), m->name_len));
     if (rs)
         mrb_stats_count(&rs->m2r.dropped_unmappable, 1);
-    uint64_t sup, n = atomic_fetch_add(&g->dropped_unmappable, 1) + 1;
-    char esc[MRB_LOG_ESCAPE_MAX];
-    if (mrb_ratelimit_allow(&g->rl_unmappable, mrb_now_ms(), &sup))
-        defer_warn(g, "dropped message from MQTT topic '%s': unmappable (it "
-                   "matches a route on this side, but the name it maps to is not "
-                   "valid or not matched on the other side); "
-                   "dropped_unmappable=%llu (%llu similar not logged)",
-                   mrb_log_escape(mrb_msg_name(m), m->name_len, esc, sizeof(esc)),
-                   (unsigned long long)n, (unsigned long long)sup);
+    uint64_t n = atomic_fetch_add(&g->dropped_unmappable, 1) + 1;
+    mrb_warn_unmappable(&g->rl_unmappable, n, "MQTT topic", mrb_msg_name(m),
+                        m->name_len, &g->log);
 }
 
 /* ---- the connection ---- */
@@ -444,7 +438,6 @@ static int append_locked(mrb_bridge *b, mrb_msg *m, int fresh, int force)
             return APPEND_ECHO_WAIT;
         }
     }
-    int64_t now = mrb_now_ms();
     m->pending = 0;
     for (size_t i = 0; i < tg->n; i++) {
         unsigned ri = (unsigned)tg->v[i].route;
@@ -514,7 +507,7 @@ static int append_locked(mrb_bridge *b, mrb_msg *m, int fresh, int force)
             int subscribed =
                 mrb_routes_redis_canonical(&b->routes, name, nlen) != MRB_NO_SUB;
             mrb_echo_note_result note =
-                mrb_echo_note_redis(b->echo, key, subscribed, 1, now);
+                mrb_echo_note_redis(b->echo, key, subscribed, 1);
             mrb_cmd c = {key, ri, target, CMD_PUBLISH, (unsigned char)note};
             if (!send_cmd(b, m, &c, 3, argv, lens)) {
                 mrb_echo_unnote_redis(b->echo, key, note);
@@ -869,12 +862,7 @@ static void take_reply(mrb_bridge *b, redisReply *r)
  * kept messages (and those behind them) go again, one at a time. */
 static void retry_kept(mrb_ingest *g)
 {
-    g->unsent = g->unacked.head;
-    g->unsent_prev = NULL;
-    g->rcur = g->rprev = NULL;
-    g->kept = 0;
-    for (mrb_msg *m = g->unacked.head; m; m = m->next)
-        m->flags &= ~MSG_RETRY;
+    rewind_all(g); /* (nothing is outstanding now) */
     g->probing = 1;
 }
 
@@ -1034,32 +1022,29 @@ static int64_t flush_warnings(mrb_bridge *b, int64_t now)
 {
     mrb_ingest *g = &b->ing;
     mrb_logbuf *lb = &g->log;
-    int64_t next = INT64_MAX, t;
-#define FLUSH(rl, what, counter, value)                                        \
-    do {                                                                       \
-        t = mrb_ratelimit_flush(rl, now, lb, what, counter, value);            \
-        if (t < next)                                                          \
-            next = t;                                                          \
-    } while (0)
-    FLUSH(&b->in_rl_large, "dropped messages from MQTT: too large",
-          "dropped_too_large", b->ic.dropped_too_large);
-    FLUSH(&b->in_rl_full, "dropped oldest messages waiting for Redis: queue full",
-          "dropped_queue_full", b->ic.dropped_queue_full);
-    FLUSH(&g->rl_unmappable, "dropped messages from MQTT: unmappable",
-          "dropped_unmappable", atomic_load(&g->dropped_unmappable));
-    FLUSH(&g->rl_large, "dropped messages from MQTT on envelope routes: "
-          "envelope too large", "dropped_too_large", atomic_load(&g->dropped_too_large));
-    FLUSH(&g->rl_send, "redis: refused messages from MQTT", "dropped_send_failed",
-          atomic_load(&g->dropped_send_failed));
-    FLUSH(&g->rl_append, "redis: commands that could not be queued",
-          "redis_append_failed", atomic_load(&g->append_failed));
-#undef FLUSH
+    int64_t next = INT64_MAX;
+    next = mrb_min_ms(next, mrb_ratelimit_flush(
+        &b->in_rl_large, now, lb, "dropped messages from MQTT: too large",
+        "dropped_too_large", b->ic.dropped_too_large));
+    next = mrb_min_ms(next, mrb_ratelimit_flush(
+        &b->in_rl_full, now, lb, "dropped oldest messages waiting for Redis: queue full",
+        "dropped_queue_full", b->ic.dropped_queue_full));
+    next = mrb_min_ms(next, mrb_ratelimit_flush(
+        &g->rl_unmappable, now, lb, "dropped messages from MQTT: unmappable",
+        "dropped_unmappable", atomic_load(&g->dropped_unmappable)));
+    next = mrb_min_ms(next, mrb_ratelimit_flush(
+        &g->rl_large, now, lb, "dropped messages from MQTT on envelope routes: "
+        "envelope too large", "dropped_too_large", atomic_load(&g->dropped_too_large)));
+    next = mrb_min_ms(next, mrb_ratelimit_flush(
+        &g->rl_send, now, lb, "redis: refused messages from MQTT", "dropped_send_failed",
+        atomic_load(&g->dropped_send_failed)));
+    next = mrb_min_ms(next, mrb_ratelimit_flush(
+        &g->rl_append, now, lb, "redis: commands that could not be queued",
+        "redis_append_failed", atomic_load(&g->append_failed)));
     if (b->limits) {
         pthread_mutex_lock(&b->routes_lock); /* lock order: in_lock first */
-        t = mrb_limits_flush(b, 1, now, lb);
+        next = mrb_min_ms(next, mrb_limits_flush(b, 1, now, lb));
         pthread_mutex_unlock(&b->routes_lock);
-        if (t < next)
-            next = t;
     }
     return next;
 }

@@ -53,7 +53,11 @@ void mrb_limits_dropped_one(mrb_bridge *b, size_t ri, int to_redis,
         n = atomic_load(&d->dropped_rate_limited);
     }
     char esc[MRB_LOG_ESCAPE_MAX];
-    if (mrb_ratelimit_allow(rl, mrb_now_ms(), &sup)) {
+    if (!mrb_ratelimit_allow(rl, mrb_now_ms(), &sup)) {
+        /* swallowed: its summary is due then (mrb_limits_flush) */
+        int64_t *due = &b->limits_due_ms[to_redis ? 1 : 0];
+        *due = mrb_min_ms(*due, mrb_ratelimit_next_ms(rl));
+    } else {
         char line[600];
         mrb_route_format(&b->routes.route[ri], line, sizeof(line));
 #define DROPPED_FMT "dropped QoS 0 message from %s '%s': over the rate limit of " \
@@ -72,6 +76,9 @@ void mrb_limits_dropped_one(mrb_bridge *b, size_t ri, int to_redis,
 
 int64_t mrb_limits_flush(mrb_bridge *b, int to_redis, int64_t now, mrb_logbuf *lb)
 {
+    int64_t *due = &b->limits_due_ms[to_redis ? 1 : 0];
+    if (now < *due)
+        return *due; /* (not a walk over the routes every turn) */
     int64_t next = INT64_MAX;
     for (size_t i = 0; b->limits && i < b->routes.n; i++) {
         mrb_route_limit *l = &b->limits[i];
@@ -84,10 +91,10 @@ int64_t mrb_limits_flush(mrb_bridge *b, int to_redis, int64_t now, mrb_logbuf *l
                  "rate limit of route '%s'", to_redis ? "MQTT" : "Redis", line);
         mrb_dir_stats *d = i < b->st.n ? (to_redis ? &b->st.r[i].m2r : &b->st.r[i].r2m)
                                        : NULL;
-        int64_t t = mrb_ratelimit_flush(rl, now, lb, what, "rate_limited",
-                                        d ? atomic_load(&d->dropped_rate_limited) : 0);
-        if (t < next)
-            next = t;
+        next = mrb_min_ms(next, mrb_ratelimit_flush(
+            rl, now, lb, what, "rate_limited",
+            d ? atomic_load(&d->dropped_rate_limited) : 0));
     }
+    *due = next;
     return next;
 }

@@ -613,10 +613,10 @@ int64_t mrb_replay_flush_warnings(mrb_bridge *b, int64_t now)
                                        rp->dropped + rp->main_dropped);
     pthread_mutex_unlock(&rp->lock);
     mrb_logbuf_flush(&lb);
-    int64_t t = mrb_ratelimit_flush(&rp->rl_error, now, NULL,
-                                    "replay: requests answered with an error",
-                                    "replay_errors", rp->errors);
-    return t < next ? t : next;
+    return mrb_min_ms(next, mrb_ratelimit_flush(&rp->rl_error, now, NULL,
+                                                "replay: requests answered with "
+                                                "an error", "replay_errors",
+                                                rp->errors));
 }
 
 void mrb_replay_pump(mrb_bridge *b)

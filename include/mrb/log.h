@@ -67,6 +67,8 @@ int mrb_ratelimit_allow(mrb_ratelimit *rl, int64_t now_ms, uint64_t *suppressed)
 int mrb_ratelimit_due(mrb_ratelimit *rl, int64_t now_ms, uint64_t *suppressed);
 /* When a summary is due (INT64_MAX: nothing swallowed). */
 int64_t mrb_ratelimit_next_ms(const mrb_ratelimit *rl);
+/* The earlier of two times (for collecting when the next summary is due). */
+static inline int64_t mrb_min_ms(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* Lines formatted now and written later: for a thread that must not write
  * (I/O) while it holds a lock. The level is checked when the line is

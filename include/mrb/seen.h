@@ -81,8 +81,8 @@ void mrb_seen_start_expiry(mrb_seen *s, int64_t expires_ms);
 /* Uncertain copies whose expiry has passed leave (counted in expired);
  * returns how many. */
 size_t mrb_seen_expire(mrb_seen *s, int64_t now_ms);
-/* Give memory back when the table is mostly empty (a quarter or less of
- * MRB_SEEN_MIN_SLOTS-or-more slots in use). */
+/* Give memory back when the table is mostly empty (an eighth or less of
+ * its slots in use; never below MRB_SEEN_MIN_SLOTS). */
 void mrb_seen_shrink(mrb_seen *s);
 
 #endif

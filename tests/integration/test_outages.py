@@ -158,6 +158,47 @@ class DropSummaryTest(BridgeTestCase):
         self.check_counts(b, first, more, counter, "redis_in")
 
 
+    def test_rate_limit_burst_of_a_route(self):
+        """The per-route rate-limit warning: one line, then its summary with
+        the route's exact rate_limited count (mrb_limits_flush)."""
+        cfg = self.write_config({
+            "id": "orl", "mqtt": {"url": self.mq.url}, "redis": {"url": self.rs.url},
+            "stats_interval": 0,
+            "routes": [{"mqtt": "l/+", "redis": "l:*", "direction": "mqtt_to_redis",
+                        "qos": 0, "rate": 10, "burst": 1}]})
+        b = self.start_bridge(None, None, "-c", cfg)
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        first_re = re.compile(r"dropped QoS 0 message from MQTT topic 'l/x': over "
+                              r"the rate limit of route '.*'; rate_limited=(\d+) on "
+                              r"that route \((\d+) similar not logged\)$")
+        summary_re = re.compile(r"dropped QoS 0 messages from MQTT over the rate "
+                                r"limit of route 'l/\+ > l:\* .*': (\d+) more not "
+                                r"logged in the last 10 s; rate_limited=(\d+)$")
+        n = 300
+        t0 = time.monotonic()
+        for i in range(n):  # about 1000 msg/s, far over 10/s
+            pub.c.publish("l/x", b"%06d" % i, qos=0)
+            if i % 50 == 49:
+                time.sleep(0.05)
+        self.assertTrue(b.wait_log(first_re, harness.DELIVERY_TIMEOUT), b.tail())
+        ok = b.wait_log(summary_re, max(0.0, t0 + SUMMARY_WAIT - time.monotonic()))
+        self.assertTrue(ok, "no rate-limit summary within %.0f s:\n%s"
+                        % (SUMMARY_WAIT, b.tail(15)))
+        time.sleep(harness.QUIET)
+        firsts = [l for l in b.lines() if first_re.search(l)]
+        sums = [l for l in b.lines() if summary_re.search(l)]
+        self.assertEqual((len(firsts), len(sums)), (1, 1), "\n".join(firsts + sums))
+        f, sm = first_re.search(firsts[0]), summary_re.search(sums[0])
+        b.stop()
+        route = [l for l in b.lines() if "route stats [0]" in l]
+        self.assertEqual(len(route), 1, b.tail())
+        limited = int(re.search(r"rate_limited=(\d+)", route[0]).group(1))
+        # the summary's total is the route's; first line + N more are all
+        self.assertEqual(int(sm.group(2)), limited, route[0])
+        self.assertEqual(int(f.group(1)) + int(sm.group(1)), limited, sums[0])
+        self.assertGreater(limited, n // 2, route[0])
+
+
 class HeldSubscriberTest(BridgeTestCase):
     """Item 8: the broker stalled (SIGSTOP), out_q half full, so the bridge
     stops reading its Redis subscriber; Redis cuts that subscriber off

@@ -261,8 +261,8 @@ static void test_echo_phases_and_fence(void **state)
     mrb_echo_counters c;
     assert_non_null(e);
     /* down: not noted, but counted for the fence */
-    assert_int_equal(mrb_echo_note_redis(e, 1, 1, 0, 0), MRB_ECHO_NOT_NEEDED);
-    assert_int_equal(mrb_echo_note_redis(e, 2, 0, 0, 0), MRB_ECHO_NOT_NEEDED);
+    assert_int_equal(mrb_echo_note_redis(e, 1, 1, 0), MRB_ECHO_NOT_NEEDED);
+    assert_int_equal(mrb_echo_note_redis(e, 2, 0, 0), MRB_ECHO_NOT_NEEDED);
     mrb_echo_redis_fence(e);
     assert_false(mrb_echo_redis_fenced(e));
     mrb_echo_redis_answered(e, 1);
@@ -270,17 +270,17 @@ static void test_echo_phases_and_fence(void **state)
     mrb_echo_redis_answered(e, 1);
     assert_true(mrb_echo_redis_fenced(e));
     /* subscribing: uncertain */
-    assert_int_equal(mrb_echo_note_redis(e, 3, 1, 0, 0), MRB_ECHO_NOTED_UNCERTAIN);
+    assert_int_equal(mrb_echo_note_redis(e, 3, 1, 0), MRB_ECHO_NOTED_UNCERTAIN);
     assert_true(mrb_echo_redis_fenced(e)); /* later ones are not waited for */
     mrb_echo_redis_up(e, 1000);
     /* up: certain; the uncertain one expires 5 s after the confirmation */
-    assert_int_equal(mrb_echo_note_redis(e, 4, 1, 0, 1000), MRB_ECHO_NOTED);
+    assert_int_equal(mrb_echo_note_redis(e, 4, 1, 0), MRB_ECHO_NOTED);
     assert_int_equal(mrb_echo_tick(e, 1000 + MRB_ECHO_TTL_MS - 1) <= 1000 + MRB_ECHO_TTL_MS, 1);
     assert_true(mrb_echo_take_redis(e, 3, 1000 + MRB_ECHO_TTL_MS - 1));
-    assert_int_equal(mrb_echo_note_redis(e, 3, 1, 0, 1000), MRB_ECHO_NOTED);
+    assert_int_equal(mrb_echo_note_redis(e, 3, 1, 0), MRB_ECHO_NOTED);
     mrb_echo_redis_down(e);
     mrb_echo_redis_fence(e);
-    assert_int_equal(mrb_echo_note_redis(e, 5, 1, 0, 2000), MRB_ECHO_NOTED_UNCERTAIN);
+    assert_int_equal(mrb_echo_note_redis(e, 5, 1, 0), MRB_ECHO_NOTED_UNCERTAIN);
     mrb_echo_redis_up(e, 2000);
     mrb_echo_tick(e, 2000 + MRB_ECHO_TTL_MS);
     mrb_echo_get_counters(e, &c);
@@ -289,10 +289,10 @@ static void test_echo_phases_and_fence(void **state)
     assert_int_equal(c.held_now, 0);
     /* full: back-pressure, not eviction; force goes into the margin */
     for (uint64_t k = 100; k < 100 + MRB_ECHO_MIN; k++)
-        assert_int_equal(mrb_echo_note_redis(e, k, 1, 0, 3000), MRB_ECHO_NOTED);
+        assert_int_equal(mrb_echo_note_redis(e, k, 1, 0), MRB_ECHO_NOTED);
     assert_false(mrb_echo_redis_room_for(e, 1));
-    assert_int_equal(mrb_echo_note_redis(e, 7, 1, 0, 3000), MRB_ECHO_FULL);
-    assert_int_equal(mrb_echo_note_redis(e, 7, 1, 1, 3000), MRB_ECHO_NOTED);
+    assert_int_equal(mrb_echo_note_redis(e, 7, 1, 0), MRB_ECHO_FULL);
+    assert_int_equal(mrb_echo_note_redis(e, 7, 1, 1), MRB_ECHO_NOTED);
     assert_true(mrb_echo_take_redis(e, 100, 3000));
     assert_true(mrb_echo_take_redis(e, 7, 3000));
     mrb_echo_get_counters(e, &c);
@@ -300,7 +300,7 @@ static void test_echo_phases_and_fence(void **state)
     assert_int_equal(c.peak, MRB_ECHO_MIN + 1);
     /* MQTT side: uncertain after a lost connection, from the next connect */
     mrb_echo_mqtt_up(e, 0);
-    assert_int_equal(mrb_echo_note_mqtt(e, 9, 0), MRB_ECHO_NOTED);
+    assert_int_equal(mrb_echo_note_mqtt(e, 9), MRB_ECHO_NOTED);
     mrb_echo_mqtt_down(e);
     mrb_echo_mqtt_up(e, 10000);
     assert_true(mrb_echo_take_mqtt(e, 9, 10000 + MRB_ECHO_TTL_MS - 1));
