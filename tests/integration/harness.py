@@ -1014,25 +1014,28 @@ class BridgeTestCase(unittest.TestCase):
         self.addCleanup(r.close)
         return r
 
-    def retained(self, port, topic, want, timeout=None):
+    def retained(self, port, topic, want, timeout=None, interval=0.05, wait=0.3):
         """Poll (bounded) with fresh subscribers on the broker at port until
-        the retained message on topic is `want`; returns the last retained
-        message seen (or None)."""
+        the retained message on topic is `want` (bytes, or a function of the
+        message that says so); returns the last retained message seen (or
+        None)."""
         timeout = timeout or DELIVERY_TIMEOUT
+        ok = want if callable(want) else (lambda m: m.payload == want)
         last = [None]
 
         def check():
-            c = MqttClient(port, name="status")
+            c = MqttClient(port, name="retained")
             try:
                 c.connect()
                 c.subscribe(topic)
-                m = c.wait_for(lambda m: m.topic == topic, 0.3)
+                m = c.wait_for(lambda m: m.topic == topic, wait)
             finally:
                 c.close()
-            if m is not None:
-                last[0] = m
-            return m is not None and m.payload == want and m.retain
-        wait_until(check, timeout, 0.05)
+            if m is None or not m.retain:
+                return False
+            last[0] = m
+            return ok(m)
+        wait_until(check, timeout, interval)
         return last[0]
 
     # assertions ---------------------------------------------------------

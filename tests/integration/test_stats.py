@@ -54,24 +54,10 @@ class StatsTest(BridgeTestCase):
     def retained_doc(self, bridge_id, pred, timeout=None, mq=None):
         """Poll (bounded) with fresh subscribers until the retained document
         on bridge/<id>/stats satisfies pred; returns the last one seen."""
-        mq = mq or self.mq
-        topic = "bridge/%s/stats" % bridge_id
-        last = [None]
-
-        def check():
-            c = harness.MqttClient(mq.port, name="stats")
-            try:
-                c.connect()
-                c.subscribe(topic)
-                m = c.wait_for(lambda m: m.topic == topic, 0.5)
-            finally:
-                c.close()
-            if m is None or not m.retain:
-                return False
-            last[0] = json.loads(m.payload)
-            return pred(last[0])
-        harness.wait_until(check, timeout or 10 * harness.SCALE, 0.2)
-        return last[0]
+        m = self.retained((mq or self.mq).port, "bridge/%s/stats" % bridge_id,
+                          lambda m: pred(json.loads(m.payload)),
+                          timeout or 10 * harness.SCALE, interval=0.2, wait=0.5)
+        return json.loads(m.payload) if m is not None else None
 
     def test_counts_in_json_and_redis(self):
         """10 MQTT->Redis messages on one route, 7 Redis->MQTT on another, one
