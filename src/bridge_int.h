@@ -225,7 +225,8 @@ enum {
     MQTT_EV_CONNECT_FAILED = 1u << 1,
     MQTT_EV_LOST = 1u << 2,
     MQTT_EV_SUBACK = 1u << 3,
-    MQTT_EV_WINDOW = 1u << 4
+    MQTT_EV_WINDOW = 1u << 4,
+    MQTT_EV_GONE = 1u << 5       /* main: Paho says disconnected, no LOST came */
 };
 
 /* One MQTT publish in flight: Paho's context for its completion. */
@@ -260,6 +261,7 @@ typedef struct mrb_mqtt {
     atomic_int window_waiting;   /* main waits for inflight to drop */
     atomic_int sock_fd;          /* the broker connection's socket, or -1 */
     atomic_int killed;           /* closed under Paho at shutdown: stay down */
+    atomic_int remake;           /* a QoS > 0 write failed: new client (mqtt.c) */
     char **unsub;                /* filters a reload removed while down: */
     size_t n_unsub;              /* ... unsubscribed at the next connect */
     char **resub;                /* filters whose SUBSCRIBE could not be made */
@@ -306,6 +308,7 @@ typedef struct mrb_rconn {
 typedef struct mrb_skey {
     char *name;
     int pending;                 /* re-reading our pending entries (PEL) */
+    int stale;                   /* the read in flight predates a failure */
     char last_id[48];            /* PEL read position */
 } mrb_skey;
 

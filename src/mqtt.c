@@ -318,8 +318,35 @@ static void on_send_fail(void *ctx, MQTTAsync_failureData *r) { slot_sent(ctx, 0
 static void on_send_fail5(void *ctx, MQTTAsync_failureData5 *r) { slot_sent(ctx, 0, 0); }
 static void on_acked(void *ctx, MQTTAsync_successData *r) { slot_sent(ctx, 1, 1); }
 static void on_acked5(void *ctx, MQTTAsync_successData5 *r) { slot_sent(ctx, 1, 1); }
-static void on_ack_fail(void *ctx, MQTTAsync_failureData *r) { slot_sent(ctx, 0, 1); }
-static void on_ack_fail5(void *ctx, MQTTAsync_failureData5 *r) { slot_sent(ctx, 0, 1); }
+
+/* Paho 1.3.12 keeps a QoS > 0 publish whose write failed (code -1, the
+ * socket broke under it) for its resend after the reconnect, but its send
+ * thread has freed the topic and payload by then: the resend sends freed
+ * memory (ASan: heap-use-after-free in the receive thread, allocated by
+ * MQTTAsync_sendMessage, freed by the send thread), the broker closes the
+ * connection for a malformed packet, and again after every reconnect with
+ * the session. So such a failure makes main create the client anew before
+ * the next connect (mqtt_connect): Paho's own resends go with it, and the
+ * bridge's redelivery covers them (a stream entry is read again). */
+static void ack_failed(mrb_bridge *b, int code)
+{
+    if (code == MQTTASYNC_FAILURE)
+        atomic_store(&b->mqtt.remake, 1);
+}
+
+static void on_ack_fail(void *ctx, MQTTAsync_failureData *r)
+{
+    mrb_pubslot *ps = ctx;
+    ack_failed(ps->b, r ? r->code : 0);
+    slot_sent(ps, 0, 1);
+}
+
+static void on_ack_fail5(void *ctx, MQTTAsync_failureData5 *r)
+{
+    mrb_pubslot *ps = ctx;
+    ack_failed(ps->b, r ? r->code : 0);
+    slot_sent(ps, 0, 1);
+}
 
 /* Stream entries: the same, then wake main to XACK. */
 static void sx_sent(mrb_sx *sx, int ok, int acked)
@@ -336,8 +363,19 @@ static void on_sx_send_fail(void *ctx, MQTTAsync_failureData *r) { sx_sent(ctx, 
 static void on_sx_send_fail5(void *ctx, MQTTAsync_failureData5 *r) { sx_sent(ctx, 0, 0); }
 static void on_sx_acked(void *ctx, MQTTAsync_successData *r) { sx_sent(ctx, 1, 1); }
 static void on_sx_acked5(void *ctx, MQTTAsync_successData5 *r) { sx_sent(ctx, 1, 1); }
-static void on_sx_ack_fail(void *ctx, MQTTAsync_failureData *r) { sx_sent(ctx, 0, 1); }
-static void on_sx_ack_fail5(void *ctx, MQTTAsync_failureData5 *r) { sx_sent(ctx, 0, 1); }
+static void on_sx_ack_fail(void *ctx, MQTTAsync_failureData *r)
+{
+    mrb_sx *sx = ctx;
+    ack_failed(sx->b, r ? r->code : 0);
+    sx_sent(sx, 0, 1);
+}
+
+static void on_sx_ack_fail5(void *ctx, MQTTAsync_failureData5 *r)
+{
+    mrb_sx *sx = ctx;
+    ack_failed(sx->b, r ? r->code : 0);
+    sx_sent(sx, 0, 1);
+}
 
 /* Paho's receive thread: copy the message into in_q and, for QoS > 0,
  * wait until Redis has it; return 1 so that Paho frees its copy (and
@@ -556,6 +594,32 @@ static mrb_err client_create(mrb_bridge *b)
     return MRB_OK;
 }
 
+/* Destroy the client and create it again (main, not connected): for the
+ * MQTT 3.1.1 fallback, and after the Paho defect described at ack_failed.
+ * 0 when it cannot be created (logged; nothing could reconnect). */
+static int client_remake(mrb_bridge *b)
+{
+    paho_enter(b, 0);
+    MQTTAsync_destroy(&b->mqtt.client);
+    paho_leave(b);
+    b->mqtt.state = CONN_DOWN;
+    if (client_create(b) != MRB_OK) {
+        b->fatal = 1;
+        return 0;
+    }
+    return 1;
+}
+
+/* Paho refused a call as disconnected while the bridge counts the
+ * connection up: it can close the connection without calling connection
+ * lost (a resend failing while it handles the CONNACK). The next tick
+ * treats that as a loss. */
+static void paho_disconnected(mrb_bridge *b)
+{
+    if (b->mqtt.state == CONN_UP)
+        post(b, MQTT_EV_GONE, 0, NULL);
+}
+
 mrb_err mrb_mqtt_init(mrb_bridge *b)
 {
     mrb_mqtt *m = &b->mqtt;
@@ -707,6 +771,12 @@ static void mqtt_connect(mrb_bridge *b, int64_t now)
 {
     mrb_mqtt *m = &b->mqtt;
     const mrb_config *cfg = b->cfg;
+    if (atomic_exchange(&m->remake, 0)) {
+        mrb_info("mqtt: creating the client anew before reconnecting (a "
+                 "QoS > 0 publish failed on the broken connection; see mqtt.c)");
+        if (!client_remake(b))
+            return;
+    }
     int v5 = m->version == MQTTVERSION_5;
     MQTTAsync_connectOptions o = MQTTAsync_connectOptions_initializer;
     MQTTAsync_connectOptions o5 = MQTTAsync_connectOptions_initializer5;
@@ -864,7 +934,9 @@ static void subscribe_one(mrb_bridge *b, const mrb_sub *s)
     int rc = MQTTAsync_subscribe(m->client, s->name, s->qos > 1 ? 1 : s->qos, &o);
     paho_leave(b);
     MQTTProperties_free(&o.properties);
-    if (rc != MQTTASYNC_SUCCESS) {
+    if (rc == MQTTASYNC_DISCONNECTED) {
+        paho_disconnected(b); /* all are subscribed again after the reconnect */
+    } else if (rc != MQTTASYNC_SUCCESS) {
         mrb_error("mqtt: cannot subscribe to '%s': %s", s->name,
                   MQTTAsync_strerror(rc));
         suback(b, 0);
@@ -1041,10 +1113,13 @@ static void send_online(mrb_bridge *b)
     paho_enter(b, 0);
     int rc = MQTTAsync_sendMessage(m->client, b->cfg->status_topic, &msg, NULL);
     paho_leave(b);
-    if (rc == MQTTASYNC_SUCCESS)
+    if (rc == MQTTASYNC_SUCCESS) {
         m->online_due = 0;
-    else
-        call_failed(b, "publishing the \"online\" status", rc);
+        return;
+    }
+    call_failed(b, "publishing the \"online\" status", rc);
+    if (rc == MQTTASYNC_DISCONNECTED)
+        paho_disconnected(b);
 }
 
 static void mqtt_up(mrb_bridge *b, int64_t now)
@@ -1092,15 +1167,9 @@ void mrb_mqtt_tick(mrb_bridge *b, int64_t now)
             (code == 132 || code == 1)) {
             mrb_warn("mqtt: the broker refused MQTT 5 (%s); falling back to "
                      "MQTT 3.1.1", text);
-            paho_enter(b, 0);
-            MQTTAsync_destroy(&m->client);
-            paho_leave(b);
             m->version = MQTTVERSION_3_1_1;
-            m->state = CONN_DOWN;
-            if (client_create(b) != MRB_OK) {
-                b->fatal = 1; /* logged; nothing could ever reconnect */
+            if (!client_remake(b))
                 return;
-            }
             mqtt_connect(b, now);
         } else {
             char why[600];
@@ -1110,8 +1179,14 @@ void mrb_mqtt_tick(mrb_bridge *b, int64_t now)
     }
     if (ev & MQTT_EV_CONNECTED)
         mqtt_up(b, now);
-    if (ev & MQTT_EV_LOST)
+    /* only while up: after MQTT_EV_GONE the client was made anew, and a
+     * LOST of the old one may still be in this batch */
+    if (ev & MQTT_EV_LOST && m->state == CONN_UP)
         mqtt_failed(b, now, 1, FAIL_OUTAGE, text[0] ? text : "connection lost");
+    if (ev & MQTT_EV_GONE && m->state == CONN_UP) {
+        atomic_store(&m->remake, 1); /* no stale callback of the old one */
+        mqtt_failed(b, now, 1, FAIL_OUTAGE, "Paho reports the connection closed");
+    }
     if (ev & MQTT_EV_SUBACK && m->state == CONN_UP) {
         m->subacks += oks + fails;
         if (fails)
@@ -1276,8 +1351,10 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
             mrb_bridge_wake(b); /* nothing left to complete: retry soon */
         return MRB_ERR_FULL;
     }
-    if (rc == MQTTASYNC_DISCONNECTED)
+    if (rc == MQTTASYNC_DISCONNECTED) {
+        paho_disconnected(b);
         return MRB_ERR_CONN;
+    }
     return MRB_ERR_INVALID;
 }
 

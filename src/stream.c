@@ -372,11 +372,19 @@ void mrb_stream_on_reader_up(mrb_bridge *b)
     }
 }
 
+/* The read in flight is answered or gone: no key's answer is stale. */
+static void keys_unstale(mrb_bridge *b)
+{
+    for (size_t i = 0; i < b->n_skeys; i++)
+        b->skeys[i].stale = 0;
+}
+
 void mrb_stream_on_reader_down(mrb_bridge *b)
 {
     /* not acknowledged, so still pending in Redis: read again later */
     mrb_queue_clear(&b->sx_q);
     b->rread.reading = b->rread.blocked = 0;
+    keys_unstale(b);
 }
 
 static void warn_malformed(mrb_bridge *b, const char *key, size_t klen)
@@ -510,6 +518,8 @@ static void on_read_reply(redisAsyncContext *ac, void *r, void *priv)
     mrb_bridge *b = rc->b;
     mrb_redis_got_reply(rc);
     rc->reading = rc->blocked = 0;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY)
+        keys_unstale(b);
     if (!reply)
         return;
     if (reply->type == REDIS_REPLY_ERROR) {
@@ -537,6 +547,9 @@ static void on_read_reply(redisAsyncContext *ac, void *r, void *priv)
             continue;
         redisReply *key = s->element[0], *entries = s->element[1];
         mrb_skey *k = key_find(b, key->str, key->len);
+        if (k && k->stale)
+            continue; /* read before an entry of it failed: these stay
+                       * pending and come again, in order, from "0" */
         int reread = k && k->pending;
         for (size_t j = 0; j < entries->elements; j++)
             take_entry(b, key, entries->element[j], reread);
@@ -552,6 +565,7 @@ static void on_read_reply(redisAsyncContext *ac, void *r, void *priv)
             }
         }
     }
+    keys_unstale(b);
     mrb_bridge_wake(b);
 }
 
@@ -623,6 +637,27 @@ static void read_next(mrb_bridge *b, int64_t now)
 
 /* ---- publishing and acknowledging ---- */
 
+/* An entry of k failed to publish: its later entries must not go out
+ * before it does. Those queued and those of the read in flight are pending
+ * in Redis as well, so they are dropped here and come again, in order,
+ * when k is read from "0". (Those already in flight may still complete:
+ * a connection loss fails them too.) */
+static void key_rewind(mrb_bridge *b, mrb_skey *k, const char *tag, size_t klen)
+{
+    if (b->rread.reading)
+        k->stale = 1;
+    mrb_msg *prev = NULL, *m = b->sx_q.head;
+    while (m) {
+        if (m->tag_len > klen && memcmp(mrb_msg_tag(m), tag, klen + 1) == 0) {
+            free(mrb_queue_unlink_after(&b->sx_q, prev));
+            m = prev ? prev->next : b->sx_q.head;
+        } else {
+            prev = m;
+            m = m->next;
+        }
+    }
+}
+
 /* Completed publishes: XACK the entries that MQTT has; an entry whose
  * publish failed stays pending, and its key is read from "0" again. */
 static void collect_done(mrb_bridge *b)
@@ -650,6 +685,8 @@ static void collect_done(mrb_bridge *b)
                 k->pending = 1;
                 strcpy(k->last_id, "0");
             }
+            if (k)
+                key_rewind(b, k, sx->tag, klen);
         }
         free(sx);
     }
