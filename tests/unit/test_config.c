@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "mrb/cli.h"
 #include "mrb/config.h"
 #include "mrb/queue.h"
 #include <stdio.h>
