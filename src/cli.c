@@ -8,10 +8,118 @@
 #include <getopt.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define PROG "mqtt-redis-bridge"
+
+/* The options, one row each: getopt_long's table, --help (help: its lines
+ * as printed) and the man page's OPTIONS and docs/CONFIGURATION.md (doc,
+ * `code` in backquotes, printed by mrb-docgen) come from here. */
+enum { O_CONFIG, O_MQTT, O_REDIS, O_ID, O_ROUTE, O_CHECK, O_VERBOSE, O_QUIET,
+       O_SYSLOG, O_HELP, O_VERSION, O_COUNT };
+
+static const mrb_cli_option options[O_COUNT] = {
+    [O_CONFIG] = {'c', "config", "FILE",
+        "read a JSON configuration file (keys: see\n"
+        "mqtt-redis-bridge.json(5))",
+        "Read a JSON configuration file; its keys are in "
+        "mqtt-redis-bridge.json(5). Unknown keys, wrong types and out-of-range "
+        "values are errors naming the key path; syntax errors give "
+        "file:line:column."},
+    [O_MQTT] = {0, "mqtt", "URL",
+        "broker, mqtt://[user[:pass]@]host[:port] or, with\n"
+        "TLS, mqtts://... (port 8883; certificates: the\n"
+        "mqtt.tls keys) (default mqtt://127.0.0.1:1883)",
+        "Broker, `mqtt://[user[:pass]@]host[:port]`, or `mqtts://...` for TLS "
+        "(port 8883; the `mqtt.tls.*` keys set certificates) when the binary "
+        "is built with TLS (`--version` says; otherwise an `mqtts://` URL is "
+        "a configuration error). In URLs, user and password may be "
+        "percent-encoded (`%40` for `@`). Default `mqtt://127.0.0.1:1883`."},
+    [O_REDIS] = {0, "redis", "URL",
+        "Redis, redis://[user[:pass]@]host[:port][/db] or\n"
+        "unix:/path/redis.sock (default redis://127.0.0.1:6379)",
+        "Redis, `redis://[user[:pass]@]host[:port][/db]` or "
+        "`unix:/path/redis.sock`. Default `redis://127.0.0.1:6379`."},
+    [O_ID] = {0, "id", "NAME",
+        "bridge id, used in the MQTT client id and in\n"
+        "bridge/<id>/status (default: the host name)",
+        "Bridge id: the MQTT client id is `mqtt-redis-bridge-NAME`, the "
+        "retained status topic `bridge/NAME/status` (`online` / `offline`). "
+        "Default: the host name."},
+    [O_ROUTE] = {0, "route", "SPEC",
+        "'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain]\n"
+        "[stream] [maxlen=N] [OPTIONS]'; ARROW is <> (both ways),\n"
+        "> (MQTT to Redis) or < (Redis to MQTT); 'stream'\n"
+        "carries the route over Redis Streams (XADD, consumer\n"
+        "group) instead of pub/sub. Repeatable; replaces the\n"
+        "file's routes. Default: 'user/+ <> user:*' and\n"
+        "'news <> news'.\n"
+        "Route options: hash=NAME (or store=hash hash=NAME)\n"
+        "also keeps the latest payload per topic in Redis hash\n"
+        "NAME, field = the wildcard captures (presence);\n"
+        "envelope=json wraps MQTT->Redis messages in a JSON\n"
+        "envelope {topic,payload,qos,retain,ts,bridge};\n"
+        "unwrap takes such envelopes apart on the way to MQTT;\n"
+        "rate=N [burst=N] limits the route to N messages/s\n"
+        "each way (QoS 0 over the limit: dropped and counted;\n"
+        "QoS 1/2, and stream entries: slowed down)",
+        "`MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain] [stream] "
+        "[maxlen=N] [hash=NAME] [envelope=json] [unwrap] [rate=N] [burst=N]`, "
+        "where ARROW is `<>` (both ways), `>` (MQTT to Redis) or `<` (Redis "
+        "to MQTT). Repeatable; replaces the file's routes. The k-th wildcard "
+        "of the filter corresponds to the k-th `*` of the pattern. `stream` "
+        "carries the route over Redis Streams (XADD; a consumer group reads, "
+        "and acknowledges only after the broker has the message) instead of "
+        "pub/sub; `maxlen` bounds each stream (default 10000). `hash=NAME` "
+        "(store: hash) also keeps the latest payload per topic in the Redis "
+        "hash NAME (field: the wildcard captures joined with /; an empty "
+        "payload deletes it), filled from the broker's retained messages at "
+        "start without publishing them: device presence from retained status "
+        "messages and Last Wills. `envelope=json` wraps each MQTT->Redis "
+        "message in {\"topic\",\"payload\",\"qos\",\"retain\",\"ts\",\"bridge\"} "
+        "(payload as JSON, as a string, or base64 with "
+        "\"encoding\":\"base64\"). `unwrap` sends the payload of such "
+        "envelopes to MQTT (anything else is dropped and counted as "
+        "dropped_malformed). `rate=N` [`burst=N`] limits the route to N "
+        "messages/s each way (token bucket, burst default N): QoS 0 beyond "
+        "is dropped (dropped_rate_limited), QoS 1/2 and stream entries "
+        "slowed down. The same keys in the configuration file: `routes[].*` "
+        "in mqtt-redis-bridge.json(5). Default: `user/+ <> user:*` and "
+        "`news <> news`."},
+    [O_CHECK] = {0, "check", NULL,
+        "validate the configuration, print it and exit",
+        "Validate the configuration, print the effective configuration "
+        "(passwords as ***) and exit 0."},
+    [O_VERBOSE] = {'v', "verbose", NULL, "log debug messages too", NULL},
+    [O_QUIET] = {'q', "quiet", NULL, "log only warnings and errors", NULL},
+    [O_SYSLOG] = {0, "syslog", NULL,
+        "log to syslog (ident mqtt-redis-bridge, facility\n"
+        "daemon) instead of stderr",
+        "Log to syslog(3) instead of standard error: ident "
+        "`mqtt-redis-bridge`, facility `daemon`, with the PID; levels error, "
+        "warning, info and debug become priorities `err`, `warning`, `info` "
+        "and `debug`. One line per event, without the bridge's own time "
+        "stamp; passwords are never logged. Config key `syslog` "
+        "(true/false)."},
+    [O_HELP] = {'h', "help", NULL, "show this help and exit", NULL},
+    [O_VERSION] = {'V', "version", NULL, "show the version and exit", NULL},
+};
+
+const mrb_cli_option *mrb_cli_options(size_t *n)
+{
+    *n = O_COUNT;
+    return options;
+}
+
+/* "-c, --config FILE" or "    --mqtt URL", as --help shows it. */
+static void option_names(const mrb_cli_option *o, char *buf, size_t len)
+{
+    snprintf(buf, len, "%c%c%s--%s%s%s", o->short_name ? '-' : ' ',
+             o->short_name ? o->short_name : ' ', o->short_name ? ", " : "  ",
+             o->long_name, o->arg ? " " : "", o->arg ? o->arg : "");
+}
 
 void mrb_cli_usage(FILE *out)
 {
@@ -29,39 +137,19 @@ void mrb_cli_usage(FILE *out)
 "Bridge MQTT topics and Redis pub/sub channels or streams both ways.\n"
 "(Built without the stats subcommand.)\n", out);
 #endif
+    fputs("\n", out);
+    for (size_t i = 0; i < O_COUNT; i++) {
+        char names[40];
+        option_names(&options[i], names, sizeof(names));
+        fprintf(out, "  %-20s", names);
+        for (const char *l = options[i].help; *l;) {
+            size_t n = strcspn(l, "\n");
+            fprintf(out, "%s%.*s\n", l == options[i].help ? "" : "                      ",
+                    (int)n, l);
+            l += n + (l[n] == '\n');
+        }
+    }
     fputs(
-"\n"
-"  -c, --config FILE   read a JSON configuration file (keys: see README)\n"
-"      --mqtt URL      broker, mqtt://[user[:pass]@]host[:port] or, with\n"
-"                      TLS, mqtts://... (port 8883; certificates: see the\n"
-"                      mqtt.tls keys in README) (default mqtt://127.0.0.1:1883)\n"
-"      --redis URL     Redis, redis://[user[:pass]@]host[:port][/db] or\n"
-"                      unix:/path/redis.sock (default redis://127.0.0.1:6379)\n"
-"      --id NAME       bridge id, used in the MQTT client id and in\n"
-"                      bridge/<id>/status (default: the host name)\n"
-"      --route SPEC    'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain]\n"
-"                      [stream] [maxlen=N] [OPTIONS]'; ARROW is <> (both ways),\n"
-"                      > (MQTT to Redis) or < (Redis to MQTT); 'stream'\n"
-"                      carries the route over Redis Streams (XADD, consumer\n"
-"                      group) instead of pub/sub. Repeatable; replaces the\n"
-"                      file's routes. Default: 'user/+ <> user:*' and\n"
-"                      'news <> news'.\n"
-"                      Route options: hash=NAME (or store=hash hash=NAME)\n"
-"                      also keeps the latest payload per topic in Redis hash\n"
-"                      NAME, field = the wildcard captures (presence);\n"
-"                      envelope=json wraps MQTT->Redis messages in a JSON\n"
-"                      envelope {topic,payload,qos,retain,ts,bridge};\n"
-"                      unwrap takes such envelopes apart on the way to MQTT;\n"
-"                      rate=N [burst=N] limits the route to N messages/s\n"
-"                      each way (QoS 0 over the limit: dropped and counted;\n"
-"                      QoS 1/2, and stream entries: slowed down)\n"
-"      --check         validate the configuration, print it and exit\n"
-"  -v, --verbose       log debug messages too\n"
-"  -q, --quiet         log only warnings and errors\n"
-"      --syslog        log to syslog (ident mqtt-redis-bridge, facility\n"
-"                      daemon) instead of stderr\n"
-"  -h, --help          show this help and exit\n"
-"  -V, --version       show the version and exit\n"
 "\n"
 "Replay (with a stream route): publish {\"topic\": \"T\", \"count\": N} (N up\n"
 "to 1000) to bridge/<id>/replay to get the last N messages of topic T's\n"
@@ -81,26 +169,29 @@ void mrb_cli_usage(FILE *out)
 "\n"
 "Command-line values override the configuration file. Exit status: 0 after\n"
 "SIGINT/SIGTERM or --check, 2 for a bad command line or configuration,\n"
-"1 for a fatal run-time error.\n", out);
+"1 for a fatal run-time error.\n"
+"Configuration keys: mqtt-redis-bridge.json(5); more: mqtt-redis-bridge(8).\n",
+          out);
 }
 
 mrb_err mrb_cli_parse(int argc, char **argv, mrb_cli *cli, char *msg,
                       size_t msglen)
 {
-    enum { O_MQTT = 256, O_REDIS, O_ID, O_ROUTE, O_CHECK, O_SYSLOG };
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"mqtt", required_argument, NULL, O_MQTT},
-        {"redis", required_argument, NULL, O_REDIS},
-        {"id", required_argument, NULL, O_ID},
-        {"route", required_argument, NULL, O_ROUTE},
-        {"check", no_argument, NULL, O_CHECK},
-        {"verbose", no_argument, NULL, 'v'},
-        {"quiet", no_argument, NULL, 'q'},
-        {"syslog", no_argument, NULL, O_SYSLOG},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0}};
+    struct option opts[O_COUNT + 1];
+    char shorts[2 * O_COUNT + 2] = ":";
+    size_t ns = 1;
+    for (int i = 0; i < O_COUNT; i++) {
+        opts[i] = (struct option){options[i].long_name,
+                                  options[i].arg ? required_argument : no_argument,
+                                  NULL, 256 + i};
+        if (options[i].short_name) {
+            shorts[ns++] = options[i].short_name;
+            if (options[i].arg)
+                shorts[ns++] = ':';
+        }
+    }
+    opts[O_COUNT] = (struct option){NULL, 0, NULL, 0};
+    shorts[ns] = '\0';
 
     memset(cli, 0, sizeof(*cli));
     cli->argc = argc;
@@ -111,20 +202,23 @@ mrb_err mrb_cli_parse(int argc, char **argv, mrb_cli *cli, char *msg,
     opterr = 0;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, ":c:vqhV", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': cli->config_file = optarg; break;
+    while ((c = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
+        for (int i = 0; c > 0 && c < 256 && i < O_COUNT; i++)
+            if (options[i].short_name == c)
+                c = 256 + i;
+        switch (c - 256) {
+        case O_CONFIG: cli->config_file = optarg; break;
         case O_MQTT: cli->mqtt_url = optarg; break;
         case O_REDIS: cli->redis_url = optarg; break;
         case O_ID: cli->id = optarg; break;
         case O_ROUTE: cli->routes[cli->n_routes++] = optarg; break;
         case O_CHECK: cli->check = 1; break;
-        case 'v': cli->verbosity = 1; break;
-        case 'q': cli->verbosity = -1; break;
+        case O_VERBOSE: cli->verbosity = 1; break;
+        case O_QUIET: cli->verbosity = -1; break;
         case O_SYSLOG: cli->syslog = 1; break;
-        case 'h': cli->help = 1; break;
-        case 'V': cli->version = 1; break;
-        case ':':
+        case O_HELP: cli->help = 1; break;
+        case O_VERSION: cli->version = 1; break;
+        case ':' - 256:
             return mrb_fail(MRB_ERR_INVALID, msg, msglen,
                             "option '%s' needs a value (see --help)",
                             argv[optind - 1]);

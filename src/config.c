@@ -37,6 +37,17 @@ typedef struct field {
     int required;
     /* F_STRING: further check of the value; msg says what is wrong */
     mrb_err (*check)(const char *value, char *msg, size_t msglen);
+    /* The default: def for the integer, F_BOOL and F_ENUM (an index of
+     * allowed) rows, which mrb_config_init() and each route start from;
+     * sdef, a string row's, which mrb_config_finish() fills in when the key
+     * is not set; def_doc, for the documentation only, one that depends on
+     * other values (the host name, a route's rate). */
+    int64_t def;
+    const char *sdef, *def_doc;
+    /* What the key means, for mqtt-redis-bridge.json(5) and
+     * docs/CONFIGURATION.md (mrb-docgen): one paragraph, `code` in
+     * backquotes. */
+    const char *doc;
 } field;
 
 static mrb_err check_mqtt_url(const char *v, char *msg, size_t msglen);
@@ -54,105 +65,231 @@ static const char *const tls_versions[] = {"1.2", "1.3", NULL};
 
 #define C(m) offsetof(mrb_config, m)
 #define R(m) offsetof(mrb_route, m)
+#define END {NULL, 0, 0, .doc = NULL}
 
 static const field tls_fields[] = {
-    {"ca_file", F_STRING, C(tls_ca_file), 0, 0, NULL, NULL, 0, NULL},
-    {"ca_path", F_STRING, C(tls_ca_path), 0, 0, NULL, NULL, 0, NULL},
-    {"cert_file", F_STRING, C(tls_cert_file), 0, 0, NULL, NULL, 0, NULL},
-    {"key_file", F_STRING, C(tls_key_file), 0, 0, NULL, NULL, 0, NULL},
-    {"verify_hostname", F_BOOL, C(tls_verify_hostname), 0, 0, NULL, NULL, 0, NULL},
-    {"min_version", F_ENUM, C(tls_min_version), 0, 0, tls_versions, NULL, 0, NULL},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
+    {"ca_file", F_STRING, C(tls_ca_file), .def_doc = "the system's CAs",
+     .doc = "`mqtts://`: PEM file of the CA certificates the broker's "
+            "certificate must chain to"},
+    {"ca_path", F_STRING, C(tls_ca_path),
+     .doc = "`mqtts://`: directory of CA certificates (OpenSSL hashed names, "
+            "`c_rehash`)"},
+    {"cert_file", F_STRING, C(tls_cert_file),
+     .doc = "`mqtts://`: client certificate (chain), PEM, for brokers with "
+            "`require_certificate`"},
+    {"key_file", F_STRING, C(tls_key_file), .def_doc = "in `cert_file`",
+     .doc = "`mqtts://`: the client certificate's private key, PEM, "
+            "unencrypted"},
+    {"verify_hostname", F_BOOL, C(tls_verify_hostname), .def = 1,
+     .doc = "the broker's certificate must name the URL's host (DNS name or "
+            "IP address)"},
+    {"min_version", F_ENUM, C(tls_min_version), .allowed = tls_versions,
+     .def = MRB_TLS_1_2, .doc = "lowest TLS version accepted"},
+    END};
 
 static const field mqtt_fields[] = {
-    {"url", F_STRING, C(mqtt_url), 0, 0, NULL, NULL, 0, check_mqtt_url},
-    {"client_id", F_STRING, C(client_id), 0, 0, NULL, NULL, 0, NULL},
-    {"protocol", F_ENUM, C(protocol), 0, 0, protocols, NULL, 0, NULL},
-    {"keepalive", F_LONG, C(keepalive), 1, 3600, NULL, NULL, 0, NULL},
-    {"session_expiry", F_U32, C(session_expiry), 0, UINT32_MAX, NULL, NULL, 0, NULL},
-    {"password_file", F_STRING, C(mqtt_password_file), 0, 0, NULL, NULL, 0, NULL},
-    {"tls", F_OBJECT, 0, 0, 0, NULL, tls_fields, 0, NULL},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
+    {"url", F_STRING, C(mqtt_url), .check = check_mqtt_url,
+     .sdef = "mqtt://127.0.0.1:1883",
+     .doc = "broker URL, as `--mqtt`: `mqtt://[user[:pass]@]host[:port]`, or "
+            "`mqtts://...` for TLS (port 8883)"},
+    {"client_id", F_STRING, C(client_id), .def_doc = "`mqtt-redis-bridge-<id>`",
+     .doc = "MQTT client identifier (must be unique per broker)"},
+    {"protocol", F_ENUM, C(protocol), .allowed = protocols, .def = MRB_MQTT_AUTO,
+     .doc = "`auto` tries MQTT 5 and falls back to 3.1.1 if the broker refuses "
+            "it (one warning; reconnects stay on 3.1.1; tested against aedes, "
+            "a broker without MQTT 5)"},
+    {"keepalive", F_LONG, C(keepalive), 1, 3600, .def = 30,
+     .doc = "MQTT keep-alive, seconds: a broker that stops answering is "
+            "noticed within about twice this; also the connect timeout (2 s "
+            "to 10 s)"},
+    {"session_expiry", F_U32, C(session_expiry), 0, UINT32_MAX, .def = 3600,
+     .doc = "(on every board, 32-bit armhf included) seconds the broker keeps "
+            "the bridge's session (subscriptions and QoS 1 messages) while it "
+            "is away; `0`: a clean session each time (messages published "
+            "while the bridge is away are not kept)"},
+    {"password_file", F_STRING, C(mqtt_password_file),
+     .doc = "file whose first line is the MQTT password (instead of the URL "
+            "or `MRB_MQTT_PASSWORD`)"},
+    {"tls", F_OBJECT, 0, .children = tls_fields,
+     .doc = "certificates and TLS settings of an `mqtts://` broker URL"},
+    END};
 
 static const field redis_fields[] = {
-    {"url", F_STRING, C(redis_url), 0, 0, NULL, NULL, 0, check_redis_url},
-    {"keepalive", F_LONG, C(redis_keepalive), 0, 3600, NULL, NULL, 0, NULL},
-    {"scan_interval", F_LONG, C(scan_interval), 0, 86400, NULL, NULL, 0, NULL},
-    {"password_file", F_STRING, C(redis_password_file), 0, 0, NULL, NULL, 0, NULL},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
+    {"url", F_STRING, C(redis_url), .check = check_redis_url,
+     .sdef = "redis://127.0.0.1:6379",
+     .doc = "as `--redis`: `redis://[user[:pass]@]host[:port][/db]` or "
+            "`unix:/path/redis.sock`; user/password give `AUTH`, `/db` a "
+            "`SELECT`"},
+    {"keepalive", F_LONG, C(redis_keepalive), 0, 3600, .def = 30,
+     .doc = "seconds: PING after this long without a reply; a reply awaited "
+            "longer means Redis stopped answering, and the bridge reconnects "
+            "and sends again what was not confirmed. `0`: off (only TCP "
+            "keepalive)"},
+    {"scan_interval", F_LONG, C(scan_interval), 0, 86400, .def = 10,
+     .doc = "stream mode: seconds between scans for new keys of `*` patterns; "
+            "`0`: only on connect"},
+    {"password_file", F_STRING, C(redis_password_file),
+     .doc = "file whose first line is the Redis password (instead of the URL "
+            "or `MRB_REDIS_PASSWORD`); the user name stays in the URL "
+            "(`redis://bridge@host`)"},
+    END};
 
 static const field limit_fields[] = {
-    {"max_payload", F_LONG, C(max_payload), 1, 268435455, NULL, NULL, 0, NULL},
-    {"queue_messages", F_LONG, C(queue_messages), 1, 10000000, NULL, NULL, 0, NULL},
-    {"queue_bytes", F_LONG, C(queue_bytes), 1024, 2147483647, NULL, NULL, 0, NULL},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
+    {"max_payload", F_LONG, C(max_payload), 1, 268435455, .def = 1048576,
+     .doc = "larger messages are dropped and counted (`dropped_too_large`)"},
+    {"queue_messages", F_LONG, C(queue_messages), 1, 10000000, .def = 10000,
+     .doc = "per direction: messages waiting while the other side is down"},
+    {"queue_bytes", F_LONG, C(queue_bytes), 1024, 2147483647,
+     .def = 16L * 1024 * 1024,
+     .doc = "per direction: bytes those messages take, each its payload + "
+            "topic + a bookkeeping overhead of `sizeof(mrb_msg)` + 1 bytes "
+            "(stream entries and replay answers also their stream key and "
+            "entry ID), which depends on the build (`MRB_MSG_OVERHEAD`, "
+            "`include/mrb/queue.h`); must be at least `max_payload` + the "
+            "longest topic (`MRB_TOPIC_MAX`, 65535) + that overhead, or the "
+            "configuration is refused; `mqtt-redis-bridge --check` prints the "
+            "minimum for your settings in its `limits:` line (`(at least N "
+            "bytes with this max_payload)`), and a smaller value is refused "
+            "naming the file. Example for x86_64 (`--check`, 2026-12-03, gcc "
+            "12; it changes when `mrb_msg` does): overhead 113 bytes, minimum "
+            "`max_payload` + 65648 (1114224 with the default `max_payload`); "
+            "it differs on 32-bit (armhf: 97 bytes, `max_payload` + 65632)"},
+    END};
 
 static const field reconnect_fields[] = {
-    {"min_ms", F_LONG, C(reconnect_min_ms), 10, 60000, NULL, NULL, 0, NULL},
-    {"max_ms", F_LONG, C(reconnect_max_ms), 100, 3600000, NULL, NULL, 0, NULL},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
+    {"min_ms", F_LONG, C(reconnect_min_ms), 10, 60000, .def = 250,
+     .doc = "first reconnect delay"},
+    {"max_ms", F_LONG, C(reconnect_max_ms), 100, 3600000, .def = 30000,
+     .doc = "cap of the reconnect delay"},
+    END};
 
 static const field route_fields[] = {
-    {"mqtt", F_STRING, R(mqtt), 0, 0, NULL, NULL, 1, NULL},
-    {"redis", F_STRING, R(redis), 0, 0, NULL, NULL, 1, NULL},
-    {"direction", F_ENUM, R(dir), 0, 0, directions, NULL, 0, NULL},
-    {"qos", F_INT, R(qos), 0, 2, NULL, NULL, 0, NULL},
-    {"retain", F_BOOL, R(retain), 0, 0, NULL, NULL, 0, NULL},
-    {"mode", F_ENUM, R(mode), 0, 0, modes, NULL, 0, NULL},
-    {"maxlen", F_LONG, R(maxlen), 1, 1000000000L, NULL, NULL, 0, NULL},
-    {"store", F_ENUM, R(store), 0, 0, stores, NULL, 0, NULL},
-    {"hash", F_STRING, R(hash), 0, 0, NULL, NULL, 0, NULL},
-    {"envelope", F_ENUM, R(envelope), 0, 0, envelopes, NULL, 0, NULL},
-    {"unwrap", F_BOOL, R(unwrap), 0, 0, NULL, NULL, 0, NULL},
-    {"rate", F_LONG, R(rate), 0, MRB_RATE_MAX, NULL, NULL, 0, NULL},
-    {"burst", F_LONG, R(burst), 1, MRB_RATE_MAX, NULL, NULL, 0, NULL},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
+    {"mqtt", F_STRING, R(mqtt), .required = 1, .doc = "MQTT topic filter"},
+    {"redis", F_STRING, R(redis), .required = 1,
+     .doc = "Redis channel or `*` pattern"},
+    {"direction", F_ENUM, R(dir), .allowed = directions, .def = MRB_DIR_BOTH,
+     .doc = "which way messages cross"},
+    {"qos", F_INT, R(qos), 0, 2, .def = 1,
+     .doc = "subscription QoS and QoS of publishes to MQTT"},
+    {"retain", F_BOOL, R(retain), .doc = "publish to MQTT retained"},
+    {"mode", F_ENUM, R(mode), .allowed = modes, .def = MRB_MODE_PUBSUB,
+     .doc = "Redis pub/sub channels, or Redis Streams keys"},
+    {"maxlen", F_LONG, R(maxlen), 1, 1000000000L, .def = MRB_MAXLEN_DEFAULT,
+     .doc = "stream mode: `XADD MAXLEN ~` bound of each stream"},
+    {"store", F_ENUM, R(store), .allowed = stores, .def = MRB_STORE_NONE,
+     .doc = "`hash`: also keep the latest payload per topic in the Redis hash "
+            "`routes[].hash` (presence; not on `redis_to_mqtt` routes)"},
+    {"hash", F_STRING, R(hash),
+     .doc = "the hash's name; required with `store: hash`, an error without "
+            "it"},
+    {"envelope", F_ENUM, R(envelope), .allowed = envelopes,
+     .def = MRB_ENVELOPE_NONE,
+     .doc = "`json`: wrap MQTT->Redis messages in a JSON envelope (not on "
+            "`redis_to_mqtt` routes)"},
+    {"unwrap", F_BOOL, R(unwrap),
+     .doc = "Redis->MQTT payloads are envelopes: send their `payload` (not on "
+            "`mqtt_to_redis` routes)"},
+    {"rate", F_LONG, R(rate), 0, MRB_RATE_MAX,
+     .doc = "messages per second, per direction: QoS 0 beyond is dropped, QoS "
+            "1/2 slowed; `0`: unlimited"},
+    {"burst", F_LONG, R(burst), 1, MRB_RATE_MAX, .def_doc = "`rate`",
+     .doc = "token bucket size; only with `rate`"},
+    END};
 
 static const field top_fields[] = {
-    {"id", F_STRING, C(id), 0, 0, NULL, NULL, 0, check_id},
-    {"log_level", F_ENUM, C(log_level), 0, 0, log_levels, NULL, 0, NULL},
-    {"syslog", F_BOOL, C(syslog), 0, 0, NULL, NULL, 0, NULL},
-    {"mqtt", F_OBJECT, 0, 0, 0, NULL, mqtt_fields, 0, NULL},
-    {"redis", F_OBJECT, 0, 0, 0, NULL, redis_fields, 0, NULL},
-    {"routes", F_ROUTES, 0, 0, 0, NULL, route_fields, 0, NULL},
-    {"limits", F_OBJECT, 0, 0, 0, NULL, limit_fields, 0, NULL},
-    {"reconnect", F_OBJECT, 0, 0, 0, NULL, reconnect_fields, 0, NULL},
-    {"shutdown_timeout_ms", F_LONG, C(shutdown_timeout_ms), 0, 600000, NULL, NULL, 0, NULL},
-    {"stats_interval", F_LONG, C(stats_interval), 0, 86400, NULL, NULL, 0, NULL},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
+    {"id", F_STRING, C(id), .check = check_id, .def_doc = "the host name",
+     .doc = "1 to 64 of `A-Z a-z 0-9 - _ .`: names the bridge in its client "
+            "id and `bridge/<id>/status`, as `--id`"},
+    {"log_level", F_ENUM, C(log_level), .allowed = log_levels,
+     .def = MRB_LOG_INFO, .doc = "what is logged (to stderr or syslog)"},
+    {"syslog", F_BOOL, C(syslog),
+     .doc = "log to syslog instead of stderr, as `--syslog`"},
+    {"mqtt", F_OBJECT, 0, .children = mqtt_fields,
+     .doc = "the MQTT broker and the bridge's session on it"},
+    {"redis", F_OBJECT, 0, .children = redis_fields, .doc = "the Redis server"},
+    {"routes", F_ROUTES, 0, .children = route_fields,
+     .def_doc = "`user/+ <> user:*` and `news <> news`",
+     .doc = "the route objects, at least one; replaced by any `--route`"},
+    {"limits", F_OBJECT, 0, .children = limit_fields,
+     .doc = "message size and queue bounds"},
+    {"reconnect", F_OBJECT, 0, .children = reconnect_fields,
+     .doc = "the capped exponential backoff of both sides' reconnects"},
+    {"shutdown_timeout_ms", F_LONG, C(shutdown_timeout_ms), 0, 600000,
+     .def = 5000, .doc = "how long shutdown waits to flush queued messages"},
+    {"stats_interval", F_LONG, C(stats_interval), 0, 86400, .def = 60,
+     .doc = "seconds between statistics reports on `bridge/<id>/stats` and in "
+            "`bridge:<id>:stats` (the first one when the bridge is ready); "
+            "`0`: off, nothing is written"},
+    END};
 
 #undef C
 #undef R
+#undef END
 
-/* Collect the integer rows of fields (recursively) under prefix; route
- * keys are named "routes[].KEY". */
-static void int_keys(const field *fields, const char *prefix, int route,
-                     mrb_config_int_key *keys, size_t n, size_t *count)
+static const char *type_name(const field *f)
+{
+    switch (f->type) {
+    case F_STRING: return "string";
+    case F_LONG: case F_INT: case F_U32: return "integer";
+    case F_BOOL: return "boolean";
+    case F_ENUM: return "enum";
+    case F_OBJECT: return "object";
+    case F_ROUTES: return "array";
+    }
+    return "?";
+}
+
+/* The default of row f as text: "" for none. */
+static void default_text(const field *f, char *buf, size_t len)
+{
+    if (f->def_doc)
+        snprintf(buf, len, "%s", f->def_doc);
+    else if (f->type == F_STRING)
+        snprintf(buf, len, "%s%s%s", f->sdef ? "`" : "", f->sdef ? f->sdef : "",
+                 f->sdef ? "`" : "");
+    else if (f->type == F_BOOL)
+        snprintf(buf, len, "%s", f->def ? "true" : "false");
+    else if (f->type == F_ENUM)
+        snprintf(buf, len, "`%s`", f->allowed[f->def]);
+    else if (f->type == F_OBJECT || f->type == F_ROUTES)
+        buf[0] = '\0';
+    else
+        snprintf(buf, len, "%" PRId64, f->def);
+}
+
+/* Collect the rows of fields (recursively, an object before its keys) under
+ * prefix; route keys are named "routes[].KEY". */
+static void walk_keys(const field *fields, const char *prefix, int route,
+                      mrb_config_key *keys, size_t n, size_t *count)
 {
     for (const field *f = fields; f->name; f++) {
         char path[sizeof(keys->path)];
         snprintf(path, sizeof(path), "%s%s%s%s", prefix, *prefix ? "." : "",
                  f->name, f->type == F_ROUTES ? "[]" : "");
-        if (f->type == F_OBJECT || f->type == F_ROUTES) {
-            int_keys(f->children, path, route || f->type == F_ROUTES, keys, n,
-                     count);
-        } else if (f->type == F_LONG || f->type == F_INT || f->type == F_U32) {
-            if (*count < n) {
-                mrb_config_int_key *k = &keys[*count];
-                snprintf(k->path, sizeof(k->path), "%s", path);
-                k->min = f->min;
-                k->max = f->max;
-                k->route = route;
-            }
-            (*count)++;
+        if (*count < n) {
+            mrb_config_key *k = &keys[*count];
+            snprintf(k->path, sizeof(k->path), "%s%s%s", prefix,
+                     *prefix ? "." : "", f->name);
+            k->type = type_name(f);
+            k->min = f->min;
+            k->max = f->max;
+            k->allowed = f->allowed;
+            default_text(f, k->def, sizeof(k->def));
+            k->doc = f->doc;
+            k->required = f->required;
+            k->route = route;
         }
+        (*count)++;
+        if (f->type == F_OBJECT || f->type == F_ROUTES)
+            walk_keys(f->children, path, route || f->type == F_ROUTES, keys, n,
+                      count);
     }
 }
 
-size_t mrb_config_int_keys(mrb_config_int_key *keys, size_t n)
+size_t mrb_config_keys(mrb_config_key *keys, size_t n)
 {
     size_t count = 0;
-    int_keys(top_fields, "", 0, keys, n, &count);
+    walk_keys(top_fields, "", 0, keys, n, &count);
     return count;
 }
 
@@ -211,24 +348,74 @@ static mrb_err check_redis_url(const char *v, char *msg, size_t msglen)
 
 /* ------------------------------------------------------------- defaults */
 
+static mrb_err set_string(char **slot, const char *value)
+{
+    char *d = strdup(value);
+    if (!d)
+        return MRB_ERR_NOMEM;
+    free(*slot);
+    *slot = d;
+    return MRB_OK;
+}
+
+/* Store x in the slot of an integer row; 0 if it does not fit the slot's
+ * type: a row whose bounds exceed that type (a schema bug, which the unit
+ * test walking every key finds on the target where it happens). */
+static int store_int(const field *f, void *slot, int64_t x)
+{
+    switch (f->type) {
+    case F_INT:
+        if (x < INT_MIN || x > INT_MAX)
+            return 0;
+        *(int *)slot = (int)x;
+        return 1;
+    case F_LONG:
+        if (x < LONG_MIN || x > LONG_MAX)
+            return 0;
+        *(long *)slot = (long)x;
+        return 1;
+    case F_U32:
+        if (x < 0 || x > (int64_t)UINT32_MAX)
+            return 0;
+        *(uint32_t *)slot = (uint32_t)x;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* The defaults of the non-string rows of fields into base (zeroed). */
+static void set_defaults(const field *fields, void *base)
+{
+    for (const field *f = fields; f->name; f++) {
+        void *slot = (char *)base + f->off;
+        if (f->type == F_OBJECT)
+            set_defaults(f->children, base);
+        else if (f->type == F_BOOL || f->type == F_ENUM)
+            *(int *)slot = (int)f->def;
+        else if (f->type != F_STRING && f->type != F_ROUTES)
+            (void)store_int(f, slot, f->def); /* in range: unit-tested */
+    }
+}
+
+/* The string rows of fields with a default (sdef) that are not set. */
+static mrb_err set_string_defaults(const field *fields, void *base)
+{
+    mrb_err err = MRB_OK;
+    for (const field *f = fields; f->name && err == MRB_OK; f++) {
+        char **slot = (char **)(void *)((char *)base + f->off);
+        if (f->type == F_OBJECT)
+            err = set_string_defaults(f->children, base);
+        else if (f->type == F_STRING && f->sdef && !*slot)
+            err = set_string(slot, f->sdef);
+    }
+    return err;
+}
+
 void mrb_config_init(mrb_config *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
-    cfg->log_level = MRB_LOG_INFO;
-    cfg->protocol = MRB_MQTT_AUTO;
-    cfg->keepalive = 30;
-    cfg->session_expiry = 3600;
-    cfg->redis_keepalive = 30;
-    cfg->scan_interval = 10;
-    cfg->max_payload = 1048576;
-    cfg->queue_messages = 10000;
-    cfg->queue_bytes = 16L * 1024 * 1024;
-    cfg->reconnect_min_ms = 250;
-    cfg->reconnect_max_ms = 30000;
-    cfg->shutdown_timeout_ms = 5000;
-    cfg->stats_interval = 60;
-    cfg->tls_verify_hostname = 1;
-    cfg->tls_min_version = MRB_TLS_1_2;
+    set_defaults(top_fields, cfg);
 }
 
 void mrb_config_free_routes(mrb_route *routes, size_t n)
@@ -285,16 +472,6 @@ static int has_password(const char *url)
     char shown[1024];
     mrb_url_redact_text(url, shown, sizeof(shown));
     return strcmp(shown, url) != 0;
-}
-
-static mrb_err set_string(char **slot, const char *value)
-{
-    char *d = strdup(value);
-    if (!d)
-        return MRB_ERR_NOMEM;
-    free(*slot);
-    *slot = d;
-    return MRB_OK;
 }
 
 /* --------------------------------------------------------------- JSON */
@@ -483,8 +660,7 @@ static mrb_err apply_routes(jctx *j, const cJSON *arr, mrb_config *cfg,
         char rpath[160], rmsg[512];
         snprintf(rpath, sizeof(rpath), "%s[%zu]", path, i);
         mrb_route *r = &routes[i++];
-        r->qos = 1;
-        r->maxlen = MRB_MAXLEN_DEFAULT;
+        set_defaults(route_fields, r);
         if (!cJSON_IsObject(item)) {
             err = bad_value(j, rpath, item, "an object with \"mqtt\" and \"redis\"");
             break;
@@ -504,32 +680,6 @@ static mrb_err apply_routes(jctx *j, const cJSON *arr, mrb_config *cfg,
     cfg->routes = routes;
     cfg->n_routes = n;
     return MRB_OK;
-}
-
-/* Store x in the slot of an integer row; 0 if it does not fit the slot's
- * type: a row whose bounds exceed that type (a schema bug, which the unit
- * test walking every key finds on the target where it happens). */
-static int store_int(const field *f, void *slot, int64_t x)
-{
-    switch (f->type) {
-    case F_INT:
-        if (x < INT_MIN || x > INT_MAX)
-            return 0;
-        *(int *)slot = (int)x;
-        return 1;
-    case F_LONG:
-        if (x < LONG_MIN || x > LONG_MAX)
-            return 0;
-        *(long *)slot = (long)x;
-        return 1;
-    case F_U32:
-        if (x < 0 || x > (int64_t)UINT32_MAX)
-            return 0;
-        *(uint32_t *)slot = (uint32_t)x;
-        return 1;
-    default:
-        return 0;
-    }
 }
 
 static mrb_err apply_field(jctx *j, const field *f, const cJSON *v, void *base,
@@ -940,9 +1090,7 @@ mrb_err mrb_config_finish(mrb_config *cfg, char *msg, size_t msglen)
         return mrb_fail(MRB_ERR_INVALID, msg, msglen,
                         "id: invalid value \"%s\" (allowed: 1 to 64 letters, "
                         "digits, '-', '_' or '.')", cfg->id);
-    if (!cfg->mqtt_url && (err = set_string(&cfg->mqtt_url, "mqtt://127.0.0.1:1883")))
-        return err;
-    if (!cfg->redis_url && (err = set_string(&cfg->redis_url, "redis://127.0.0.1:6379")))
+    if ((err = set_string_defaults(top_fields, cfg)) != MRB_OK)
         return err;
     if (!cfg->n_routes && (err = default_routes(cfg)) != MRB_OK)
         return err;

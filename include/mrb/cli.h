@@ -41,7 +41,21 @@ void mrb_cli_free(mrb_cli *cli);
  * over. Call after mrb_config_apply_cli() has copied the URLs; pointers into
  * argv kept elsewhere are stale afterwards. */
 void mrb_cli_scrub(mrb_cli *cli);
+/* --help: the usage text, from the table of options. */
 void mrb_cli_usage(FILE *out);
+
+/* One command-line option (a row of cli.c's table). */
+typedef struct mrb_cli_option {
+    char short_name;          /* 'c' for -c; 0 for none */
+    const char *long_name;    /* "config" for --config */
+    const char *arg;          /* the argument's name, NULL: none */
+    const char *help;         /* --help: lines, '\n'-separated */
+    const char *doc;          /* the man page: a paragraph, `code` in
+                                 backquotes; NULL: help */
+} mrb_cli_option;
+
+/* The options in --help order; *n: how many. Static storage. */
+const mrb_cli_option *mrb_cli_options(size_t *n);
 
 /* Apply command-line overrides (routes, URLs, id, verbosity). */
 mrb_err mrb_config_apply_cli(mrb_config *cfg, const mrb_cli *cli, char *msg,

@@ -119,17 +119,25 @@ long mrb_config_queue_bytes_min(const mrb_config *cfg);
 /* The effective configuration, passwords redacted (for --check). */
 void mrb_config_print(const mrb_config *cfg, FILE *out);
 
-/* One integer key of the configuration file's schema, as the README's option
- * table names it: "limits.queue_bytes", route keys as "routes[].rate". */
-typedef struct mrb_config_int_key {
+/* One key of the configuration file's schema (a row of config.c's table),
+ * as the documentation names it: "limits.queue_bytes", route keys as
+ * "routes[].rate". */
+typedef struct mrb_config_key {
     char path[64];
-    int64_t min, max;         /* the allowed range, both included */
+    const char *type;         /* "string" "integer" "boolean" "enum" "object"
+                                 "array" */
+    int64_t min, max;         /* "integer": the allowed range, both included */
+    const char *const *allowed; /* "enum": the values, NULL-terminated */
+    char def[96];             /* the default as text ("" none), `code` quoted */
+    const char *doc;          /* what it means, `code` quoted */
+    int required;             /* must be given (in each route) */
     int route;                /* a key of each route object */
-} mrb_config_int_key;
+} mrb_config_key;
 
-/* The schema's integer keys in table order: the first n into keys (keys may
- * be NULL when n is 0); returns how many there are in all. For tests that
- * walk every key and for the documentation check. */
-size_t mrb_config_int_keys(mrb_config_int_key *keys, size_t n);
+/* The schema's keys in table order, an object before its keys: the first n
+ * into keys (keys may be NULL when n is 0); returns how many there are in
+ * all. For tests that walk every key and for the documentation (mrb-docgen,
+ * tools/docgen.c). */
+size_t mrb_config_keys(mrb_config_key *keys, size_t n);
 
 #endif
