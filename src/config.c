@@ -1,10 +1,12 @@
 /*
- * config.c - defaults, the JSON schema (one table row per key) and
- * whole-configuration checks. The command line is cli.c, which sets keys
- * through mrb_config_set_string().
+ * config.c - the JSON schema (one table row per key: type, bounds, default,
+ * meaning), the defaults it gives, and reading a JSON file into a
+ * configuration. The command line is cli.c, which sets keys through
+ * mrb_config_set_string(); the whole-configuration checks are
+ * config_finish.c; mrb-docgen (docgen.c) prints the table as documentation.
  */
-#include "mrb/config.h"
-#include "mrb/queue.h"
+#include "config_int.h"
+#include "json_nul.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -50,18 +52,15 @@ typedef struct field {
     const char *doc;
 } field;
 
-static mrb_err check_mqtt_url(const char *v, char *msg, size_t msglen);
-static mrb_err check_redis_url(const char *v, char *msg, size_t msglen);
-static mrb_err check_id(const char *v, char *msg, size_t msglen);
 
 static const char *const log_levels[] = {"error", "warning", "info", "debug", NULL};
-static const char *const protocols[] = {"auto", "5", "3.1.1", NULL};
+const char *const mrb_config__protocols[] = {"auto", "5", "3.1.1", NULL};
 static const char *const directions[] = {"both", "mqtt_to_redis",
                                          "redis_to_mqtt", NULL};
 static const char *const modes[] = {"pubsub", "stream", NULL};
 static const char *const stores[] = {"none", "hash", NULL};
 static const char *const envelopes[] = {"none", "json", NULL};
-static const char *const tls_versions[] = {"1.2", "1.3", NULL};
+const char *const mrb_config__tls_versions[] = {"1.2", "1.3", NULL};
 
 #define C(m) offsetof(mrb_config, m)
 #define R(m) offsetof(mrb_route, m)
@@ -83,18 +82,20 @@ static const field tls_fields[] = {
     {"verify_hostname", F_BOOL, C(tls_verify_hostname), .def = 1,
      .doc = "the broker's certificate must name the URL's host (DNS name or "
             "IP address)"},
-    {"min_version", F_ENUM, C(tls_min_version), .allowed = tls_versions,
+    {"min_version", F_ENUM, C(tls_min_version),
+     .allowed = mrb_config__tls_versions,
      .def = MRB_TLS_1_2, .doc = "lowest TLS version accepted"},
     END};
 
 static const field mqtt_fields[] = {
-    {"url", F_STRING, C(mqtt_url), .check = check_mqtt_url,
+    {"url", F_STRING, C(mqtt_url), .check = mrb_config__check_mqtt_url,
      .sdef = "mqtt://127.0.0.1:1883",
      .doc = "broker URL, as `--mqtt`: `mqtt://[user[:pass]@]host[:port]`, or "
             "`mqtts://...` for TLS (port 8883)"},
     {"client_id", F_STRING, C(client_id), .def_doc = "`mqtt-redis-bridge-<id>`",
      .doc = "MQTT client identifier (must be unique per broker)"},
-    {"protocol", F_ENUM, C(protocol), .allowed = protocols, .def = MRB_MQTT_AUTO,
+    {"protocol", F_ENUM, C(protocol), .allowed = mrb_config__protocols,
+     .def = MRB_MQTT_AUTO,
      .doc = "`auto` tries MQTT 5 and falls back to 3.1.1 if the broker refuses "
             "it (one warning; reconnects stay on 3.1.1; tested against aedes, "
             "a broker without MQTT 5)"},
@@ -115,7 +116,7 @@ static const field mqtt_fields[] = {
     END};
 
 static const field redis_fields[] = {
-    {"url", F_STRING, C(redis_url), .check = check_redis_url,
+    {"url", F_STRING, C(redis_url), .check = mrb_config__check_redis_url,
      .sdef = "redis://127.0.0.1:6379",
      .doc = "as `--redis`: `redis://[user[:pass]@]host[:port][/db]` or "
             "`unix:/path/redis.sock`; user/password give `AUTH`, `/db` a "
@@ -197,7 +198,8 @@ static const field route_fields[] = {
     END};
 
 static const field top_fields[] = {
-    {"id", F_STRING, C(id), .check = check_id, .def_doc = "the host name",
+    {"id", F_STRING, C(id), .check = mrb_config__check_id,
+     .def_doc = "the host name",
      .doc = "1 to 64 of `A-Z a-z 0-9 - _ .`: names the bridge in its client "
             "id and `bridge/<id>/status`, as `--id`"},
     {"log_level", F_ENUM, C(log_level), .allowed = log_levels,
@@ -293,62 +295,9 @@ size_t mrb_config_keys(mrb_config_key *keys, size_t n)
     return count;
 }
 
-/* ------------------------------------------------------- value checks */
-
-static int id_valid(const char *id)
-{
-    size_t n = strlen(id);
-    if (n == 0 || n > 64)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
-            return 0;
-    }
-    return 1;
-}
-
-static mrb_err check_id(const char *v, char *msg, size_t msglen)
-{
-    if (id_valid(v))
-        return MRB_OK;
-    return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                    "invalid value \"%s\" (allowed: 1 to 64 letters, digits, "
-                    "'-', '_' or '.')", v);
-}
-
-static mrb_err check_url(const char *v, mrb_url_kind kind, char *msg,
-                         size_t msglen)
-{
-    mrb_url u;
-    mrb_err err = mrb_url_parse(v, kind, &u, msg, msglen);
-    int tls = u.tls;
-    mrb_url_free(&u);
-    if (err == MRB_OK && tls && !MRB_WITH_TLS) {
-        char shown[300];
-        mrb_url_redact_text(v, shown, sizeof(shown));
-        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                        "\"%s\": this mqtt-redis-bridge was built without TLS "
-                        "(cmake -DWITH_TLS=OFF): use mqtt:// or a build with "
-                        "TLS", shown);
-    }
-    return err;
-}
-
-static mrb_err check_mqtt_url(const char *v, char *msg, size_t msglen)
-{
-    return check_url(v, MRB_URL_MQTT, msg, msglen);
-}
-
-static mrb_err check_redis_url(const char *v, char *msg, size_t msglen)
-{
-    return check_url(v, MRB_URL_REDIS, msg, msglen);
-}
-
 /* ------------------------------------------------------------- defaults */
 
-static mrb_err set_string(char **slot, const char *value)
+mrb_err mrb_config__set_string(char **slot, const char *value)
 {
     char *d = strdup(value);
     if (!d)
@@ -407,9 +356,14 @@ static mrb_err set_string_defaults(const field *fields, void *base)
         if (f->type == F_OBJECT)
             err = set_string_defaults(f->children, base);
         else if (f->type == F_STRING && f->sdef && !*slot)
-            err = set_string(slot, f->sdef);
+            err = mrb_config__set_string(slot, f->sdef);
     }
     return err;
+}
+
+mrb_err mrb_config__string_defaults(mrb_config *cfg)
+{
+    return set_string_defaults(top_fields, cfg);
 }
 
 void mrb_config_init(mrb_config *cfg)
@@ -445,153 +399,19 @@ void mrb_config_free(mrb_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
 }
 
-static void add_warning(mrb_config *cfg, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void add_warning(mrb_config *cfg, const char *fmt, ...)
-{
-    if (cfg->n_warnings >= MRB_CONFIG_MAX_WARNINGS)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cfg->warnings[cfg->n_warnings++], sizeof(cfg->warnings[0]), fmt, ap);
-    va_end(ap);
-}
-
-/* Warn when a file holding a secret can be read by every user. */
-static void warn_if_public(mrb_config *cfg, const char *what, const char *path,
-                           const struct stat *st)
-{
-    if (st->st_mode & S_IROTH)
-        add_warning(cfg, "%s \"%s\" is readable by other users (mode %04o): "
-                    "chmod o-r it", what, path, (unsigned)(st->st_mode & 07777));
-}
-
-static int has_password(const char *url)
-{
-    char shown[1024];
-    mrb_url_redact_text(url, shown, sizeof(shown));
-    return strcmp(shown, url) != 0;
-}
-
 /* --------------------------------------------------------------- JSON */
-
-/* A string of the document (a value, or the name of an object's key) that
- * holds a NUL character. */
-typedef struct nul_mark {
-    const cJSON *item;
-    int key;                  /* the item's name, not its value */
-} nul_mark;
 
 typedef struct jctx {
     const char *source;
     char *msg;
     size_t msglen;
-    const nul_mark *nuls;     /* the document's strings with a NUL */
+    const mrb_json_nul *nuls;     /* the document's strings with a NUL */
     size_t n_nuls;
 } jctx;
 
-/* ------------------------------------------------------ NUL characters */
-
-/* cJSON decodes "\u0000" (and takes a raw 0 byte) into a NUL inside the
- * string it returns, which then reads as cut short there: "x\u0000y" as
- * "x". It keeps no length, so the text is scanned instead: its string tokens
- * (key names and values) come in the order a depth-first walk of the tree
- * meets them. */
-
-/* The string token at p[0] == '"': whether it holds a NUL; *next: after it.
- * Escapes are skipped as cJSON skips them (a backslash takes the next byte
- * along); only \u0000 decodes to a NUL (a surrogate pair never does). */
-static int token_has_nul(const char *p, const char *end, const char **next)
-{
-    int nul = 0;
-    for (p++; p < end && *p != '"'; p++) {
-        if (*p == '\0')
-            nul = 1;
-        else if (*p == '\\' && p + 1 < end) {
-            if (p[1] == 'u' && end - p >= 6 && memcmp(p + 2, "0000", 4) == 0)
-                nul = 1;
-            p++;
-        }
-    }
-    *next = p < end ? p + 1 : end;
-    return nul;
-}
-
-/* The ordinals (0: the first string token) of the tokens in text[0..len)
- * holding a NUL, into ords (up to max); returns how many there are. */
-static size_t nul_tokens(const char *text, size_t len, size_t *ords, size_t max)
-{
-    const char *p = text, *end = text + len;
-    size_t ord = 0, n = 0;
-    while (p < end) {
-        if (*p != '"') {
-            p++;
-            continue;
-        }
-        if (token_has_nul(p, end, &p)) {
-            if (n < max)
-                ords[n] = ord;
-            n++;
-        }
-        ord++;
-    }
-    return n;
-}
-
-/* Walk v as the tokens come, pairing the ordinals with their items. */
-static void mark_nuls(const cJSON *v, const size_t *ords, size_t n_ords,
-                      size_t *ord, nul_mark *marks, size_t *n_marks)
-{
-    if (cJSON_IsString(v)) {
-        if (*n_marks < n_ords && ords[*n_marks] == *ord)
-            marks[(*n_marks)++] = (nul_mark){v, 0};
-        (*ord)++;
-        return;
-    }
-    int obj = cJSON_IsObject(v);
-    if (!obj && !cJSON_IsArray(v))
-        return;
-    for (const cJSON *c = v->child; c; c = c->next) {
-        if (obj) {
-            if (*n_marks < n_ords && ords[*n_marks] == *ord)
-                marks[(*n_marks)++] = (nul_mark){c, 1};
-            (*ord)++;
-        }
-        mark_nuls(c, ords, n_ords, ord, marks, n_marks);
-    }
-}
-
-/* The strings of root (parsed from text[0..len)) that hold a NUL: *marks
- * (heap, the caller frees; NULL when there are none), *n of them. */
-static mrb_err find_nuls(const cJSON *root, const char *text, size_t len,
-                         nul_mark **marks, size_t *n)
-{
-    size_t n_ords = nul_tokens(text, len, NULL, 0), ord = 0;
-    *marks = NULL;
-    *n = 0;
-    if (n_ords == 0)
-        return MRB_OK;
-    size_t *ords = calloc(n_ords, sizeof(*ords));
-    *marks = calloc(n_ords, sizeof(**marks));
-    if (!ords || !*marks) {
-        free(ords);
-        free(*marks);
-        *marks = NULL;
-        return MRB_ERR_NOMEM;
-    }
-    nul_tokens(text, len, ords, n_ords);
-    mark_nuls(root, ords, n_ords, &ord, *marks, n);
-    free(ords);
-    return MRB_OK;
-}
-
 static int has_nul(const jctx *j, const cJSON *item, int key)
 {
-    for (size_t i = 0; i < j->n_nuls; i++)
-        if (j->nuls[i].item == item && j->nuls[i].key == key)
-            return 1;
-    return 0;
+    return mrb_json_has_nul(j->nuls, j->n_nuls, item, key);
 }
 
 static mrb_err nul_value(jctx *j, const char *path)
@@ -701,7 +521,7 @@ static mrb_err apply_field(jctx *j, const field *f, const cJSON *v, void *base,
                 return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen, "%s: %s: %s",
                                 j->source, path, cmsg);
         }
-        return set_string((char **)(void *)slot, v->valuestring);
+        return mrb_config__set_string((char **)(void *)slot, v->valuestring);
     case F_LONG:
     case F_INT:
     case F_U32:
@@ -818,7 +638,7 @@ mrb_err mrb_config_set_string(mrb_config *cfg, const char *path,
         return mrb_fail(MRB_ERR_INVALID, msg, msglen, "no string key %s", path);
     if (f->check && f->check(value, msg, msglen) != MRB_OK)
         return MRB_ERR_INVALID;
-    return set_string((char **)(void *)((char *)cfg + f->off), value);
+    return mrb_config__set_string((char **)(void *)((char *)cfg + f->off), value);
 }
 
 mrb_err mrb_config_load_json(mrb_config *cfg, const char *text, size_t len,
@@ -857,19 +677,19 @@ mrb_err mrb_config_load_json(mrb_config *cfg, const char *text, size_t len,
                         "%s:%d:%d: JSON syntax error near '%s%s'", source, line,
                         col, near, k == 24 ? "..." : "");
     }
-    nul_mark *marks = NULL;
+    mrb_json_nul *marks = NULL;
     mrb_err err;
     if (!cJSON_IsObject(root))
         err = mrb_fail(MRB_ERR_INVALID, msg, msglen,
                        "%s: the configuration must be a JSON object ({...})",
                        source);
-    else if ((err = find_nuls(root, text, (size_t)(end - text), &marks,
+    else if ((err = mrb_json_find_nuls(root, text, (size_t)(end - text), &marks,
                               &j.n_nuls)) == MRB_OK) {
         j.nuls = marks;
         err = apply_object(&j, root, top_fields, cfg, "");
     }
     /* for mrb_config_finish's messages: which limits this document set */
-    if (err == MRB_OK && (err = set_string(&cfg->source, source)) == MRB_OK) {
+    if (err == MRB_OK && (err = mrb_config__set_string(&cfg->source, source)) == MRB_OK) {
         const cJSON *lim = cJSON_GetObjectItemCaseSensitive(root, "limits");
         if (cJSON_GetObjectItemCaseSensitive(lim, "max_payload"))
             cfg->max_payload_given = 1;
@@ -923,277 +743,10 @@ mrb_err mrb_config_load_file(mrb_config *cfg, const char *path, char *msg,
     free(buf);
     /* a password in a URL of this file: the file is a secret */
     if (err == MRB_OK && st_ok &&
-        ((cfg->mqtt_url != mqtt_before && has_password(cfg->mqtt_url)) ||
-         (cfg->redis_url != redis_before && has_password(cfg->redis_url))))
-        warn_if_public(cfg, "the configuration file, which holds a password,",
+        ((cfg->mqtt_url != mqtt_before && mrb_config__has_password(cfg->mqtt_url)) ||
+         (cfg->redis_url != redis_before && mrb_config__has_password(cfg->redis_url))))
+        mrb_config__warn_if_public(cfg, "the configuration file, which holds a password,",
                        path, &st);
     return err;
 }
 
-
-/* ---------------------------------------------------------- finishing */
-
-static mrb_err default_id(mrb_config *cfg)
-{
-    char host[256] = "";
-    if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0')
-        strcpy(host, "bridge");
-    host[64] = '\0';
-    for (char *p = host; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-              (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '.'))
-            *p = '-';
-    return set_string(&cfg->id, host);
-}
-
-static mrb_err default_routes(mrb_config *cfg)
-{
-    static const char *const specs[] = {"user/+ <> user:*", "news <> news"};
-    size_t n = sizeof(specs) / sizeof(specs[0]);
-    cfg->routes = calloc(n, sizeof(*cfg->routes));
-    if (!cfg->routes)
-        return MRB_ERR_NOMEM;
-    for (size_t i = 0; i < n; i++) {
-        if (mrb_route_parse_spec(specs[i], &cfg->routes[i], NULL, 0) != MRB_OK)
-            return MRB_ERR_NOMEM;
-        cfg->n_routes++;
-    }
-    return MRB_OK;
-}
-
-/* Read the first line of a password file into *out (heap). */
-static mrb_err read_password_file(mrb_config *cfg, const char *key,
-                                  const char *path, char **out, char *msg,
-                                  size_t msglen)
-{
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return mrb_fail(MRB_ERR_INVALID, msg, msglen, "%s: cannot open \"%s\": %s",
-                        key, path, strerror(errno));
-    char buf[1024];
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    int rerr = ferror(f) ? errno : 0;
-    struct stat st;
-    if (fstat(fileno(f), &st) == 0)
-        warn_if_public(cfg, key, path, &st);
-    fclose(f);
-    buf[n] = '\0';
-    size_t len = strcspn(buf, "\r\n");
-    mrb_err err = MRB_OK;
-    if (rerr)
-        err = mrb_fail(MRB_ERR_INVALID, msg, msglen, "%s: cannot read \"%s\": %s",
-                       key, path, strerror(rerr));
-    else if (n == sizeof(buf) - 1)
-        err = mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                       "%s: \"%s\" is larger than %zu bytes (the password goes "
-                       "on its first line)", key, path, sizeof(buf) - 2);
-    else if (memchr(buf, '\0', n))
-        err = mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                       "%s: \"%s\" holds a NUL byte", key, path);
-    else if (len == 0)
-        err = mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                       "%s: \"%s\": the first line is empty (it holds the "
-                       "password)", key, path);
-    if (err == MRB_OK) {
-        buf[len] = '\0';
-        if (!(*out = strdup(buf)))
-            err = MRB_ERR_NOMEM;
-    }
-    return err;
-}
-
-/* The password of one side from exactly one of: the URL, a file, the
- * environment. Stored in url->password; *from names the source. */
-static mrb_err resolve_password(mrb_config *cfg, const char *side, mrb_url *url,
-                                const char *file, const char *env,
-                                const char **from, char *msg, size_t msglen)
-{
-    static const char *const url_name[] = {"the URL (mqtt.url / --mqtt)",
-                                           "the URL (redis.url / --redis)"};
-    int mqtt = strcmp(side, "mqtt") == 0;
-    const char *envval = getenv(env);
-    const char *src[3] = {url->password ? url_name[mqtt ? 0 : 1] : NULL,
-                          file ? (mqtt ? "mqtt.password_file"
-                                       : "redis.password_file") : NULL,
-                          envval && envval[0] ? env : NULL};
-    const char *first = NULL;
-    *from = NULL;
-    for (int i = 0; i < 3; i++) {
-        if (!src[i])
-            continue;
-        if (first)
-            return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                            "%s: the password is given twice, in %s and in %s: "
-                            "keep one", side, first, src[i]);
-        first = src[i];
-    }
-    if (!first)
-        return MRB_OK;
-    char *pw = NULL;
-    if (src[1]) {
-        mrb_err err = read_password_file(cfg, src[1], file, &pw, msg, msglen);
-        if (err != MRB_OK)
-            return err;
-    } else if (src[2] && !(pw = strdup(envval))) {
-        return MRB_ERR_NOMEM;
-    }
-    if (pw) {
-        free(url->password);
-        url->password = pw;
-    }
-    *from = first;
-    return MRB_OK;
-}
-
-/* The mqtts:// settings: only with mqtts://, files readable. */
-static mrb_err finish_tls(mrb_config *cfg, char *msg, size_t msglen)
-{
-    int given = cfg->tls_ca_file || cfg->tls_ca_path || cfg->tls_cert_file ||
-                cfg->tls_key_file || !cfg->tls_verify_hostname ||
-                cfg->tls_min_version != MRB_TLS_1_2;
-    if (!cfg->mqtt.tls)
-        return given ? mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                                "mqtt.tls: TLS settings are given but the broker "
-                                "URL is not mqtts://") : MRB_OK;
-    if (cfg->tls_key_file && !cfg->tls_cert_file)
-        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                        "mqtt.tls.key_file: given without mqtt.tls.cert_file");
-    const struct {
-        const char *key, *path;
-        int mode;
-    } files[] = {
-        {"mqtt.tls.ca_file", cfg->tls_ca_file, R_OK},
-        {"mqtt.tls.ca_path", cfg->tls_ca_path, R_OK | X_OK},
-        {"mqtt.tls.cert_file", cfg->tls_cert_file, R_OK},
-        {"mqtt.tls.key_file", cfg->tls_key_file, R_OK},
-    };
-    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
-        if (files[i].path && access(files[i].path, files[i].mode) != 0)
-            return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                            "%s: cannot read \"%s\": %s", files[i].key,
-                            files[i].path, strerror(errno));
-    struct stat st;
-    const char *key = cfg->tls_key_file ? cfg->tls_key_file : cfg->tls_cert_file;
-    if (key && stat(key, &st) == 0)
-        warn_if_public(cfg, cfg->tls_key_file ? "mqtt.tls.key_file"
-                                              : "mqtt.tls.cert_file (holding the key)",
-                       key, &st);
-    return MRB_OK;
-}
-
-mrb_err mrb_config_finish(mrb_config *cfg, char *msg, size_t msglen)
-{
-    mrb_err err;
-    if (!cfg->id && (err = default_id(cfg)) != MRB_OK)
-        return err;
-    if (!id_valid(cfg->id))
-        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                        "id: invalid value \"%s\" (allowed: 1 to 64 letters, "
-                        "digits, '-', '_' or '.')", cfg->id);
-    if ((err = set_string_defaults(top_fields, cfg)) != MRB_OK)
-        return err;
-    if (!cfg->n_routes && (err = default_routes(cfg)) != MRB_OK)
-        return err;
-
-    char umsg[256];
-    mrb_url_free(&cfg->mqtt);
-    mrb_url_free(&cfg->redis);
-    if ((err = mrb_url_parse(cfg->mqtt_url, MRB_URL_MQTT, &cfg->mqtt, umsg,
-                             sizeof(umsg))) != MRB_OK)
-        return mrb_fail(err, msg, msglen, "mqtt.url: %s", umsg);
-    if ((err = mrb_url_parse(cfg->redis_url, MRB_URL_REDIS, &cfg->redis, umsg,
-                             sizeof(umsg))) != MRB_OK)
-        return mrb_fail(err, msg, msglen, "redis.url: %s", umsg);
-    if ((err = resolve_password(cfg, "mqtt", &cfg->mqtt, cfg->mqtt_password_file,
-                                "MRB_MQTT_PASSWORD", &cfg->mqtt_password_from,
-                                msg, msglen)) != MRB_OK ||
-        (err = resolve_password(cfg, "redis", &cfg->redis, cfg->redis_password_file,
-                                "MRB_REDIS_PASSWORD", &cfg->redis_password_from,
-                                msg, msglen)) != MRB_OK ||
-        (err = finish_tls(cfg, msg, msglen)) != MRB_OK)
-        return err;
-
-    if (!cfg->client_id) {
-        char cid[96];
-        snprintf(cid, sizeof(cid), "mqtt-redis-bridge-%s", cfg->id);
-        if ((err = set_string(&cfg->client_id, cid)) != MRB_OK)
-            return err;
-    }
-    char topic[96];
-    snprintf(topic, sizeof(topic), "bridge/%s/status", cfg->id);
-    if ((err = set_string(&cfg->status_topic, topic)) != MRB_OK)
-        return err;
-
-    if (cfg->reconnect_min_ms > cfg->reconnect_max_ms)
-        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                        "reconnect.min_ms (%ld) must not exceed reconnect.max_ms "
-                        "(%ld)", cfg->reconnect_min_ms, cfg->reconnect_max_ms);
-    long need = mrb_config_queue_bytes_min(cfg);
-    if (cfg->queue_bytes < need) {
-        /* one of the two comes from the file: the defaults fit each other */
-        char where[300] = "";
-        if (cfg->source && (cfg->queue_bytes_given || cfg->max_payload_given))
-            snprintf(where, sizeof(where), "%s: ", cfg->source);
-        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                        "%slimits.queue_bytes (%ld%s) must be at least %ld "
-                        "(%slimits.max_payload %ld + %ld for the topic and "
-                        "bookkeeping), or a largest message could not wait in "
-                        "the queue", where, cfg->queue_bytes,
-                        cfg->queue_bytes_given ? "" : ", the default", need,
-                        cfg->max_payload_given ? "" : "the default ",
-                        cfg->max_payload, need - cfg->max_payload);
-    }
-    return MRB_OK;
-}
-
-long mrb_config_queue_bytes_min(const mrb_config *cfg)
-{
-    /* at most 268435455 + 65535 + ~100: fits a 32-bit long */
-    return cfg->max_payload + MRB_TOPIC_MAX + (long)MRB_MSG_OVERHEAD;
-}
-
-void mrb_config_print(const mrb_config *cfg, FILE *out)
-{
-    char url[512], line[1024];
-    fprintf(out, "id: %s\n", cfg->id);
-    fprintf(out, "log_level: %s (to %s)\n", mrb_log_level_name(cfg->log_level),
-            cfg->syslog ? "syslog" : "stderr");
-    mrb_url_format_redacted(&cfg->mqtt, MRB_URL_MQTT, url, sizeof(url));
-    fprintf(out, "mqtt: %s (protocol %s, client id %s, keepalive %ld s, "
-            "session expiry %" PRIu32 " s)\n", url, protocols[cfg->protocol],
-            cfg->client_id, cfg->keepalive, cfg->session_expiry);
-    if (cfg->mqtt.tls)
-        fprintf(out, "mqtt tls: ca_file %s, ca_path %s, cert_file %s, key_file %s, "
-                "verify_hostname %s, min_version %s\n",
-                cfg->tls_ca_file ? cfg->tls_ca_file : "(system CAs)",
-                cfg->tls_ca_path ? cfg->tls_ca_path : "-",
-                cfg->tls_cert_file ? cfg->tls_cert_file : "-",
-                cfg->tls_key_file ? cfg->tls_key_file : "-",
-                cfg->tls_verify_hostname ? "yes" : "NO",
-                tls_versions[cfg->tls_min_version]);
-    if (cfg->mqtt_password_from)
-        fprintf(out, "mqtt password: *** (from %s)\n", cfg->mqtt_password_from);
-    mrb_url_format_redacted(&cfg->redis, MRB_URL_REDIS, url, sizeof(url));
-    fprintf(out, "redis: %s (keepalive %ld s, stream scan every %ld s)\n", url,
-            cfg->redis_keepalive, cfg->scan_interval);
-    if (cfg->redis_password_from)
-        fprintf(out, "redis password: *** (from %s)\n", cfg->redis_password_from);
-    fprintf(out, "status topic: %s\n", cfg->status_topic);
-    fprintf(out, "limits: max_payload %ld bytes; queue %ld messages / %ld bytes "
-            "per direction (at least %ld bytes with this max_payload)\n",
-            cfg->max_payload, cfg->queue_messages, cfg->queue_bytes,
-            mrb_config_queue_bytes_min(cfg));
-    fprintf(out, "reconnect: %ld ms to %ld ms; shutdown_timeout: %ld ms\n",
-            cfg->reconnect_min_ms, cfg->reconnect_max_ms,
-            cfg->shutdown_timeout_ms);
-    if (cfg->stats_interval > 0)
-        fprintf(out, "stats: every %ld s on bridge/%s/stats and bridge:%s:stats\n",
-                cfg->stats_interval, cfg->id, cfg->id);
-    else
-        fprintf(out, "stats: off (stats_interval 0)\n");
-    fprintf(out, "routes (%zu):\n", cfg->n_routes);
-    for (size_t i = 0; i < cfg->n_routes; i++) {
-        mrb_route_format(&cfg->routes[i], line, sizeof(line));
-        fprintf(out, "  %s\n", line);
-    }
-}
