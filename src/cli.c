@@ -4,6 +4,7 @@
  * over a configuration (its keys set through config.c's schema).
  */
 #include "mrb/cli.h"
+#include "config_int.h"
 
 #include <getopt.h>
 #include <stddef.h>
@@ -16,7 +17,8 @@
 
 /* The options, one row each: getopt_long's table, --help (help: its lines
  * as printed) and the man page's OPTIONS and docs/CONFIGURATION.md (doc,
- * `code` in backquotes, printed by mrb-docgen) come from here. */
+ * `code` in backquotes, printed by mrb-docgen; DOC: config_int.h) come from
+ * here. */
 enum { O_CONFIG, O_MQTT, O_REDIS, O_ID, O_ROUTE, O_CHECK, O_VERBOSE, O_QUIET,
        O_SYSLOG, O_HELP, O_VERSION, O_COUNT };
 
@@ -24,30 +26,31 @@ static const mrb_cli_option options[O_COUNT] = {
     [O_CONFIG] = {'c', "config", "FILE",
         "read a JSON configuration file (keys: see\n"
         "mqtt-redis-bridge.json(5))",
-        "Read a JSON configuration file; its keys are in "
+        DOC("Read a JSON configuration file; its keys are in "
         "mqtt-redis-bridge.json(5). Unknown keys, wrong types and out-of-range "
         "values are errors naming the key path; syntax errors give "
-        "file:line:column."},
+        "file:line:column.")},
     [O_MQTT] = {0, "mqtt", "URL",
         "broker, mqtt://[user[:pass]@]host[:port] or, with\n"
         "TLS, mqtts://... (port 8883; certificates: the\n"
         "mqtt.tls keys) (default mqtt://127.0.0.1:1883)",
-        "Broker, `mqtt://[user[:pass]@]host[:port]`, or `mqtts://...` for TLS "
+        DOC("Broker, `mqtt://[user[:pass]@]host[:port]`, or `mqtts://...` "
+        "for TLS "
         "(port 8883; the `mqtt.tls.*` keys set certificates) when the binary "
         "is built with TLS (`--version` says; otherwise an `mqtts://` URL is "
         "a configuration error). In URLs, user and password may be "
-        "percent-encoded (`%40` for `@`). Default `mqtt://127.0.0.1:1883`."},
+        "percent-encoded (`%40` for `@`). Default `mqtt://127.0.0.1:1883`.")},
     [O_REDIS] = {0, "redis", "URL",
         "Redis, redis://[user[:pass]@]host[:port][/db] or\n"
         "unix:/path/redis.sock (default redis://127.0.0.1:6379)",
-        "Redis, `redis://[user[:pass]@]host[:port][/db]` or "
-        "`unix:/path/redis.sock`. Default `redis://127.0.0.1:6379`."},
+        DOC("Redis, `redis://[user[:pass]@]host[:port][/db]` or "
+        "`unix:/path/redis.sock`. Default `redis://127.0.0.1:6379`.")},
     [O_ID] = {0, "id", "NAME",
         "bridge id, used in the MQTT client id and in\n"
         "bridge/<id>/status (default: the host name)",
-        "Bridge id: the MQTT client id is `mqtt-redis-bridge-NAME`, the "
+        DOC("Bridge id: the MQTT client id is `mqtt-redis-bridge-NAME`, the "
         "retained status topic `bridge/NAME/status` (`online` / `offline`). "
-        "Default: the host name."},
+        "Default: the host name.")},
     [O_ROUTE] = {0, "route", "SPEC",
         "'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain]\n"
         "[stream] [maxlen=N] [OPTIONS]'; ARROW is <> (both ways),\n"
@@ -65,7 +68,7 @@ static const mrb_cli_option options[O_COUNT] = {
         "rate=N [burst=N] limits the route to N messages/s\n"
         "each way (QoS 0 over the limit: dropped and counted;\n"
         "QoS 1/2, and stream entries: slowed down)",
-        "`MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain] [stream] "
+        DOC("`MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain] [stream] "
         "[maxlen=N] [hash=NAME] [envelope=json] [unwrap] [rate=N] [burst=N]`, "
         "where ARROW is `<>` (both ways), `>` (MQTT to Redis) or `<` (Redis "
         "to MQTT). Repeatable; replaces the file's routes. The k-th wildcard "
@@ -87,22 +90,22 @@ static const mrb_cli_option options[O_COUNT] = {
         "is dropped (dropped_rate_limited), QoS 1/2 and stream entries "
         "slowed down. The same keys in the configuration file: `routes[].*` "
         "in mqtt-redis-bridge.json(5). Default: `user/+ <> user:*` and "
-        "`news <> news`."},
+        "`news <> news`.")},
     [O_CHECK] = {0, "check", NULL,
         "validate the configuration, print it and exit",
-        "Validate the configuration, print the effective configuration "
-        "(passwords as ***) and exit 0."},
+        DOC("Validate the configuration, print the effective configuration "
+        "(passwords as ***) and exit 0.")},
     [O_VERBOSE] = {'v', "verbose", NULL, "log debug messages too", NULL},
     [O_QUIET] = {'q', "quiet", NULL, "log only warnings and errors", NULL},
     [O_SYSLOG] = {0, "syslog", NULL,
         "log to syslog (ident mqtt-redis-bridge, facility\n"
         "daemon) instead of stderr",
-        "Log to syslog(3) instead of standard error: ident "
+        DOC("Log to syslog(3) instead of standard error: ident "
         "`mqtt-redis-bridge`, facility `daemon`, with the PID; levels error, "
         "warning, info and debug become priorities `err`, `warning`, `info` "
         "and `debug`. One line per event, without the bridge's own time "
         "stamp; passwords are never logged. Config key `syslog` "
-        "(true/false)."},
+        "(true/false).")},
     [O_HELP] = {'h', "help", NULL, "show this help and exit", NULL},
     [O_VERSION] = {'V', "version", NULL, "show the version and exit", NULL},
 };

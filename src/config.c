@@ -48,7 +48,7 @@ typedef struct field {
     const char *sdef, *def_doc;
     /* What the key means, for mqtt-redis-bridge.json(5) and
      * docs/CONFIGURATION.md (mrb-docgen): one paragraph, `code` in
-     * backquotes. */
+     * backquotes. doc is DOC(): in mrb-docgen only. */
     const char *doc;
 } field;
 
@@ -68,160 +68,160 @@ const char *const mrb_config__tls_versions[] = {"1.2", "1.3", NULL};
 
 static const field tls_fields[] = {
     {"ca_file", F_STRING, C(tls_ca_file), .def_doc = "the system's CAs",
-     .doc = "`mqtts://`: PEM file of the CA certificates the broker's "
-            "certificate must chain to"},
+     .doc = DOC("`mqtts://`: PEM file of the CA certificates the broker's "
+                "certificate must chain to")},
     {"ca_path", F_STRING, C(tls_ca_path),
-     .doc = "`mqtts://`: directory of CA certificates (OpenSSL hashed names, "
-            "`c_rehash`)"},
+     .doc = DOC("`mqtts://`: directory of CA certificates (OpenSSL hashed names, "
+                "`c_rehash`)")},
     {"cert_file", F_STRING, C(tls_cert_file),
-     .doc = "`mqtts://`: client certificate (chain), PEM, for brokers with "
-            "`require_certificate`"},
+     .doc = DOC("`mqtts://`: client certificate (chain), PEM, for brokers with "
+                "`require_certificate`")},
     {"key_file", F_STRING, C(tls_key_file), .def_doc = "in `cert_file`",
-     .doc = "`mqtts://`: the client certificate's private key, PEM, "
-            "unencrypted"},
+     .doc = DOC("`mqtts://`: the client certificate's private key, PEM, "
+                "unencrypted")},
     {"verify_hostname", F_BOOL, C(tls_verify_hostname), .def = 1,
-     .doc = "the broker's certificate must name the URL's host (DNS name or "
-            "IP address)"},
+     .doc = DOC("the broker's certificate must name the URL's host (DNS name or "
+                "IP address)")},
     {"min_version", F_ENUM, C(tls_min_version),
      .allowed = mrb_config__tls_versions,
-     .def = MRB_TLS_1_2, .doc = "lowest TLS version accepted"},
+     .def = MRB_TLS_1_2, .doc = DOC("lowest TLS version accepted")},
     END};
 
 static const field mqtt_fields[] = {
     {"url", F_STRING, C(mqtt_url), .check = mrb_config__check_mqtt_url,
      .sdef = "mqtt://127.0.0.1:1883",
-     .doc = "broker URL, as `--mqtt`: `mqtt://[user[:pass]@]host[:port]`, or "
-            "`mqtts://...` for TLS (port 8883)"},
+     .doc = DOC("broker URL, as `--mqtt`: `mqtt://[user[:pass]@]host[:port]`, or "
+                "`mqtts://...` for TLS (port 8883)")},
     {"client_id", F_STRING, C(client_id), .def_doc = "`mqtt-redis-bridge-<id>`",
-     .doc = "MQTT client identifier (must be unique per broker)"},
+     .doc = DOC("MQTT client identifier (must be unique per broker)")},
     {"protocol", F_ENUM, C(protocol), .allowed = mrb_config__protocols,
      .def = MRB_MQTT_AUTO,
-     .doc = "`auto` tries MQTT 5 and falls back to 3.1.1 if the broker refuses "
-            "it (one warning; reconnects stay on 3.1.1; tested against aedes, "
-            "a broker without MQTT 5)"},
+     .doc = DOC("`auto` tries MQTT 5 and falls back to 3.1.1 if the broker refuses "
+                "it (one warning; reconnects stay on 3.1.1; tested against aedes, "
+                "a broker without MQTT 5)")},
     {"keepalive", F_LONG, C(keepalive), 1, 3600, .def = 30,
-     .doc = "MQTT keep-alive, seconds: a broker that stops answering is "
-            "noticed within about twice this; also the connect timeout (2 s "
-            "to 10 s)"},
+     .doc = DOC("MQTT keep-alive, seconds: a broker that stops answering is "
+                "noticed within about twice this; also the connect timeout (2 s "
+                "to 10 s)")},
     {"session_expiry", F_U32, C(session_expiry), 0, UINT32_MAX, .def = 3600,
-     .doc = "(on every board, 32-bit armhf included) seconds the broker keeps "
-            "the bridge's session (subscriptions and QoS 1 messages) while it "
-            "is away; `0`: a clean session each time (messages published "
-            "while the bridge is away are not kept)"},
+     .doc = DOC("(on every board, 32-bit armhf included) seconds the broker keeps "
+                "the bridge's session (subscriptions and QoS 1 messages) while it "
+                "is away; `0`: a clean session each time (messages published "
+                "while the bridge is away are not kept)")},
     {"password_file", F_STRING, C(mqtt_password_file),
-     .doc = "file whose first line is the MQTT password (instead of the URL "
-            "or `MRB_MQTT_PASSWORD`)"},
+     .doc = DOC("file whose first line is the MQTT password (instead of the URL "
+                "or `MRB_MQTT_PASSWORD`)")},
     {"tls", F_OBJECT, 0, .children = tls_fields,
-     .doc = "certificates and TLS settings of an `mqtts://` broker URL"},
+     .doc = DOC("certificates and TLS settings of an `mqtts://` broker URL")},
     END};
 
 static const field redis_fields[] = {
     {"url", F_STRING, C(redis_url), .check = mrb_config__check_redis_url,
      .sdef = "redis://127.0.0.1:6379",
-     .doc = "as `--redis`: `redis://[user[:pass]@]host[:port][/db]` or "
-            "`unix:/path/redis.sock`; user/password give `AUTH`, `/db` a "
-            "`SELECT`"},
+     .doc = DOC("as `--redis`: `redis://[user[:pass]@]host[:port][/db]` or "
+                "`unix:/path/redis.sock`; user/password give `AUTH`, `/db` a "
+                "`SELECT`")},
     {"keepalive", F_LONG, C(redis_keepalive), 0, 3600, .def = 30,
-     .doc = "seconds: PING after this long without a reply; a reply awaited "
-            "longer means Redis stopped answering, and the bridge reconnects "
-            "and sends again what was not confirmed. `0`: off (only TCP "
-            "keepalive)"},
+     .doc = DOC("seconds: PING after this long without a reply; a reply awaited "
+                "longer means Redis stopped answering, and the bridge reconnects "
+                "and sends again what was not confirmed. `0`: off (only TCP "
+                "keepalive)")},
     {"scan_interval", F_LONG, C(scan_interval), 0, 86400, .def = 10,
-     .doc = "stream mode: seconds between scans for new keys of `*` patterns; "
-            "`0`: only on connect"},
+     .doc = DOC("stream mode: seconds between scans for new keys of `*` patterns; "
+                "`0`: only on connect")},
     {"password_file", F_STRING, C(redis_password_file),
-     .doc = "file whose first line is the Redis password (instead of the URL "
-            "or `MRB_REDIS_PASSWORD`); the user name stays in the URL "
-            "(`redis://bridge@host`)"},
+     .doc = DOC("file whose first line is the Redis password (instead of the URL "
+                "or `MRB_REDIS_PASSWORD`); the user name stays in the URL "
+                "(`redis://bridge@host`)")},
     END};
 
 static const field limit_fields[] = {
     {"max_payload", F_LONG, C(max_payload), 1, 268435455, .def = 1048576,
-     .doc = "larger messages are dropped and counted (`dropped_too_large`)"},
+     .doc = DOC("larger messages are dropped and counted (`dropped_too_large`)")},
     {"queue_messages", F_LONG, C(queue_messages), 1, 10000000, .def = 10000,
-     .doc = "per direction: messages waiting while the other side is down"},
+     .doc = DOC("per direction: messages waiting while the other side is down")},
     {"queue_bytes", F_LONG, C(queue_bytes), 1024, 2147483647,
      .def = 16L * 1024 * 1024,
-     .doc = "per direction: bytes those messages take, each its payload + "
-            "topic + a bookkeeping overhead of `sizeof(mrb_msg)` + 1 bytes "
-            "(stream entries and replay answers also their stream key and "
-            "entry ID), which depends on the build (`MRB_MSG_OVERHEAD`, "
-            "`include/mrb/queue.h`); must be at least `max_payload` + the "
-            "longest topic (`MRB_TOPIC_MAX`, 65535) + that overhead, or the "
-            "configuration is refused; `mqtt-redis-bridge --check` prints the "
-            "minimum for your settings in its `limits:` line (`(at least N "
-            "bytes with this max_payload)`), and a smaller value is refused "
-            "naming the file. Example for x86_64 (`--check`, 2026-12-03, gcc "
-            "12; it changes when `mrb_msg` does): overhead 113 bytes, minimum "
-            "`max_payload` + 65648 (1114224 with the default `max_payload`); "
-            "it differs on 32-bit (armhf: 97 bytes, `max_payload` + 65632)"},
+     .doc = DOC("per direction: bytes those messages take, each its payload + "
+                "topic + a bookkeeping overhead of `sizeof(mrb_msg)` + 1 bytes "
+                "(stream entries and replay answers also their stream key and "
+                "entry ID), which depends on the build (`MRB_MSG_OVERHEAD`, "
+                "`include/mrb/queue.h`); must be at least `max_payload` + the "
+                "longest topic (`MRB_TOPIC_MAX`, 65535) + that overhead, or the "
+                "configuration is refused; `mqtt-redis-bridge --check` prints the "
+                "minimum for your settings in its `limits:` line (`(at least N "
+                "bytes with this max_payload)`), and a smaller value is refused "
+                "naming the file. Example for x86_64 (`--check`, 2026-12-03, gcc "
+                "12; it changes when `mrb_msg` does): overhead 113 bytes, minimum "
+                "`max_payload` + 65648 (1114224 with the default `max_payload`); "
+                "it differs on 32-bit (armhf: 97 bytes, `max_payload` + 65632)")},
     END};
 
 static const field reconnect_fields[] = {
     {"min_ms", F_LONG, C(reconnect_min_ms), 10, 60000, .def = 250,
-     .doc = "first reconnect delay"},
+     .doc = DOC("first reconnect delay")},
     {"max_ms", F_LONG, C(reconnect_max_ms), 100, 3600000, .def = 30000,
-     .doc = "cap of the reconnect delay"},
+     .doc = DOC("cap of the reconnect delay")},
     END};
 
 static const field route_fields[] = {
-    {"mqtt", F_STRING, R(mqtt), .required = 1, .doc = "MQTT topic filter"},
+    {"mqtt", F_STRING, R(mqtt), .required = 1, .doc = DOC("MQTT topic filter")},
     {"redis", F_STRING, R(redis), .required = 1,
-     .doc = "Redis channel or `*` pattern"},
+     .doc = DOC("Redis channel or `*` pattern")},
     {"direction", F_ENUM, R(dir), .allowed = directions, .def = MRB_DIR_BOTH,
-     .doc = "which way messages cross"},
+     .doc = DOC("which way messages cross")},
     {"qos", F_INT, R(qos), 0, 2, .def = 1,
-     .doc = "subscription QoS and QoS of publishes to MQTT"},
-    {"retain", F_BOOL, R(retain), .doc = "publish to MQTT retained"},
+     .doc = DOC("subscription QoS and QoS of publishes to MQTT")},
+    {"retain", F_BOOL, R(retain), .doc = DOC("publish to MQTT retained")},
     {"mode", F_ENUM, R(mode), .allowed = modes, .def = MRB_MODE_PUBSUB,
-     .doc = "Redis pub/sub channels, or Redis Streams keys"},
+     .doc = DOC("Redis pub/sub channels, or Redis Streams keys")},
     {"maxlen", F_LONG, R(maxlen), 1, 1000000000L, .def = MRB_MAXLEN_DEFAULT,
-     .doc = "stream mode: `XADD MAXLEN ~` bound of each stream"},
+     .doc = DOC("stream mode: `XADD MAXLEN ~` bound of each stream")},
     {"store", F_ENUM, R(store), .allowed = stores, .def = MRB_STORE_NONE,
-     .doc = "`hash`: also keep the latest payload per topic in the Redis hash "
-            "`routes[].hash` (presence; not on `redis_to_mqtt` routes)"},
+     .doc = DOC("`hash`: also keep the latest payload per topic in the Redis hash "
+                "`routes[].hash` (presence; not on `redis_to_mqtt` routes)")},
     {"hash", F_STRING, R(hash),
-     .doc = "the hash's name; required with `store: hash`, an error without "
-            "it"},
+     .doc = DOC("the hash's name; required with `store: hash`, an error without "
+                "it")},
     {"envelope", F_ENUM, R(envelope), .allowed = envelopes,
      .def = MRB_ENVELOPE_NONE,
-     .doc = "`json`: wrap MQTT->Redis messages in a JSON envelope (not on "
-            "`redis_to_mqtt` routes)"},
+     .doc = DOC("`json`: wrap MQTT->Redis messages in a JSON envelope (not on "
+                "`redis_to_mqtt` routes)")},
     {"unwrap", F_BOOL, R(unwrap),
-     .doc = "Redis->MQTT payloads are envelopes: send their `payload` (not on "
-            "`mqtt_to_redis` routes)"},
+     .doc = DOC("Redis->MQTT payloads are envelopes: send their `payload` (not on "
+                "`mqtt_to_redis` routes)")},
     {"rate", F_LONG, R(rate), 0, MRB_RATE_MAX,
-     .doc = "messages per second, per direction: QoS 0 beyond is dropped, QoS "
-            "1/2 slowed; `0`: unlimited"},
+     .doc = DOC("messages per second, per direction: QoS 0 beyond is dropped, QoS "
+                "1/2 slowed; `0`: unlimited")},
     {"burst", F_LONG, R(burst), 1, MRB_RATE_MAX, .def_doc = "`rate`",
-     .doc = "token bucket size; only with `rate`"},
+     .doc = DOC("token bucket size; only with `rate`")},
     END};
 
 static const field top_fields[] = {
     {"id", F_STRING, C(id), .check = mrb_config__check_id,
      .def_doc = "the host name",
-     .doc = "1 to 64 of `A-Z a-z 0-9 - _ .`: names the bridge in its client "
-            "id and `bridge/<id>/status`, as `--id`"},
+     .doc = DOC("1 to 64 of `A-Z a-z 0-9 - _ .`: names the bridge in its client "
+                "id and `bridge/<id>/status`, as `--id`")},
     {"log_level", F_ENUM, C(log_level), .allowed = log_levels,
-     .def = MRB_LOG_INFO, .doc = "what is logged (to stderr or syslog)"},
+     .def = MRB_LOG_INFO, .doc = DOC("what is logged (to stderr or syslog)")},
     {"syslog", F_BOOL, C(syslog),
-     .doc = "log to syslog instead of stderr, as `--syslog`"},
+     .doc = DOC("log to syslog instead of stderr, as `--syslog`")},
     {"mqtt", F_OBJECT, 0, .children = mqtt_fields,
-     .doc = "the MQTT broker and the bridge's session on it"},
-    {"redis", F_OBJECT, 0, .children = redis_fields, .doc = "the Redis server"},
+     .doc = DOC("the MQTT broker and the bridge's session on it")},
+    {"redis", F_OBJECT, 0, .children = redis_fields, .doc = DOC("the Redis server")},
     {"routes", F_ROUTES, 0, .children = route_fields,
      .def_doc = "`user/+ <> user:*` and `news <> news`",
-     .doc = "the route objects, at least one; replaced by any `--route`"},
+     .doc = DOC("the route objects, at least one; replaced by any `--route`")},
     {"limits", F_OBJECT, 0, .children = limit_fields,
-     .doc = "message size and queue bounds"},
+     .doc = DOC("message size and queue bounds")},
     {"reconnect", F_OBJECT, 0, .children = reconnect_fields,
-     .doc = "the capped exponential backoff of both sides' reconnects"},
+     .doc = DOC("the capped exponential backoff of both sides' reconnects")},
     {"shutdown_timeout_ms", F_LONG, C(shutdown_timeout_ms), 0, 600000,
-     .def = 5000, .doc = "how long shutdown waits to flush queued messages"},
+     .def = 5000, .doc = DOC("how long shutdown waits to flush queued messages")},
     {"stats_interval", F_LONG, C(stats_interval), 0, 86400, .def = 60,
-     .doc = "seconds between statistics reports on `bridge/<id>/stats` and in "
-            "`bridge:<id>:stats` (the first one when the bridge is ready); "
-            "`0`: off, nothing is written"},
+     .doc = DOC("seconds between statistics reports on `bridge/<id>/stats` and in "
+                "`bridge:<id>:stats` (the first one when the bridge is ready); "
+                "`0`: off, nothing is written")},
     END};
 
 #undef C

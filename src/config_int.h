@@ -1,7 +1,8 @@
 /*
- * config_int.h - what config.c (the schema and the JSON file) and
- * config_finish.c (the configuration as a whole) share; not for the rest of
- * the bridge, which uses mrb/config.h.
+ * config_int.h - what config.c (the schema and the JSON file),
+ * config_finish.c (the configuration as a whole) and cli.c (the command
+ * line) share; not for the rest of the bridge, which uses mrb/config.h and
+ * mrb/cli.h.
  */
 #ifndef MRB_CONFIG_INT_H
 #define MRB_CONFIG_INT_H
@@ -10,6 +11,16 @@
 #include <sys/stat.h>
 
 #include "mrb/config.h"
+
+/* The documentation texts of the schema and option tables (a key's meaning,
+ * an option's man page paragraph): compiled into mrb-docgen only, which
+ * builds these files with MRB_DOCS; the bridge does not carry them (NULL
+ * there; about 8 KB). */
+#ifdef MRB_DOCS
+#define DOC(text) text
+#else
+#define DOC(text) NULL
+#endif
 
 /* The schema rows' further checks of string values (config_finish.c): msg
  * says what is wrong with the value. */
