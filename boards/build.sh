@@ -125,7 +125,8 @@ if (( PACKAGE )); then
   [[ $got == "$DEB_ARCH" ]] || die "package architecture is $got, not $DEB_ARCH"
   for f in ./usr/sbin/mqtt-redis-bridge ./etc/mqtt-redis-bridge/bridge.json \
            ./usr/lib/systemd/system/mqtt-redis-bridge.service \
-           ./usr/share/man/man8/mqtt-redis-bridge.8.gz; do
+           ./usr/share/man/man8/mqtt-redis-bridge.8.gz \
+           ./usr/share/man/man5/mqtt-redis-bridge.json.5.gz; do
     grep -q " $f\$" <<<"$listing" || die "$f missing from the package"
   done
   if command -v lintian >/dev/null 2>&1; then

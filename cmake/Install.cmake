@@ -5,6 +5,7 @@
 #                                                (/etc when the prefix is /usr)
 #   share/doc/mqtt-redis-bridge/examples/bridge.json   the same, for reference
 #   share/man/man8/mqtt-redis-bridge.8.gz
+#   share/man/man5/mqtt-redis-bridge.json.5.gz
 #   lib/systemd/system/mqtt-redis-bridge.service (MRB_SYSTEMD_UNIT_DIR)
 # (prefix /usr: /etc/..., /usr/lib/systemd/system/..., /usr/sbin/...)
 # Packages: `cpack -G DEB` in the build directory (boards/build.sh --package).
@@ -48,21 +49,44 @@ configure_file(packaging/mqtt-redis-bridge.service.in
 install(FILES "${CMAKE_CURRENT_BINARY_DIR}/mqtt-redis-bridge.service"
         DESTINATION "${MRB_SYSTEMD_UNIT_DIR}")
 
-# Man pages go in compressed (Debian policy); -n: no name or time stamp.
-configure_file(packaging/mqtt-redis-bridge.8.in mqtt-redis-bridge.8 @ONLY)
+# Man pages: mqtt-redis-bridge(8) and mqtt-redis-bridge.json(5), their
+# option and key lists filled in by mrb-docgen (a target program: under the
+# cross build's emulator). Installed compressed (Debian policy); gzip -n: no
+# name or time stamp. docs/CONFIGURATION.md is filled in by the same tool
+# (target docs; the test docs_reference says when it is stale).
 find_program(MRB_GZIP gzip)
-if(MRB_GZIP)
-  add_custom_command(OUTPUT mqtt-redis-bridge.8.gz
-    COMMAND ${MRB_GZIP} -9nc mqtt-redis-bridge.8 > mqtt-redis-bridge.8.gz
-    DEPENDS "${CMAKE_CURRENT_BINARY_DIR}/mqtt-redis-bridge.8"
-    WORKING_DIRECTORY "${CMAKE_CURRENT_BINARY_DIR}")
-  add_custom_target(mrb_manpage ALL DEPENDS mqtt-redis-bridge.8.gz)
-  install(FILES "${CMAKE_CURRENT_BINARY_DIR}/mqtt-redis-bridge.8.gz"
-          DESTINATION "${CMAKE_INSTALL_MANDIR}/man8")
+if(CMAKE_CROSSCOMPILING AND NOT CMAKE_CROSSCOMPILING_EMULATOR)
+  message(WARNING "cross build without CMAKE_CROSSCOMPILING_EMULATOR: "
+                  "mrb-docgen cannot run, no man pages are built or installed")
+  set(MRB_MAN_PAGES "")
 else()
-  install(FILES "${CMAKE_CURRENT_BINARY_DIR}/mqtt-redis-bridge.8"
-          DESTINATION "${CMAKE_INSTALL_MANDIR}/man8")
+  set(MRB_MAN_PAGES mqtt-redis-bridge.8 mqtt-redis-bridge.json.5)
 endif()
+set(_mrb_docgen ${CMAKE_CROSSCOMPILING_EMULATOR} $<TARGET_FILE:mrb-docgen>)
+set(_mrb_man_out "")
+foreach(_page ${MRB_MAN_PAGES})
+  configure_file(packaging/${_page}.in ${_page}.in @ONLY)
+  string(REGEX MATCH "[0-9]$" _sect "${_page}")
+  set(_out "${CMAKE_CURRENT_BINARY_DIR}/${_page}")
+  add_custom_command(OUTPUT ${_page}
+    COMMAND ${_mrb_docgen} -o ${_page} ${_page}.in
+    DEPENDS mrb-docgen "${_out}.in"
+    WORKING_DIRECTORY "${CMAKE_CURRENT_BINARY_DIR}")
+  if(MRB_GZIP)
+    add_custom_command(OUTPUT ${_page}.gz
+      COMMAND ${MRB_GZIP} -9nc ${_page} > ${_page}.gz
+      DEPENDS "${_out}"
+      WORKING_DIRECTORY "${CMAKE_CURRENT_BINARY_DIR}")
+    string(APPEND _out ".gz")
+  endif()
+  list(APPEND _mrb_man_out "${_out}")
+  install(FILES "${_out}" DESTINATION "${CMAKE_INSTALL_MANDIR}/man${_sect}")
+endforeach()
+add_custom_target(mrb_manpage ALL DEPENDS ${_mrb_man_out})
+add_custom_target(docs
+  COMMAND ${_mrb_docgen} -o docs/CONFIGURATION.md docs/CONFIGURATION.md
+  WORKING_DIRECTORY "${PROJECT_SOURCE_DIR}"
+  COMMENT "Filling in docs/CONFIGURATION.md from src/config.c and src/cli.c")
 
 # Debian wants a changelog and a copyright file in every package's doc dir.
 file(STRINGS packaging/changelog _mrb_chl LIMIT_COUNT 1)

@@ -39,7 +39,8 @@ section "Dependencies"
 BUILD_PKGS=(build-essential cmake pkg-config libpaho-mqtt-dev libhiredis-dev libcjson-dev
   libmosquitto-dev)
 TEST_PKGS=(libcmocka-dev mosquitto mosquitto-clients redis-server redis-tools
-           python3 python3-paho-mqtt python3-redis valgrind docker-compose)
+           python3 python3-paho-mqtt python3-redis valgrind docker-compose
+           groff-base) # groff-base: groff, for the man page check (lint_man_pages)
 # TLS (libssl-dev: OpenSSL headers for src/tls.c), its tests (openssl makes
 # the certificates, stunnel4 carries Redis over TLS), fuzzers and lint
 SECURITY_PKGS=(libssl-dev openssl stunnel4 clang libclang-rt-14-dev cppcheck
@@ -80,7 +81,7 @@ if ! python3 -c 'import paho.mqtt.client, redis' >/dev/null 2>&1; then
 fi
 
 for tool in cmake ctest docker-compose dockerfilelint mosquitto redis-server python3 \
-            openssl stunnel4 clang cppcheck run-clang-tidy; do
+            openssl stunnel4 clang cppcheck run-clang-tidy groff; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found after install"
 done
 echo "cmake:          $(cmake --version | head -n1)"

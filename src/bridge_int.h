@@ -584,7 +584,7 @@ int mrb_stream_drained(mrb_bridge *b);
 mrb_err mrb_stream_apply_routes(mrb_bridge *b, const mrb_routes *old,
                                 size_t *added, size_t *removed);
 
-/* replay_io.c: replay requests for stream routes (README "Replay") */
+/* replay_io.c: replay requests for stream routes (docs/ROUTES.md "Replay") */
 typedef struct mrb_replay_counters {
     uint64_t requests;           /* requests taken */
     uint64_t messages;           /* stream entries sent as answers */

@@ -1,13 +1,15 @@
 /*
- * config.c - defaults, the JSON schema (one table row per key), command-line
- * parsing and whole-configuration checks.
+ * config.c - the JSON schema (one table row per key: type, bounds, default,
+ * meaning), the defaults it gives, and reading a JSON file into a
+ * configuration. The command line is cli.c, which sets keys through
+ * mrb_config_set_string(); the whole-configuration checks are
+ * config_finish.c; mrb-docgen (docgen.c) prints the table as documentation.
  */
-#include "mrb/config.h"
-#include "mrb/queue.h"
+#include "config_int.h"
+#include "json_nul.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -17,7 +19,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define PROG "mqtt-redis-bridge"
 
 /* ---------------------------------------------------------------- schema */
 
@@ -38,201 +39,340 @@ typedef struct field {
     int required;
     /* F_STRING: further check of the value; msg says what is wrong */
     mrb_err (*check)(const char *value, char *msg, size_t msglen);
+    /* The default: def for the integer, F_BOOL and F_ENUM (an index of
+     * allowed) rows, which mrb_config_init() and each route start from;
+     * sdef, a string row's, which mrb_config_finish() fills in when the key
+     * is not set; def_doc, for the documentation only, one that depends on
+     * other values (the host name, a route's rate). */
+    int64_t def;
+    const char *sdef, *def_doc;
+    /* What the key means, for mqtt-redis-bridge.json(5) and
+     * docs/CONFIGURATION.md (mrb-docgen): one paragraph, `code` in
+     * backquotes. doc is DOC(): in mrb-docgen only. */
+    const char *doc;
 } field;
 
-static mrb_err check_mqtt_url(const char *v, char *msg, size_t msglen);
-static mrb_err check_redis_url(const char *v, char *msg, size_t msglen);
-static mrb_err check_id(const char *v, char *msg, size_t msglen);
 
 static const char *const log_levels[] = {"error", "warning", "info", "debug", NULL};
-static const char *const protocols[] = {"auto", "5", "3.1.1", NULL};
+const char *const mrb_config__protocols[] = {"auto", "5", "3.1.1", NULL};
 static const char *const directions[] = {"both", "mqtt_to_redis",
                                          "redis_to_mqtt", NULL};
 static const char *const modes[] = {"pubsub", "stream", NULL};
 static const char *const stores[] = {"none", "hash", NULL};
 static const char *const envelopes[] = {"none", "json", NULL};
-static const char *const tls_versions[] = {"1.2", "1.3", NULL};
+const char *const mrb_config__tls_versions[] = {"1.2", "1.3", NULL};
 
 #define C(m) offsetof(mrb_config, m)
 #define R(m) offsetof(mrb_route, m)
+#define END {NULL, 0, 0, .doc = NULL}
 
 static const field tls_fields[] = {
-    {"ca_file", F_STRING, C(tls_ca_file), 0, 0, NULL, NULL, 0, NULL},
-    {"ca_path", F_STRING, C(tls_ca_path), 0, 0, NULL, NULL, 0, NULL},
-    {"cert_file", F_STRING, C(tls_cert_file), 0, 0, NULL, NULL, 0, NULL},
-    {"key_file", F_STRING, C(tls_key_file), 0, 0, NULL, NULL, 0, NULL},
-    {"verify_hostname", F_BOOL, C(tls_verify_hostname), 0, 0, NULL, NULL, 0, NULL},
-    {"min_version", F_ENUM, C(tls_min_version), 0, 0, tls_versions, NULL, 0, NULL},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
+    {"ca_file", F_STRING, C(tls_ca_file), .def_doc = "the system's CAs",
+     .doc = DOC("`mqtts://`: PEM file of the CA certificates the broker's "
+                "certificate must chain to")},
+    {"ca_path", F_STRING, C(tls_ca_path),
+     .doc = DOC("`mqtts://`: directory of CA certificates (OpenSSL hashed names, "
+                "`c_rehash`)")},
+    {"cert_file", F_STRING, C(tls_cert_file),
+     .doc = DOC("`mqtts://`: client certificate (chain), PEM, for brokers with "
+                "`require_certificate`")},
+    {"key_file", F_STRING, C(tls_key_file), .def_doc = "in `cert_file`",
+     .doc = DOC("`mqtts://`: the client certificate's private key, PEM, "
+                "unencrypted")},
+    {"verify_hostname", F_BOOL, C(tls_verify_hostname), .def = 1,
+     .doc = DOC("the broker's certificate must name the URL's host (DNS name or "
+                "IP address)")},
+    {"min_version", F_ENUM, C(tls_min_version),
+     .allowed = mrb_config__tls_versions,
+     .def = MRB_TLS_1_2, .doc = DOC("lowest TLS version accepted")},
+    END};
 
 static const field mqtt_fields[] = {
-    {"url", F_STRING, C(mqtt_url), 0, 0, NULL, NULL, 0, check_mqtt_url},
-    {"client_id", F_STRING, C(client_id), 0, 0, NULL, NULL, 0, NULL},
-    {"protocol", F_ENUM, C(protocol), 0, 0, protocols, NULL, 0, NULL},
-    {"keepalive", F_LONG, C(keepalive), 1, 3600, NULL, NULL, 0, NULL},
-    {"session_expiry", F_U32, C(session_expiry), 0, UINT32_MAX, NULL, NULL, 0, NULL},
-    {"password_file", F_STRING, C(mqtt_password_file), 0, 0, NULL, NULL, 0, NULL},
-    {"tls", F_OBJECT, 0, 0, 0, NULL, tls_fields, 0, NULL},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
+    {"url", F_STRING, C(mqtt_url), .check = mrb_config__check_mqtt_url,
+     .sdef = "mqtt://127.0.0.1:1883",
+     .doc = DOC("broker URL, as `--mqtt`: `mqtt://[user[:pass]@]host[:port]`, or "
+                "`mqtts://...` for TLS (port 8883)")},
+    {"client_id", F_STRING, C(client_id), .def_doc = "`mqtt-redis-bridge-<id>`",
+     .doc = DOC("MQTT client identifier (must be unique per broker)")},
+    {"protocol", F_ENUM, C(protocol), .allowed = mrb_config__protocols,
+     .def = MRB_MQTT_AUTO,
+     .doc = DOC("`auto` tries MQTT 5 and falls back to 3.1.1 if the broker refuses "
+                "it (one warning; reconnects stay on 3.1.1; tested against aedes, "
+                "a broker without MQTT 5)")},
+    {"keepalive", F_LONG, C(keepalive), 1, 3600, .def = 30,
+     .doc = DOC("MQTT keep-alive, seconds: a broker that stops answering is "
+                "noticed within about twice this; also the connect timeout (2 s "
+                "to 10 s)")},
+    {"session_expiry", F_U32, C(session_expiry), 0, UINT32_MAX, .def = 3600,
+     .doc = DOC("(on every board, 32-bit armhf included) seconds the broker keeps "
+                "the bridge's session (subscriptions and QoS 1 messages) while it "
+                "is away; `0`: a clean session each time (messages published "
+                "while the bridge is away are not kept)")},
+    {"password_file", F_STRING, C(mqtt_password_file),
+     .doc = DOC("file whose first line is the MQTT password (instead of the URL "
+                "or `MRB_MQTT_PASSWORD`)")},
+    {"tls", F_OBJECT, 0, .children = tls_fields,
+     .doc = DOC("certificates and TLS settings of an `mqtts://` broker URL")},
+    END};
 
 static const field redis_fields[] = {
-    {"url", F_STRING, C(redis_url), 0, 0, NULL, NULL, 0, check_redis_url},
-    {"keepalive", F_LONG, C(redis_keepalive), 0, 3600, NULL, NULL, 0, NULL},
-    {"scan_interval", F_LONG, C(scan_interval), 0, 86400, NULL, NULL, 0, NULL},
-    {"password_file", F_STRING, C(redis_password_file), 0, 0, NULL, NULL, 0, NULL},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
+    {"url", F_STRING, C(redis_url), .check = mrb_config__check_redis_url,
+     .sdef = "redis://127.0.0.1:6379",
+     .doc = DOC("as `--redis`: `redis://[user[:pass]@]host[:port][/db]` or "
+                "`unix:/path/redis.sock`; user/password give `AUTH`, `/db` a "
+                "`SELECT`")},
+    {"keepalive", F_LONG, C(redis_keepalive), 0, 3600, .def = 30,
+     .doc = DOC("seconds: PING after this long without a reply; a reply awaited "
+                "longer means Redis stopped answering, and the bridge reconnects "
+                "and sends again what was not confirmed. `0`: off (only TCP "
+                "keepalive)")},
+    {"scan_interval", F_LONG, C(scan_interval), 0, 86400, .def = 10,
+     .doc = DOC("stream mode: seconds between scans for new keys of `*` patterns; "
+                "`0`: only on connect")},
+    {"password_file", F_STRING, C(redis_password_file),
+     .doc = DOC("file whose first line is the Redis password (instead of the URL "
+                "or `MRB_REDIS_PASSWORD`); the user name stays in the URL "
+                "(`redis://bridge@host`)")},
+    END};
 
 static const field limit_fields[] = {
-    {"max_payload", F_LONG, C(max_payload), 1, 268435455, NULL, NULL, 0, NULL},
-    {"queue_messages", F_LONG, C(queue_messages), 1, 10000000, NULL, NULL, 0, NULL},
-    {"queue_bytes", F_LONG, C(queue_bytes), 1024, 2147483647, NULL, NULL, 0, NULL},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
+    {"max_payload", F_LONG, C(max_payload), 1, 268435455, .def = 1048576,
+     .doc = DOC("larger messages are dropped and counted (`dropped_too_large`)")},
+    {"queue_messages", F_LONG, C(queue_messages), 1, 10000000, .def = 10000,
+     .doc = DOC("per direction: messages waiting while the other side is down")},
+    {"queue_bytes", F_LONG, C(queue_bytes), 1024, 2147483647,
+     .def = 16L * 1024 * 1024,
+     .doc = DOC("per direction: bytes those messages take, each its payload + "
+                "topic + a bookkeeping overhead of `sizeof(mrb_msg)` + 1 bytes "
+                "(stream entries and replay answers also their stream key and "
+                "entry ID), which depends on the build (`MRB_MSG_OVERHEAD`, "
+                "`include/mrb/queue.h`); must be at least `max_payload` + the "
+                "longest topic (`MRB_TOPIC_MAX`, 65535) + that overhead, or the "
+                "configuration is refused; `mqtt-redis-bridge --check` prints the "
+                "minimum for your settings in its `limits:` line (`(at least N "
+                "bytes with this max_payload)`), and a smaller value is refused "
+                "naming the file. Example for x86_64 (`--check`, 2026-12-03, gcc "
+                "12; it changes when `mrb_msg` does): overhead 113 bytes, minimum "
+                "`max_payload` + 65648 (1114224 with the default `max_payload`); "
+                "it differs on 32-bit (armhf: 97 bytes, `max_payload` + 65632)")},
+    END};
 
 static const field reconnect_fields[] = {
-    {"min_ms", F_LONG, C(reconnect_min_ms), 10, 60000, NULL, NULL, 0, NULL},
-    {"max_ms", F_LONG, C(reconnect_max_ms), 100, 3600000, NULL, NULL, 0, NULL},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
+    {"min_ms", F_LONG, C(reconnect_min_ms), 10, 60000, .def = 250,
+     .doc = DOC("first reconnect delay")},
+    {"max_ms", F_LONG, C(reconnect_max_ms), 100, 3600000, .def = 30000,
+     .doc = DOC("cap of the reconnect delay")},
+    END};
 
 static const field route_fields[] = {
-    {"mqtt", F_STRING, R(mqtt), 0, 0, NULL, NULL, 1, NULL},
-    {"redis", F_STRING, R(redis), 0, 0, NULL, NULL, 1, NULL},
-    {"direction", F_ENUM, R(dir), 0, 0, directions, NULL, 0, NULL},
-    {"qos", F_INT, R(qos), 0, 2, NULL, NULL, 0, NULL},
-    {"retain", F_BOOL, R(retain), 0, 0, NULL, NULL, 0, NULL},
-    {"mode", F_ENUM, R(mode), 0, 0, modes, NULL, 0, NULL},
-    {"maxlen", F_LONG, R(maxlen), 1, 1000000000L, NULL, NULL, 0, NULL},
-    {"store", F_ENUM, R(store), 0, 0, stores, NULL, 0, NULL},
-    {"hash", F_STRING, R(hash), 0, 0, NULL, NULL, 0, NULL},
-    {"envelope", F_ENUM, R(envelope), 0, 0, envelopes, NULL, 0, NULL},
-    {"unwrap", F_BOOL, R(unwrap), 0, 0, NULL, NULL, 0, NULL},
-    {"rate", F_LONG, R(rate), 0, MRB_RATE_MAX, NULL, NULL, 0, NULL},
-    {"burst", F_LONG, R(burst), 1, MRB_RATE_MAX, NULL, NULL, 0, NULL},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
+    {"mqtt", F_STRING, R(mqtt), .required = 1, .doc = DOC("MQTT topic filter")},
+    {"redis", F_STRING, R(redis), .required = 1,
+     .doc = DOC("Redis channel or `*` pattern")},
+    {"direction", F_ENUM, R(dir), .allowed = directions, .def = MRB_DIR_BOTH,
+     .doc = DOC("which way messages cross")},
+    {"qos", F_INT, R(qos), 0, 2, .def = 1,
+     .doc = DOC("subscription QoS and QoS of publishes to MQTT")},
+    {"retain", F_BOOL, R(retain), .doc = DOC("publish to MQTT retained")},
+    {"mode", F_ENUM, R(mode), .allowed = modes, .def = MRB_MODE_PUBSUB,
+     .doc = DOC("Redis pub/sub channels, or Redis Streams keys")},
+    {"maxlen", F_LONG, R(maxlen), 1, 1000000000L, .def = MRB_MAXLEN_DEFAULT,
+     .doc = DOC("stream mode: `XADD MAXLEN ~` bound of each stream")},
+    {"store", F_ENUM, R(store), .allowed = stores, .def = MRB_STORE_NONE,
+     .doc = DOC("`hash`: also keep the latest payload per topic in the Redis hash "
+                "`routes[].hash` (presence; not on `redis_to_mqtt` routes)")},
+    {"hash", F_STRING, R(hash),
+     .doc = DOC("the hash's name; required with `store: hash`, an error without "
+                "it")},
+    {"envelope", F_ENUM, R(envelope), .allowed = envelopes,
+     .def = MRB_ENVELOPE_NONE,
+     .doc = DOC("`json`: wrap MQTT->Redis messages in a JSON envelope (not on "
+                "`redis_to_mqtt` routes)")},
+    {"unwrap", F_BOOL, R(unwrap),
+     .doc = DOC("Redis->MQTT payloads are envelopes: send their `payload` (not on "
+                "`mqtt_to_redis` routes)")},
+    {"rate", F_LONG, R(rate), 0, MRB_RATE_MAX,
+     .doc = DOC("messages per second, per direction: QoS 0 beyond is dropped, QoS "
+                "1/2 slowed; `0`: unlimited")},
+    {"burst", F_LONG, R(burst), 1, MRB_RATE_MAX, .def_doc = "`rate`",
+     .doc = DOC("token bucket size; only with `rate`")},
+    END};
 
 static const field top_fields[] = {
-    {"id", F_STRING, C(id), 0, 0, NULL, NULL, 0, check_id},
-    {"log_level", F_ENUM, C(log_level), 0, 0, log_levels, NULL, 0, NULL},
-    {"syslog", F_BOOL, C(syslog), 0, 0, NULL, NULL, 0, NULL},
-    {"mqtt", F_OBJECT, 0, 0, 0, NULL, mqtt_fields, 0, NULL},
-    {"redis", F_OBJECT, 0, 0, 0, NULL, redis_fields, 0, NULL},
-    {"routes", F_ROUTES, 0, 0, 0, NULL, route_fields, 0, NULL},
-    {"limits", F_OBJECT, 0, 0, 0, NULL, limit_fields, 0, NULL},
-    {"reconnect", F_OBJECT, 0, 0, 0, NULL, reconnect_fields, 0, NULL},
-    {"shutdown_timeout_ms", F_LONG, C(shutdown_timeout_ms), 0, 600000, NULL, NULL, 0, NULL},
-    {"stats_interval", F_LONG, C(stats_interval), 0, 86400, NULL, NULL, 0, NULL},
-    {NULL, 0, 0, 0, 0, NULL, NULL, 0, NULL}};
+    {"id", F_STRING, C(id), .check = mrb_config__check_id,
+     .def_doc = "the host name",
+     .doc = DOC("1 to 64 of `A-Z a-z 0-9 - _ .`: names the bridge in its client "
+                "id and `bridge/<id>/status`, as `--id`")},
+    {"log_level", F_ENUM, C(log_level), .allowed = log_levels,
+     .def = MRB_LOG_INFO, .doc = DOC("what is logged (to stderr or syslog)")},
+    {"syslog", F_BOOL, C(syslog),
+     .doc = DOC("log to syslog instead of stderr, as `--syslog`")},
+    {"mqtt", F_OBJECT, 0, .children = mqtt_fields,
+     .doc = DOC("the MQTT broker and the bridge's session on it")},
+    {"redis", F_OBJECT, 0, .children = redis_fields, .doc = DOC("the Redis server")},
+    {"routes", F_ROUTES, 0, .children = route_fields,
+     .def_doc = "`user/+ <> user:*` and `news <> news`",
+     .doc = DOC("the route objects, at least one; replaced by any `--route`")},
+    {"limits", F_OBJECT, 0, .children = limit_fields,
+     .doc = DOC("message size and queue bounds")},
+    {"reconnect", F_OBJECT, 0, .children = reconnect_fields,
+     .doc = DOC("the capped exponential backoff of both sides' reconnects")},
+    {"shutdown_timeout_ms", F_LONG, C(shutdown_timeout_ms), 0, 600000,
+     .def = 5000, .doc = DOC("how long shutdown waits to flush queued messages")},
+    {"stats_interval", F_LONG, C(stats_interval), 0, 86400, .def = 60,
+     .doc = DOC("seconds between statistics reports on `bridge/<id>/stats` and in "
+                "`bridge:<id>:stats` (the first one when the bridge is ready); "
+                "`0`: off, nothing is written")},
+    END};
 
 #undef C
 #undef R
+#undef END
 
-/* Collect the integer rows of fields (recursively) under prefix; route
- * keys are named "routes[].KEY". */
-static void int_keys(const field *fields, const char *prefix, int route,
-                     mrb_config_int_key *keys, size_t n, size_t *count)
+static const char *type_name(const field *f)
+{
+    switch (f->type) {
+    case F_STRING: return "string";
+    case F_LONG: case F_INT: case F_U32: return "integer";
+    case F_BOOL: return "boolean";
+    case F_ENUM: return "enum";
+    case F_OBJECT: return "object";
+    case F_ROUTES: return "array";
+    }
+    return "?";
+}
+
+/* The default of row f as text: "" for none. */
+static void default_text(const field *f, char *buf, size_t len)
+{
+    if (f->def_doc)
+        snprintf(buf, len, "%s", f->def_doc);
+    else if (f->type == F_STRING)
+        snprintf(buf, len, "%s%s%s", f->sdef ? "`" : "", f->sdef ? f->sdef : "",
+                 f->sdef ? "`" : "");
+    else if (f->type == F_BOOL)
+        snprintf(buf, len, "%s", f->def ? "true" : "false");
+    else if (f->type == F_ENUM)
+        snprintf(buf, len, "`%s`", f->allowed[f->def]);
+    else if (f->type == F_OBJECT || f->type == F_ROUTES)
+        buf[0] = '\0';
+    else
+        snprintf(buf, len, "%" PRId64, f->def);
+}
+
+/* Collect the rows of fields (recursively, an object before its keys) under
+ * prefix; route keys are named "routes[].KEY". */
+static void walk_keys(const field *fields, const char *prefix, int route,
+                      mrb_config_key *keys, size_t n, size_t *count)
 {
     for (const field *f = fields; f->name; f++) {
         char path[sizeof(keys->path)];
         snprintf(path, sizeof(path), "%s%s%s%s", prefix, *prefix ? "." : "",
                  f->name, f->type == F_ROUTES ? "[]" : "");
-        if (f->type == F_OBJECT || f->type == F_ROUTES) {
-            int_keys(f->children, path, route || f->type == F_ROUTES, keys, n,
-                     count);
-        } else if (f->type == F_LONG || f->type == F_INT || f->type == F_U32) {
-            if (*count < n) {
-                mrb_config_int_key *k = &keys[*count];
-                snprintf(k->path, sizeof(k->path), "%s", path);
-                k->min = f->min;
-                k->max = f->max;
-                k->route = route;
-            }
-            (*count)++;
+        if (*count < n) {
+            mrb_config_key *k = &keys[*count];
+            snprintf(k->path, sizeof(k->path), "%s%s%s", prefix,
+                     *prefix ? "." : "", f->name);
+            k->type = type_name(f);
+            k->min = f->min;
+            k->max = f->max;
+            k->allowed = f->allowed;
+            default_text(f, k->def, sizeof(k->def));
+            k->doc = f->doc;
+            k->required = f->required;
+            k->route = route;
         }
+        (*count)++;
+        if (f->type == F_OBJECT || f->type == F_ROUTES)
+            walk_keys(f->children, path, route || f->type == F_ROUTES, keys, n,
+                      count);
     }
 }
 
-size_t mrb_config_int_keys(mrb_config_int_key *keys, size_t n)
+size_t mrb_config_keys(mrb_config_key *keys, size_t n)
 {
     size_t count = 0;
-    int_keys(top_fields, "", 0, keys, n, &count);
+    walk_keys(top_fields, "", 0, keys, n, &count);
     return count;
-}
-
-/* ------------------------------------------------------- value checks */
-
-static int id_valid(const char *id)
-{
-    size_t n = strlen(id);
-    if (n == 0 || n > 64)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
-            return 0;
-    }
-    return 1;
-}
-
-static mrb_err check_id(const char *v, char *msg, size_t msglen)
-{
-    if (id_valid(v))
-        return MRB_OK;
-    return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                    "invalid value \"%s\" (allowed: 1 to 64 letters, digits, "
-                    "'-', '_' or '.')", v);
-}
-
-static mrb_err check_url(const char *v, mrb_url_kind kind, char *msg,
-                         size_t msglen)
-{
-    mrb_url u;
-    mrb_err err = mrb_url_parse(v, kind, &u, msg, msglen);
-    int tls = u.tls;
-    mrb_url_free(&u);
-    if (err == MRB_OK && tls && !MRB_WITH_TLS) {
-        char shown[300];
-        mrb_url_redact_text(v, shown, sizeof(shown));
-        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                        "\"%s\": this mqtt-redis-bridge was built without TLS "
-                        "(cmake -DWITH_TLS=OFF): use mqtt:// or a build with "
-                        "TLS", shown);
-    }
-    return err;
-}
-
-static mrb_err check_mqtt_url(const char *v, char *msg, size_t msglen)
-{
-    return check_url(v, MRB_URL_MQTT, msg, msglen);
-}
-
-static mrb_err check_redis_url(const char *v, char *msg, size_t msglen)
-{
-    return check_url(v, MRB_URL_REDIS, msg, msglen);
 }
 
 /* ------------------------------------------------------------- defaults */
 
+mrb_err mrb_config__set_string(char **slot, const char *value)
+{
+    char *d = strdup(value);
+    if (!d)
+        return MRB_ERR_NOMEM;
+    free(*slot);
+    *slot = d;
+    return MRB_OK;
+}
+
+/* Store x in the slot of an integer row; 0 if it does not fit the slot's
+ * type: a row whose bounds exceed that type (a schema bug, which the unit
+ * test walking every key finds on the target where it happens). */
+static int store_int(const field *f, void *slot, int64_t x)
+{
+    switch (f->type) {
+    case F_INT:
+        if (x < INT_MIN || x > INT_MAX)
+            return 0;
+        *(int *)slot = (int)x;
+        return 1;
+    case F_LONG:
+        if (x < LONG_MIN || x > LONG_MAX)
+            return 0;
+        *(long *)slot = (long)x;
+        return 1;
+    case F_U32:
+        if (x < 0 || x > (int64_t)UINT32_MAX)
+            return 0;
+        *(uint32_t *)slot = (uint32_t)x;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* The defaults of the non-string rows of fields into base (zeroed). */
+static void set_defaults(const field *fields, void *base)
+{
+    for (const field *f = fields; f->name; f++) {
+        void *slot = (char *)base + f->off;
+        if (f->type == F_OBJECT)
+            set_defaults(f->children, base);
+        else if (f->type == F_BOOL || f->type == F_ENUM)
+            *(int *)slot = (int)f->def;
+        else if (f->type != F_STRING && f->type != F_ROUTES)
+            (void)store_int(f, slot, f->def); /* in range: unit-tested */
+    }
+}
+
+/* The string rows of fields with a default (sdef) that are not set. */
+static mrb_err set_string_defaults(const field *fields, void *base)
+{
+    mrb_err err = MRB_OK;
+    for (const field *f = fields; f->name && err == MRB_OK; f++) {
+        char **slot = (char **)(void *)((char *)base + f->off);
+        if (f->type == F_OBJECT)
+            err = set_string_defaults(f->children, base);
+        else if (f->type == F_STRING && f->sdef && !*slot)
+            err = mrb_config__set_string(slot, f->sdef);
+    }
+    return err;
+}
+
+mrb_err mrb_config__string_defaults(mrb_config *cfg)
+{
+    return set_string_defaults(top_fields, cfg);
+}
+
 void mrb_config_init(mrb_config *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
-    cfg->log_level = MRB_LOG_INFO;
-    cfg->protocol = MRB_MQTT_AUTO;
-    cfg->keepalive = 30;
-    cfg->session_expiry = 3600;
-    cfg->redis_keepalive = 30;
-    cfg->scan_interval = 10;
-    cfg->max_payload = 1048576;
-    cfg->queue_messages = 10000;
-    cfg->queue_bytes = 16L * 1024 * 1024;
-    cfg->reconnect_min_ms = 250;
-    cfg->reconnect_max_ms = 30000;
-    cfg->shutdown_timeout_ms = 5000;
-    cfg->stats_interval = 60;
-    cfg->tls_verify_hostname = 1;
-    cfg->tls_min_version = MRB_TLS_1_2;
+    set_defaults(top_fields, cfg);
 }
 
-static void free_routes(mrb_route *routes, size_t n)
+void mrb_config_free_routes(mrb_route *routes, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         mrb_route_free(&routes[i]);
@@ -251,7 +391,7 @@ void mrb_config_free(mrb_config *cfg)
     free(cfg->tls_key_file);
     free(cfg->mqtt_password_file);
     free(cfg->redis_password_file);
-    free_routes(cfg->routes, cfg->n_routes);
+    mrb_config_free_routes(cfg->routes, cfg->n_routes);
     mrb_url_free(&cfg->mqtt);
     mrb_url_free(&cfg->redis);
     free(cfg->status_topic);
@@ -259,163 +399,19 @@ void mrb_config_free(mrb_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
 }
 
-static void add_warning(mrb_config *cfg, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void add_warning(mrb_config *cfg, const char *fmt, ...)
-{
-    if (cfg->n_warnings >= MRB_CONFIG_MAX_WARNINGS)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cfg->warnings[cfg->n_warnings++], sizeof(cfg->warnings[0]), fmt, ap);
-    va_end(ap);
-}
-
-/* Warn when a file holding a secret can be read by every user. */
-static void warn_if_public(mrb_config *cfg, const char *what, const char *path,
-                           const struct stat *st)
-{
-    if (st->st_mode & S_IROTH)
-        add_warning(cfg, "%s \"%s\" is readable by other users (mode %04o): "
-                    "chmod o-r it", what, path, (unsigned)(st->st_mode & 07777));
-}
-
-static int has_password(const char *url)
-{
-    char shown[1024];
-    mrb_url_redact_text(url, shown, sizeof(shown));
-    return strcmp(shown, url) != 0;
-}
-
-static mrb_err set_string(char **slot, const char *value)
-{
-    char *d = strdup(value);
-    if (!d)
-        return MRB_ERR_NOMEM;
-    free(*slot);
-    *slot = d;
-    return MRB_OK;
-}
-
 /* --------------------------------------------------------------- JSON */
-
-/* A string of the document (a value, or the name of an object's key) that
- * holds a NUL character. */
-typedef struct nul_mark {
-    const cJSON *item;
-    int key;                  /* the item's name, not its value */
-} nul_mark;
 
 typedef struct jctx {
     const char *source;
     char *msg;
     size_t msglen;
-    const nul_mark *nuls;     /* the document's strings with a NUL */
+    const mrb_json_nul *nuls;     /* the document's strings with a NUL */
     size_t n_nuls;
 } jctx;
 
-/* ------------------------------------------------------ NUL characters */
-
-/* cJSON decodes "\u0000" (and takes a raw 0 byte) into a NUL inside the
- * string it returns, which then reads as cut short there: "x\u0000y" as
- * "x". It keeps no length, so the text is scanned instead: its string tokens
- * (key names and values) come in the order a depth-first walk of the tree
- * meets them. */
-
-/* The string token at p[0] == '"': whether it holds a NUL; *next: after it.
- * Escapes are skipped as cJSON skips them (a backslash takes the next byte
- * along); only \u0000 decodes to a NUL (a surrogate pair never does). */
-static int token_has_nul(const char *p, const char *end, const char **next)
-{
-    int nul = 0;
-    for (p++; p < end && *p != '"'; p++) {
-        if (*p == '\0')
-            nul = 1;
-        else if (*p == '\\' && p + 1 < end) {
-            if (p[1] == 'u' && end - p >= 6 && memcmp(p + 2, "0000", 4) == 0)
-                nul = 1;
-            p++;
-        }
-    }
-    *next = p < end ? p + 1 : end;
-    return nul;
-}
-
-/* The ordinals (0: the first string token) of the tokens in text[0..len)
- * holding a NUL, into ords (up to max); returns how many there are. */
-static size_t nul_tokens(const char *text, size_t len, size_t *ords, size_t max)
-{
-    const char *p = text, *end = text + len;
-    size_t ord = 0, n = 0;
-    while (p < end) {
-        if (*p != '"') {
-            p++;
-            continue;
-        }
-        if (token_has_nul(p, end, &p)) {
-            if (n < max)
-                ords[n] = ord;
-            n++;
-        }
-        ord++;
-    }
-    return n;
-}
-
-/* Walk v as the tokens come, pairing the ordinals with their items. */
-static void mark_nuls(const cJSON *v, const size_t *ords, size_t n_ords,
-                      size_t *ord, nul_mark *marks, size_t *n_marks)
-{
-    if (cJSON_IsString(v)) {
-        if (*n_marks < n_ords && ords[*n_marks] == *ord)
-            marks[(*n_marks)++] = (nul_mark){v, 0};
-        (*ord)++;
-        return;
-    }
-    int obj = cJSON_IsObject(v);
-    if (!obj && !cJSON_IsArray(v))
-        return;
-    for (const cJSON *c = v->child; c; c = c->next) {
-        if (obj) {
-            if (*n_marks < n_ords && ords[*n_marks] == *ord)
-                marks[(*n_marks)++] = (nul_mark){c, 1};
-            (*ord)++;
-        }
-        mark_nuls(c, ords, n_ords, ord, marks, n_marks);
-    }
-}
-
-/* The strings of root (parsed from text[0..len)) that hold a NUL: *marks
- * (heap, the caller frees; NULL when there are none), *n of them. */
-static mrb_err find_nuls(const cJSON *root, const char *text, size_t len,
-                         nul_mark **marks, size_t *n)
-{
-    size_t n_ords = nul_tokens(text, len, NULL, 0), ord = 0;
-    *marks = NULL;
-    *n = 0;
-    if (n_ords == 0)
-        return MRB_OK;
-    size_t *ords = calloc(n_ords, sizeof(*ords));
-    *marks = calloc(n_ords, sizeof(**marks));
-    if (!ords || !*marks) {
-        free(ords);
-        free(*marks);
-        *marks = NULL;
-        return MRB_ERR_NOMEM;
-    }
-    nul_tokens(text, len, ords, n_ords);
-    mark_nuls(root, ords, n_ords, &ord, *marks, n);
-    free(ords);
-    return MRB_OK;
-}
-
 static int has_nul(const jctx *j, const cJSON *item, int key)
 {
-    for (size_t i = 0; i < j->n_nuls; i++)
-        if (j->nuls[i].item == item && j->nuls[i].key == key)
-            return 1;
-    return 0;
+    return mrb_json_has_nul(j->nuls, j->n_nuls, item, key);
 }
 
 static mrb_err nul_value(jctx *j, const char *path)
@@ -484,8 +480,7 @@ static mrb_err apply_routes(jctx *j, const cJSON *arr, mrb_config *cfg,
         char rpath[160], rmsg[512];
         snprintf(rpath, sizeof(rpath), "%s[%zu]", path, i);
         mrb_route *r = &routes[i++];
-        r->qos = 1;
-        r->maxlen = MRB_MAXLEN_DEFAULT;
+        set_defaults(route_fields, r);
         if (!cJSON_IsObject(item)) {
             err = bad_value(j, rpath, item, "an object with \"mqtt\" and \"redis\"");
             break;
@@ -498,39 +493,13 @@ static mrb_err apply_routes(jctx *j, const cJSON *arr, mrb_config *cfg,
         }
     }
     if (err != MRB_OK) {
-        free_routes(routes, n);
+        mrb_config_free_routes(routes, n);
         return err;
     }
-    free_routes(cfg->routes, cfg->n_routes);
+    mrb_config_free_routes(cfg->routes, cfg->n_routes);
     cfg->routes = routes;
     cfg->n_routes = n;
     return MRB_OK;
-}
-
-/* Store x in the slot of an integer row; 0 if it does not fit the slot's
- * type: a row whose bounds exceed that type (a schema bug, which the unit
- * test walking every key finds on the target where it happens). */
-static int store_int(const field *f, void *slot, int64_t x)
-{
-    switch (f->type) {
-    case F_INT:
-        if (x < INT_MIN || x > INT_MAX)
-            return 0;
-        *(int *)slot = (int)x;
-        return 1;
-    case F_LONG:
-        if (x < LONG_MIN || x > LONG_MAX)
-            return 0;
-        *(long *)slot = (long)x;
-        return 1;
-    case F_U32:
-        if (x < 0 || x > (int64_t)UINT32_MAX)
-            return 0;
-        *(uint32_t *)slot = (uint32_t)x;
-        return 1;
-    default:
-        return 0;
-    }
 }
 
 static mrb_err apply_field(jctx *j, const field *f, const cJSON *v, void *base,
@@ -552,7 +521,7 @@ static mrb_err apply_field(jctx *j, const field *f, const cJSON *v, void *base,
                 return mrb_fail(MRB_ERR_INVALID, j->msg, j->msglen, "%s: %s: %s",
                                 j->source, path, cmsg);
         }
-        return set_string((char **)(void *)slot, v->valuestring);
+        return mrb_config__set_string((char **)(void *)slot, v->valuestring);
     case F_LONG:
     case F_INT:
     case F_U32:
@@ -641,6 +610,37 @@ static mrb_err apply_object(jctx *j, const cJSON *obj, const field *fields,
     return MRB_OK;
 }
 
+/* The row of the string key at path ("mqtt.url"), or NULL. Not into routes. */
+static const field *string_field(const char *path)
+{
+    const field *fields = top_fields;
+    for (;;) {
+        size_t n = strcspn(path, ".");
+        const field *f = fields;
+        while (f->name && (strlen(f->name) != n || strncmp(f->name, path, n) != 0))
+            f++;
+        if (!f->name)
+            return NULL;
+        if (path[n] == '\0')
+            return f->type == F_STRING ? f : NULL;
+        if (f->type != F_OBJECT)
+            return NULL;
+        fields = f->children;
+        path += n + 1;
+    }
+}
+
+mrb_err mrb_config_set_string(mrb_config *cfg, const char *path,
+                              const char *value, char *msg, size_t msglen)
+{
+    const field *f = string_field(path);
+    if (!f)
+        return mrb_fail(MRB_ERR_INVALID, msg, msglen, "no string key %s", path);
+    if (f->check && f->check(value, msg, msglen) != MRB_OK)
+        return MRB_ERR_INVALID;
+    return mrb_config__set_string((char **)(void *)((char *)cfg + f->off), value);
+}
+
 mrb_err mrb_config_load_json(mrb_config *cfg, const char *text, size_t len,
                              const char *source, char *msg, size_t msglen)
 {
@@ -677,19 +677,19 @@ mrb_err mrb_config_load_json(mrb_config *cfg, const char *text, size_t len,
                         "%s:%d:%d: JSON syntax error near '%s%s'", source, line,
                         col, near, k == 24 ? "..." : "");
     }
-    nul_mark *marks = NULL;
+    mrb_json_nul *marks = NULL;
     mrb_err err;
     if (!cJSON_IsObject(root))
         err = mrb_fail(MRB_ERR_INVALID, msg, msglen,
                        "%s: the configuration must be a JSON object ({...})",
                        source);
-    else if ((err = find_nuls(root, text, (size_t)(end - text), &marks,
+    else if ((err = mrb_json_find_nuls(root, text, (size_t)(end - text), &marks,
                               &j.n_nuls)) == MRB_OK) {
         j.nuls = marks;
         err = apply_object(&j, root, top_fields, cfg, "");
     }
     /* for mrb_config_finish's messages: which limits this document set */
-    if (err == MRB_OK && (err = set_string(&cfg->source, source)) == MRB_OK) {
+    if (err == MRB_OK && (err = mrb_config__set_string(&cfg->source, source)) == MRB_OK) {
         const cJSON *lim = cJSON_GetObjectItemCaseSensitive(root, "limits");
         if (cJSON_GetObjectItemCaseSensitive(lim, "max_payload"))
             cfg->max_payload_given = 1;
@@ -743,545 +743,10 @@ mrb_err mrb_config_load_file(mrb_config *cfg, const char *path, char *msg,
     free(buf);
     /* a password in a URL of this file: the file is a secret */
     if (err == MRB_OK && st_ok &&
-        ((cfg->mqtt_url != mqtt_before && has_password(cfg->mqtt_url)) ||
-         (cfg->redis_url != redis_before && has_password(cfg->redis_url))))
-        warn_if_public(cfg, "the configuration file, which holds a password,",
+        ((cfg->mqtt_url != mqtt_before && mrb_config__has_password(cfg->mqtt_url)) ||
+         (cfg->redis_url != redis_before && mrb_config__has_password(cfg->redis_url))))
+        mrb_config__warn_if_public(cfg, "the configuration file, which holds a password,",
                        path, &st);
     return err;
 }
 
-/* -------------------------------------------------------- command line */
-
-void mrb_cli_usage(FILE *out)
-{
-#if MRB_WITH_STATS_CMD
-    fputs(
-"Usage: " PROG " [OPTIONS]\n"
-"       " PROG " stats [--redis URL] [-c FILE] [--json] [--watch N]\n"
-"Bridge MQTT topics and Redis pub/sub channels or streams both ways.\n"
-"The stats subcommand prints what the bridges report to Redis (every\n"
-"stats_interval seconds: counters per route, drops, latency) and the active\n"
-"channels of their routes; see '" PROG " stats --help'.\n", out);
-#else
-    fputs(
-"Usage: " PROG " [OPTIONS]\n"
-"Bridge MQTT topics and Redis pub/sub channels or streams both ways.\n"
-"(Built without the stats subcommand.)\n", out);
-#endif
-    fputs(
-"\n"
-"  -c, --config FILE   read a JSON configuration file (keys: see README)\n"
-"      --mqtt URL      broker, mqtt://[user[:pass]@]host[:port] or, with\n"
-"                      TLS, mqtts://... (port 8883; certificates: see the\n"
-"                      mqtt.tls keys in README) (default mqtt://127.0.0.1:1883)\n"
-"      --redis URL     Redis, redis://[user[:pass]@]host[:port][/db] or\n"
-"                      unix:/path/redis.sock (default redis://127.0.0.1:6379)\n"
-"      --id NAME       bridge id, used in the MQTT client id and in\n"
-"                      bridge/<id>/status (default: the host name)\n"
-"      --route SPEC    'MQTT_FILTER ARROW REDIS_PATTERN [qos=N] [retain]\n"
-"                      [stream] [maxlen=N] [OPTIONS]'; ARROW is <> (both ways),\n"
-"                      > (MQTT to Redis) or < (Redis to MQTT); 'stream'\n"
-"                      carries the route over Redis Streams (XADD, consumer\n"
-"                      group) instead of pub/sub. Repeatable; replaces the\n"
-"                      file's routes. Default: 'user/+ <> user:*' and\n"
-"                      'news <> news'.\n"
-"                      Route options: hash=NAME (or store=hash hash=NAME)\n"
-"                      also keeps the latest payload per topic in Redis hash\n"
-"                      NAME, field = the wildcard captures (presence);\n"
-"                      envelope=json wraps MQTT->Redis messages in a JSON\n"
-"                      envelope {topic,payload,qos,retain,ts,bridge};\n"
-"                      unwrap takes such envelopes apart on the way to MQTT;\n"
-"                      rate=N [burst=N] limits the route to N messages/s\n"
-"                      each way (QoS 0 over the limit: dropped and counted;\n"
-"                      QoS 1/2, and stream entries: slowed down)\n"
-"      --check         validate the configuration, print it and exit\n"
-"  -v, --verbose       log debug messages too\n"
-"  -q, --quiet         log only warnings and errors\n"
-"      --syslog        log to syslog (ident mqtt-redis-bridge, facility\n"
-"                      daemon) instead of stderr\n"
-"  -h, --help          show this help and exit\n"
-"  -V, --version       show the version and exit\n"
-"\n"
-"Replay (with a stream route): publish {\"topic\": \"T\", \"count\": N} (N up\n"
-"to 1000) to bridge/<id>/replay to get the last N messages of topic T's\n"
-"stream, oldest first, then an end marker {\"replay\":\"end\",...}, on the\n"
-"request's MQTT 5 Response Topic, else its \"response_topic\", else\n"
-"bridge/<id>/replay/response.\n"
-"\n"
-"Passwords: rather than in a URL (visible to other users until the bridge\n"
-"has started), give them in mqtt.password_file / redis.password_file or in\n"
-"the environment variables MRB_MQTT_PASSWORD / MRB_REDIS_PASSWORD; one\n"
-"source per side. They are never printed.\n"
-"\n"
-"Signals: SIGINT/SIGTERM stop cleanly; SIGHUP reads the configuration\n"
-"again and applies its routes and log_level without reconnecting (an\n"
-"invalid one is logged and changes nothing; other settings need a\n"
-"restart); SIGUSR1 logs the counters.\n"
-"\n"
-"Command-line values override the configuration file. Exit status: 0 after\n"
-"SIGINT/SIGTERM or --check, 2 for a bad command line or configuration,\n"
-"1 for a fatal run-time error.\n", out);
-}
-
-mrb_err mrb_cli_parse(int argc, char **argv, mrb_cli *cli, char *msg,
-                      size_t msglen)
-{
-    enum { O_MQTT = 256, O_REDIS, O_ID, O_ROUTE, O_CHECK, O_SYSLOG };
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"mqtt", required_argument, NULL, O_MQTT},
-        {"redis", required_argument, NULL, O_REDIS},
-        {"id", required_argument, NULL, O_ID},
-        {"route", required_argument, NULL, O_ROUTE},
-        {"check", no_argument, NULL, O_CHECK},
-        {"verbose", no_argument, NULL, 'v'},
-        {"quiet", no_argument, NULL, 'q'},
-        {"syslog", no_argument, NULL, O_SYSLOG},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0}};
-
-    memset(cli, 0, sizeof(*cli));
-    cli->argc = argc;
-    cli->argv = argv;
-    cli->routes = calloc((size_t)argc + 1, sizeof(*cli->routes));
-    if (!cli->routes)
-        return MRB_ERR_NOMEM;
-    opterr = 0;
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, ":c:vqhV", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': cli->config_file = optarg; break;
-        case O_MQTT: cli->mqtt_url = optarg; break;
-        case O_REDIS: cli->redis_url = optarg; break;
-        case O_ID: cli->id = optarg; break;
-        case O_ROUTE: cli->routes[cli->n_routes++] = optarg; break;
-        case O_CHECK: cli->check = 1; break;
-        case 'v': cli->verbosity = 1; break;
-        case 'q': cli->verbosity = -1; break;
-        case O_SYSLOG: cli->syslog = 1; break;
-        case 'h': cli->help = 1; break;
-        case 'V': cli->version = 1; break;
-        case ':':
-            return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                            "option '%s' needs a value (see --help)",
-                            argv[optind - 1]);
-        default:
-            return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                            "unknown option '%s' (see --help)", argv[optind - 1]);
-        }
-    }
-    if (optind < argc)
-        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                        "unexpected argument '%s' (see --help)", argv[optind]);
-    return MRB_OK;
-}
-
-#define MASK "***"
-#define MASK_LEN (sizeof(MASK) - 1)
-
-/* Whether argv's strings lie back to back in one block, as the kernel lays
- * them out (what /proc/PID/cmdline shows): then [*start, *end) is it. */
-static int argv_block(const mrb_cli *cli, char **start, char **end)
-{
-    if (!cli->argv || cli->argc <= 0)
-        return 0;
-    char *lo = NULL, *hi = NULL;
-    size_t total = 0;
-    for (int i = 0; i < cli->argc; i++) {
-        char *a = cli->argv[i];
-        if (!a)
-            return 0;
-        size_t n = strlen(a) + 1;
-        if (!lo || (uintptr_t)a < (uintptr_t)lo)
-            lo = a;
-        if (!hi || (uintptr_t)(a + n) > (uintptr_t)hi)
-            hi = a + n;
-        total += n;
-    }
-    *start = lo;
-    *end = hi;
-    return (uintptr_t)hi - (uintptr_t)lo == total;
-}
-
-/* Whether p points into [from, end). */
-static int within(const char *p, const char *from, const char *end)
-{
-    return p && (uintptr_t)p >= (uintptr_t)from && (uintptr_t)p < (uintptr_t)end;
-}
-
-/* Mask the password of one URL argument: "***", the rest moved up. */
-static void scrub_url(mrb_cli *cli, char *url)
-{
-    if (!url)
-        return;
-    char *sep = strstr(url, "://");
-    char *p = sep ? sep + 3 : url;
-    char *end = p + strcspn(p, "/");
-    char *at = NULL;
-    for (char *q = p; q < end; q++)
-        if (*q == '@')
-            at = q;
-    char *colon = at ? memchr(p, ':', (size_t)(at - p)) : NULL;
-    if (!colon)
-        return;
-    size_t len = (size_t)(at - colon - 1);
-    if (len <= MASK_LEN) { /* nothing to close up */
-        memset(colon + 1, '*', len);
-        return;
-    }
-    size_t gap = len - MASK_LEN;
-    char *bstart, *bend;
-    if (!argv_block(cli, &bstart, &bend) || !within(url, bstart, bend))
-        bend = url + strlen(url) + 1; /* this string alone */
-    memcpy(colon + 1, MASK, MASK_LEN);
-    memmove(colon + 1 + MASK_LEN, at, (size_t)(bend - at));
-    memset(bend - gap, '\0', gap);
-    /* what pointed behind the password moved up with it */
-    for (int i = 0; cli->argv && i < cli->argc; i++)
-        if (within(cli->argv[i], at, bend))
-            cli->argv[i] -= gap;
-    for (size_t i = 0; i < cli->n_routes; i++)
-        if (within(cli->routes[i], at, bend))
-            cli->routes[i] -= gap;
-    if (within(cli->config_file, at, bend))
-        cli->config_file -= gap;
-    if (within(cli->id, at, bend))
-        cli->id -= gap;
-    if (within(cli->mqtt_url, at, bend))
-        cli->mqtt_url -= gap;
-    if (within(cli->redis_url, at, bend))
-        cli->redis_url -= gap;
-}
-
-void mrb_cli_scrub(mrb_cli *cli)
-{
-    scrub_url(cli, cli->mqtt_url);
-    scrub_url(cli, cli->redis_url);
-}
-
-void mrb_cli_free(mrb_cli *cli)
-{
-    free(cli->routes);
-    memset(cli, 0, sizeof(*cli));
-}
-
-mrb_err mrb_config_apply_cli(mrb_config *cfg, const mrb_cli *cli, char *msg,
-                             size_t msglen)
-{
-    static const struct {
-        const char *opt;
-        size_t off;
-        mrb_err (*check)(const char *, char *, size_t);
-    } given[] = {
-        {"--mqtt", offsetof(mrb_cli, mqtt_url), check_mqtt_url},
-        {"--redis", offsetof(mrb_cli, redis_url), check_redis_url},
-        {"--id", offsetof(mrb_cli, id), check_id},
-    };
-    for (size_t i = 0; i < sizeof(given) / sizeof(given[0]); i++) {
-        const char *v = *(const char *const *)(const void *)((const char *)cli + given[i].off);
-        char cmsg[300];
-        if (v && given[i].check(v, cmsg, sizeof(cmsg)) != MRB_OK)
-            return mrb_fail(MRB_ERR_INVALID, msg, msglen, "%s: %s", given[i].opt,
-                            cmsg);
-    }
-    if ((cli->mqtt_url && set_string(&cfg->mqtt_url, cli->mqtt_url)) ||
-        (cli->redis_url && set_string(&cfg->redis_url, cli->redis_url)) ||
-        (cli->id && set_string(&cfg->id, cli->id)))
-        return MRB_ERR_NOMEM;
-    if (cli->verbosity > 0)
-        cfg->log_level = MRB_LOG_DEBUG;
-    else if (cli->verbosity < 0)
-        cfg->log_level = MRB_LOG_WARNING;
-    if (cli->syslog)
-        cfg->syslog = 1;
-    if (cli->n_routes == 0)
-        return MRB_OK;
-    mrb_route *routes = calloc(cli->n_routes, sizeof(*routes));
-    if (!routes)
-        return MRB_ERR_NOMEM;
-    for (size_t i = 0; i < cli->n_routes; i++) {
-        char rmsg[512];
-        mrb_err err = mrb_route_parse_spec(cli->routes[i], &routes[i], rmsg,
-                                           sizeof(rmsg));
-        if (err != MRB_OK) {
-            free_routes(routes, cli->n_routes);
-            return mrb_fail(err, msg, msglen, "--route '%s': %s",
-                            cli->routes[i], rmsg);
-        }
-    }
-    free_routes(cfg->routes, cfg->n_routes);
-    cfg->routes = routes;
-    cfg->n_routes = cli->n_routes;
-    return MRB_OK;
-}
-
-/* ---------------------------------------------------------- finishing */
-
-static mrb_err default_id(mrb_config *cfg)
-{
-    char host[256] = "";
-    if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0')
-        strcpy(host, "bridge");
-    host[64] = '\0';
-    for (char *p = host; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-              (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '.'))
-            *p = '-';
-    return set_string(&cfg->id, host);
-}
-
-static mrb_err default_routes(mrb_config *cfg)
-{
-    static const char *const specs[] = {"user/+ <> user:*", "news <> news"};
-    size_t n = sizeof(specs) / sizeof(specs[0]);
-    cfg->routes = calloc(n, sizeof(*cfg->routes));
-    if (!cfg->routes)
-        return MRB_ERR_NOMEM;
-    for (size_t i = 0; i < n; i++) {
-        if (mrb_route_parse_spec(specs[i], &cfg->routes[i], NULL, 0) != MRB_OK)
-            return MRB_ERR_NOMEM;
-        cfg->n_routes++;
-    }
-    return MRB_OK;
-}
-
-/* Read the first line of a password file into *out (heap). */
-static mrb_err read_password_file(mrb_config *cfg, const char *key,
-                                  const char *path, char **out, char *msg,
-                                  size_t msglen)
-{
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return mrb_fail(MRB_ERR_INVALID, msg, msglen, "%s: cannot open \"%s\": %s",
-                        key, path, strerror(errno));
-    char buf[1024];
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    int rerr = ferror(f) ? errno : 0;
-    struct stat st;
-    if (fstat(fileno(f), &st) == 0)
-        warn_if_public(cfg, key, path, &st);
-    fclose(f);
-    buf[n] = '\0';
-    size_t len = strcspn(buf, "\r\n");
-    mrb_err err = MRB_OK;
-    if (rerr)
-        err = mrb_fail(MRB_ERR_INVALID, msg, msglen, "%s: cannot read \"%s\": %s",
-                       key, path, strerror(rerr));
-    else if (n == sizeof(buf) - 1)
-        err = mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                       "%s: \"%s\" is larger than %zu bytes (the password goes "
-                       "on its first line)", key, path, sizeof(buf) - 2);
-    else if (memchr(buf, '\0', n))
-        err = mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                       "%s: \"%s\" holds a NUL byte", key, path);
-    else if (len == 0)
-        err = mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                       "%s: \"%s\": the first line is empty (it holds the "
-                       "password)", key, path);
-    if (err == MRB_OK) {
-        buf[len] = '\0';
-        if (!(*out = strdup(buf)))
-            err = MRB_ERR_NOMEM;
-    }
-    return err;
-}
-
-/* The password of one side from exactly one of: the URL, a file, the
- * environment. Stored in url->password; *from names the source. */
-static mrb_err resolve_password(mrb_config *cfg, const char *side, mrb_url *url,
-                                const char *file, const char *env,
-                                const char **from, char *msg, size_t msglen)
-{
-    static const char *const url_name[] = {"the URL (mqtt.url / --mqtt)",
-                                           "the URL (redis.url / --redis)"};
-    int mqtt = strcmp(side, "mqtt") == 0;
-    const char *envval = getenv(env);
-    const char *src[3] = {url->password ? url_name[mqtt ? 0 : 1] : NULL,
-                          file ? (mqtt ? "mqtt.password_file"
-                                       : "redis.password_file") : NULL,
-                          envval && envval[0] ? env : NULL};
-    const char *first = NULL;
-    *from = NULL;
-    for (int i = 0; i < 3; i++) {
-        if (!src[i])
-            continue;
-        if (first)
-            return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                            "%s: the password is given twice, in %s and in %s: "
-                            "keep one", side, first, src[i]);
-        first = src[i];
-    }
-    if (!first)
-        return MRB_OK;
-    char *pw = NULL;
-    if (src[1]) {
-        mrb_err err = read_password_file(cfg, src[1], file, &pw, msg, msglen);
-        if (err != MRB_OK)
-            return err;
-    } else if (src[2] && !(pw = strdup(envval))) {
-        return MRB_ERR_NOMEM;
-    }
-    if (pw) {
-        free(url->password);
-        url->password = pw;
-    }
-    *from = first;
-    return MRB_OK;
-}
-
-/* The mqtts:// settings: only with mqtts://, files readable. */
-static mrb_err finish_tls(mrb_config *cfg, char *msg, size_t msglen)
-{
-    int given = cfg->tls_ca_file || cfg->tls_ca_path || cfg->tls_cert_file ||
-                cfg->tls_key_file || !cfg->tls_verify_hostname ||
-                cfg->tls_min_version != MRB_TLS_1_2;
-    if (!cfg->mqtt.tls)
-        return given ? mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                                "mqtt.tls: TLS settings are given but the broker "
-                                "URL is not mqtts://") : MRB_OK;
-    if (cfg->tls_key_file && !cfg->tls_cert_file)
-        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                        "mqtt.tls.key_file: given without mqtt.tls.cert_file");
-    const struct {
-        const char *key, *path;
-        int mode;
-    } files[] = {
-        {"mqtt.tls.ca_file", cfg->tls_ca_file, R_OK},
-        {"mqtt.tls.ca_path", cfg->tls_ca_path, R_OK | X_OK},
-        {"mqtt.tls.cert_file", cfg->tls_cert_file, R_OK},
-        {"mqtt.tls.key_file", cfg->tls_key_file, R_OK},
-    };
-    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
-        if (files[i].path && access(files[i].path, files[i].mode) != 0)
-            return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                            "%s: cannot read \"%s\": %s", files[i].key,
-                            files[i].path, strerror(errno));
-    struct stat st;
-    const char *key = cfg->tls_key_file ? cfg->tls_key_file : cfg->tls_cert_file;
-    if (key && stat(key, &st) == 0)
-        warn_if_public(cfg, cfg->tls_key_file ? "mqtt.tls.key_file"
-                                              : "mqtt.tls.cert_file (holding the key)",
-                       key, &st);
-    return MRB_OK;
-}
-
-mrb_err mrb_config_finish(mrb_config *cfg, char *msg, size_t msglen)
-{
-    mrb_err err;
-    if (!cfg->id && (err = default_id(cfg)) != MRB_OK)
-        return err;
-    if (!id_valid(cfg->id))
-        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                        "id: invalid value \"%s\" (allowed: 1 to 64 letters, "
-                        "digits, '-', '_' or '.')", cfg->id);
-    if (!cfg->mqtt_url && (err = set_string(&cfg->mqtt_url, "mqtt://127.0.0.1:1883")))
-        return err;
-    if (!cfg->redis_url && (err = set_string(&cfg->redis_url, "redis://127.0.0.1:6379")))
-        return err;
-    if (!cfg->n_routes && (err = default_routes(cfg)) != MRB_OK)
-        return err;
-
-    char umsg[256];
-    mrb_url_free(&cfg->mqtt);
-    mrb_url_free(&cfg->redis);
-    if ((err = mrb_url_parse(cfg->mqtt_url, MRB_URL_MQTT, &cfg->mqtt, umsg,
-                             sizeof(umsg))) != MRB_OK)
-        return mrb_fail(err, msg, msglen, "mqtt.url: %s", umsg);
-    if ((err = mrb_url_parse(cfg->redis_url, MRB_URL_REDIS, &cfg->redis, umsg,
-                             sizeof(umsg))) != MRB_OK)
-        return mrb_fail(err, msg, msglen, "redis.url: %s", umsg);
-    if ((err = resolve_password(cfg, "mqtt", &cfg->mqtt, cfg->mqtt_password_file,
-                                "MRB_MQTT_PASSWORD", &cfg->mqtt_password_from,
-                                msg, msglen)) != MRB_OK ||
-        (err = resolve_password(cfg, "redis", &cfg->redis, cfg->redis_password_file,
-                                "MRB_REDIS_PASSWORD", &cfg->redis_password_from,
-                                msg, msglen)) != MRB_OK ||
-        (err = finish_tls(cfg, msg, msglen)) != MRB_OK)
-        return err;
-
-    if (!cfg->client_id) {
-        char cid[96];
-        snprintf(cid, sizeof(cid), "mqtt-redis-bridge-%s", cfg->id);
-        if ((err = set_string(&cfg->client_id, cid)) != MRB_OK)
-            return err;
-    }
-    char topic[96];
-    snprintf(topic, sizeof(topic), "bridge/%s/status", cfg->id);
-    if ((err = set_string(&cfg->status_topic, topic)) != MRB_OK)
-        return err;
-
-    if (cfg->reconnect_min_ms > cfg->reconnect_max_ms)
-        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                        "reconnect.min_ms (%ld) must not exceed reconnect.max_ms "
-                        "(%ld)", cfg->reconnect_min_ms, cfg->reconnect_max_ms);
-    long need = mrb_config_queue_bytes_min(cfg);
-    if (cfg->queue_bytes < need) {
-        /* one of the two comes from the file: the defaults fit each other */
-        char where[300] = "";
-        if (cfg->source && (cfg->queue_bytes_given || cfg->max_payload_given))
-            snprintf(where, sizeof(where), "%s: ", cfg->source);
-        return mrb_fail(MRB_ERR_INVALID, msg, msglen,
-                        "%slimits.queue_bytes (%ld%s) must be at least %ld "
-                        "(%slimits.max_payload %ld + %ld for the topic and "
-                        "bookkeeping), or a largest message could not wait in "
-                        "the queue", where, cfg->queue_bytes,
-                        cfg->queue_bytes_given ? "" : ", the default", need,
-                        cfg->max_payload_given ? "" : "the default ",
-                        cfg->max_payload, need - cfg->max_payload);
-    }
-    return MRB_OK;
-}
-
-long mrb_config_queue_bytes_min(const mrb_config *cfg)
-{
-    /* at most 268435455 + 65535 + ~100: fits a 32-bit long */
-    return cfg->max_payload + MRB_TOPIC_MAX + (long)MRB_MSG_OVERHEAD;
-}
-
-void mrb_config_print(const mrb_config *cfg, FILE *out)
-{
-    char url[512], line[1024];
-    fprintf(out, "id: %s\n", cfg->id);
-    fprintf(out, "log_level: %s (to %s)\n", mrb_log_level_name(cfg->log_level),
-            cfg->syslog ? "syslog" : "stderr");
-    mrb_url_format_redacted(&cfg->mqtt, MRB_URL_MQTT, url, sizeof(url));
-    fprintf(out, "mqtt: %s (protocol %s, client id %s, keepalive %ld s, "
-            "session expiry %" PRIu32 " s)\n", url, protocols[cfg->protocol],
-            cfg->client_id, cfg->keepalive, cfg->session_expiry);
-    if (cfg->mqtt.tls)
-        fprintf(out, "mqtt tls: ca_file %s, ca_path %s, cert_file %s, key_file %s, "
-                "verify_hostname %s, min_version %s\n",
-                cfg->tls_ca_file ? cfg->tls_ca_file : "(system CAs)",
-                cfg->tls_ca_path ? cfg->tls_ca_path : "-",
-                cfg->tls_cert_file ? cfg->tls_cert_file : "-",
-                cfg->tls_key_file ? cfg->tls_key_file : "-",
-                cfg->tls_verify_hostname ? "yes" : "NO",
-                tls_versions[cfg->tls_min_version]);
-    if (cfg->mqtt_password_from)
-        fprintf(out, "mqtt password: *** (from %s)\n", cfg->mqtt_password_from);
-    mrb_url_format_redacted(&cfg->redis, MRB_URL_REDIS, url, sizeof(url));
-    fprintf(out, "redis: %s (keepalive %ld s, stream scan every %ld s)\n", url,
-            cfg->redis_keepalive, cfg->scan_interval);
-    if (cfg->redis_password_from)
-        fprintf(out, "redis password: *** (from %s)\n", cfg->redis_password_from);
-    fprintf(out, "status topic: %s\n", cfg->status_topic);
-    fprintf(out, "limits: max_payload %ld bytes; queue %ld messages / %ld bytes "
-            "per direction (at least %ld bytes with this max_payload)\n",
-            cfg->max_payload, cfg->queue_messages, cfg->queue_bytes,
-            mrb_config_queue_bytes_min(cfg));
-    fprintf(out, "reconnect: %ld ms to %ld ms; shutdown_timeout: %ld ms\n",
-            cfg->reconnect_min_ms, cfg->reconnect_max_ms,
-            cfg->shutdown_timeout_ms);
-    if (cfg->stats_interval > 0)
-        fprintf(out, "stats: every %ld s on bridge/%s/stats and bridge:%s:stats\n",
-                cfg->stats_interval, cfg->id, cfg->id);
-    else
-        fprintf(out, "stats: off (stats_interval 0)\n");
-    fprintf(out, "routes (%zu):\n", cfg->n_routes);
-    for (size_t i = 0; i < cfg->n_routes; i++) {
-        mrb_route_format(&cfg->routes[i], line, sizeof(line));
-        fprintf(out, "  %s\n", line);
-    }
-}

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "mrb/bridge.h"
+#include "mrb/cli.h"
 #include "mrb/config.h"
 #include "mrb/log.h"
 #include "mrb/statscmd.h"

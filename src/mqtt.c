@@ -1289,7 +1289,7 @@ static mrb_err publish(mrb_bridge *b, const char *topic, const void *payload,
             o.onFailure = acked ? on_sx_ack_fail : on_sx_send_fail;
         }
         if (v5) {
-            /* consumers drop redeliveries by entry id (README) */
+            /* consumers drop redeliveries by entry id (docs/ROUTES.md) */
             const char *key = sx->tag, *id = sx->tag + strlen(sx->tag) + 1;
             const char *names[2] = {"stream", "stream-id"};
             const char *vals[2] = {key, id};

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "mrb/cli.h"
 #include "mrb/config.h"
 #include "mrb/mem.h"
 #include "mrb/statscmd.h"

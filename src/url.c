@@ -128,7 +128,7 @@ mrb_err mrb_url_parse(const char *text, mrb_url_kind kind, mrb_url *out,
         return mrb_fail(err, msg, msglen,
                         "\"%s\": rediss:// (TLS) is not supported by this build "
                         "(hiredis 0.14 has no TLS): put stunnel in front of "
-                        "Redis, see README \"Redis over TLS\"", shown);
+                        "Redis, see docs/SECURITY.md \"Redis over TLS\"", shown);
     } else {
         return mrb_fail(err, msg, msglen, "\"%s\": the URL must start with %s",
                         shown, kind == MRB_URL_MQTT ? "mqtt:// or mqtts://"

@@ -1,6 +1,6 @@
 /*
- * config.h - the bridge's configuration: defaults, the JSON file, the command
- * line, and their validation.
+ * config.h - the bridge's configuration: defaults, the JSON file and their
+ * validation (the command line is mrb/cli.h).
  *
  * Precedence: built-in defaults < config file < command line. Any --route on
  * the command line replaces the file's routes; with no route anywhere the
@@ -92,38 +92,6 @@ typedef struct mrb_config {
     size_t n_warnings;
 } mrb_config;
 
-/* Command-line values: NULL / -1 / 0 when not given. Strings point into argv. */
-typedef struct mrb_cli {
-    const char *config_file;
-    char *mqtt_url;           /* argv strings: mrb_cli_scrub() masks them */
-    char *redis_url;
-    const char *id;
-    const char **routes;      /* owned array of argv pointers */
-    size_t n_routes;
-    int check;
-    int verbosity;            /* -1 quiet, 0 default, 1 verbose */
-    int syslog;               /* --syslog */
-    int help, version;
-    int argc;                 /* as given to mrb_cli_parse(), for the scrub */
-    char **argv;
-} mrb_cli;
-
-/* Parse argv. MRB_ERR_INVALID with a message on bad usage. Free with
- * mrb_cli_free(). */
-mrb_err mrb_cli_parse(int argc, char **argv, mrb_cli *cli, char *msg,
-                      size_t msglen);
-void mrb_cli_free(mrb_cli *cli);
-/* Replace the passwords of --mqtt and --redis in argv with "***", so that
- * process listings (/proc/PID/cmdline) no longer show them nor their
- * length. argv cannot grow: the rest of argv moves up over the gap (its
- * pointers and the strings of cli follow) and NULs fill the end of argv's
- * block, where /proc/PID/cmdline shows them as empty arguments after the
- * last one. Strings that are not one block (an argv built otherwise): each
- * URL closes up within itself. A password shorter than "***" is starred
- * over. Call after mrb_config_apply_cli() has copied the URLs; pointers into
- * argv kept elsewhere are stale afterwards. */
-void mrb_cli_scrub(mrb_cli *cli);
-void mrb_cli_usage(FILE *out);
 
 void mrb_config_init(mrb_config *cfg);
 void mrb_config_free(mrb_config *cfg);
@@ -134,9 +102,13 @@ mrb_err mrb_config_load_json(mrb_config *cfg, const char *text, size_t len,
 /* Read and apply a JSON file. */
 mrb_err mrb_config_load_file(mrb_config *cfg, const char *path, char *msg,
                              size_t msglen);
-/* Apply command-line overrides (routes, URLs, id, verbosity). */
-mrb_err mrb_config_apply_cli(mrb_config *cfg, const mrb_cli *cli, char *msg,
-                             size_t msglen);
+/* Set the string key named by path ("mqtt.url", "id") as the file would,
+ * its value checked by the schema row's check. MRB_ERR_INVALID with what is
+ * wrong with the value in msg (no key or source in front). */
+mrb_err mrb_config_set_string(mrb_config *cfg, const char *path,
+                              const char *value, char *msg, size_t msglen);
+/* Free an array of n routes and the routes' strings. */
+void mrb_config_free_routes(mrb_route *routes, size_t n);
 /* Fill defaults that depend on other values, parse URLs, check the whole. */
 mrb_err mrb_config_finish(mrb_config *cfg, char *msg, size_t msglen);
 /* The smallest limits.queue_bytes for cfg's limits.max_payload: one largest
@@ -147,17 +119,25 @@ long mrb_config_queue_bytes_min(const mrb_config *cfg);
 /* The effective configuration, passwords redacted (for --check). */
 void mrb_config_print(const mrb_config *cfg, FILE *out);
 
-/* One integer key of the configuration file's schema, as the README's option
- * table names it: "limits.queue_bytes", route keys as "routes[].rate". */
-typedef struct mrb_config_int_key {
+/* One key of the configuration file's schema (a row of config.c's table),
+ * as the documentation names it: "limits.queue_bytes", route keys as
+ * "routes[].rate". */
+typedef struct mrb_config_key {
     char path[64];
-    int64_t min, max;         /* the allowed range, both included */
+    const char *type;         /* "string" "integer" "boolean" "enum" "object"
+                                 "array" */
+    int64_t min, max;         /* "integer": the allowed range, both included */
+    const char *const *allowed; /* "enum": the values, NULL-terminated */
+    char def[96];             /* the default as text ("" none), `code` quoted */
+    const char *doc;          /* what it means, `code` quoted */
+    int required;             /* must be given (in each route) */
     int route;                /* a key of each route object */
-} mrb_config_int_key;
+} mrb_config_key;
 
-/* The schema's integer keys in table order: the first n into keys (keys may
- * be NULL when n is 0); returns how many there are in all. For tests that
- * walk every key and for the documentation check. */
-size_t mrb_config_int_keys(mrb_config_int_key *keys, size_t n);
+/* The schema's keys in table order, an object before its keys: the first n
+ * into keys (keys may be NULL when n is 0); returns how many there are in
+ * all. For tests that walk every key and for the documentation (mrb-docgen,
+ * tools/docgen.c). */
+size_t mrb_config_keys(mrb_config_key *keys, size_t n);
 
 #endif

@@ -41,7 +41,7 @@ class ExamplesTest(BridgeTestCase):
         for name in NAMES:
             with open(example(name)) as f:
                 cfg = json.load(f)
-            # the shipped URLs are the localhost defaults of the README
+            # the shipped URLs are the localhost defaults (docs/CONFIGURATION.md)
             self.assertEqual(cfg["mqtt"]["url"], "mqtt://127.0.0.1:1883", name)
             self.assertEqual(cfg["redis"]["url"], "redis://127.0.0.1:6379", name)
             r = run_bridge(["-c", example(name), "--check"])

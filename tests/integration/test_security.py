@@ -24,7 +24,7 @@ from harness import (BridgeTestCase, DELIVERY_TIMEOUT, Pki, READY_TIMEOUT,  # no
                      unique, wait_until)
 
 ACL_EXAMPLE = os.path.join(harness.REPO, "docs", "examples", "mosquitto.acl")
-# the Redis ACL of README "TLS and authentication", step 3: the default
+# the Redis ACL of docs/SECURITY.md "TLS and authentication, step by step", step 3: the default
 # routes' channels,
 # the commands the bridge uses (pub/sub routes)
 REDIS_ACL = ["on", ">b-pass", "resetchannels", "&user:*", "&news", "-@all",
@@ -108,7 +108,7 @@ class TlsTest(SecurityCase):
         return self.start_mosquitto(tls=tls, **kw)
 
     def test_tls_with_client_certificate_and_passwords(self):
-        """The README's set-up: mqtts:// with the broker's CA, a client
+        """The set-up of docs/SECURITY.md: mqtts:// with the broker's CA, a client
         certificate, a password from a file; Redis with an ACL user whose
         password comes from the environment."""
         client = self.pki.issue("bridge-client", hosts=(), client=True)
@@ -470,7 +470,7 @@ class PermissionsTest(SecurityCase):
                      "stunnel4 not installed")
 class RedisTlsTest(SecurityCase):
     """hiredis 0.14 has no TLS: the bridge reaches a TLS-only Redis through a
-    local stunnel client (README "Redis over TLS")."""
+    local stunnel client (docs/SECURITY.md "Redis over TLS")."""
 
     def test_redis_over_tls_with_stunnel(self):
         pki = Pki(self.workdir)
@@ -489,7 +489,7 @@ class RedisTlsTest(SecurityCase):
                  "--requirepass", "r-pass"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self.addCleanup(harness.stop_process, redis_proc)
-        # the same stunnel.conf as README "Redis over TLS", plus syslog = no:
+        # the same stunnel.conf as docs/SECURITY.md "Redis over TLS", plus syslog = no:
         # the log goes to stunnel.log only, not to the machine's /dev/log
         conf = os.path.join(self.workdir, "stunnel.conf")
         with open(conf, "w") as f:

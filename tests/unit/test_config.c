@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "mrb/cli.h"
 #include "mrb/config.h"
 #include "mrb/queue.h"
 #include <stdio.h>
@@ -299,7 +300,7 @@ static mrb_err load_only(const char *json, char *msg, size_t msglen)
 
 /* A document setting one integer key to v: "a.b" as {"a": {"b": v}}, a
  * route key in the one route of "routes". */
-static void key_json(const mrb_config_int_key *k, int64_t v, char *buf,
+static void key_json(const mrb_config_key *k, int64_t v, char *buf,
                      size_t n)
 {
     char name[64];
@@ -337,12 +338,14 @@ static void key_json(const mrb_config_int_key *k, int64_t v, char *buf,
  * bound that does not fit the type it is kept in. */
 static void test_every_integer_key_range(void **state)
 {
-    mrb_config_int_key keys[64];
-    size_t n = mrb_config_int_keys(keys, 64);
+    mrb_config_key keys[64];
+    size_t n = mrb_config_keys(keys, 64);
     assert_true(n > 0 && n <= 64);
     for (size_t i = 0; i < n; i++) {
-        const mrb_config_int_key *k = &keys[i];
+        const mrb_config_key *k = &keys[i];
         char json[256], msg[512], want[512], where[80];
+        if (strcmp(k->type, "integer") != 0)
+            continue;
         if (k->route)
             snprintf(where, sizeof(where), "routes[0].%.63s",
                      strrchr(k->path, '.') + 1);
@@ -374,45 +377,110 @@ static void test_every_integer_key_range(void **state)
     }
 }
 
-/* README.md's option table gives each integer key's range as
- * "| `limits.queue_bytes` | integer 1024-2147483647 | ...": it must be the
- * schema's, and every integer row there must be a key of the schema. */
-static void test_readme_ranges_are_the_schema(void **state)
+/* Whether line starts an entry of the reference: in Markdown a row of the
+ * key table ("| `limits.queue_bytes` | ...", not an option's "| `--"), in
+ * roff a ".B KEY" right after ".TP" (prev: the line before). */
+static int entry_line(const char *line, const char *prev, int roff)
 {
-    mrb_config_int_key keys[64];
-    size_t n = mrb_config_int_keys(keys, 64);
-    assert_true(n > 0 && n <= 64);
-    int found[64] = {0};
-    FILE *f = fopen(MRB_README, "r");
+    if (roff)
+        return strcmp(prev, ".TP\n") == 0 && strncmp(line, ".B ", 3) == 0;
+    return strncmp(line, "| `", 3) == 0 && line[3] != '-';
+}
+
+/* Where the reference at path documents key: the line of its entry, the
+ * rest of it (md: after the key's cell; roff: the next line, font escapes
+ * taken out) into type; 0 if it has none. *rows: the reference's entries.
+ * md: docs/CONFIGURATION.md, "| `limits.queue_bytes` | integer
+ * 1024-2147483647 | 16777216 | ..."; roff: mqtt-redis-bridge.json(5),
+ * ".TP", ".B limits.queue_bytes", "integer 1024-2147483647 (default:
+ * 16777216)". */
+static int find_key(const char *path, int roff, const char *key, char *type,
+                    size_t typelen, int *rows)
+{
+    FILE *f = fopen(path, "r");
     if (!f)
-        fail_msg("cannot open %s", MRB_README);
-    char line[4096];
-    int rows = 0;
-    for (int ln = 1; ln <= 100000 && fgets(line, sizeof(line), f); ln++) {
-        char key[80];
-        long long lo, hi;
-        if (sscanf(line, "| `%79[^`]` | integer %lld-%lld |", key, &lo, &hi) != 3)
-            continue;
-        rows++;
-        size_t i = 0;
-        while (i < n && strcmp(keys[i].path, key) != 0)
-            i++;
-        if (i == n)
-            fail_msg("README.md:%d: `%s` is an integer row, but the schema has "
-                     "no integer key %s", ln, key, key);
-        found[i] = 1;
-        if (lo != keys[i].min || hi != keys[i].max)
-            fail_msg("README.md:%d: `%s` is documented as %lld-%lld, the "
-                     "schema allows %" PRId64 "-%" PRId64, ln, key, lo, hi,
-                     keys[i].min, keys[i].max);
+        fail_msg("cannot open %s", path);
+    char line[4096], prev[4096] = "", want[128];
+    int found = 0, next = 0;
+    *rows = 0;
+    snprintf(want, sizeof(want), roff ? ".B %s\n" : "| `%s` | ", key);
+    for (int ln = 1; fgets(line, sizeof(line), f); ln++) {
+        if (next) {
+            size_t o = 0;
+            for (const char *p = line; *p && o + 1 < typelen; p++) {
+                if (p[0] == '\\' && p[1] == 'f' && p[2]) {
+                    p += 2; /* \fB \fR \fI: out */
+                } else if (p[0] == '\\' && p[1] == 'e') {
+                    type[o++] = '\\';
+                    p++;
+                } else if (p[0] == '\\' && p[1] == '-') {
+                    type[o++] = '-';
+                    p++;
+                } else {
+                    type[o++] = *p;
+                }
+            }
+            type[o] = '\0';
+            next = 0;
+        }
+        if (entry_line(line, prev, roff)) {
+            (*rows)++;
+            if (!found && strcmp(line, want) == 0) {
+                found = ln;
+                next = 1;
+            } else if (!found && !roff && strncmp(line, want, strlen(want)) == 0) {
+                found = ln;
+                snprintf(type, typelen, "%s", line + strlen(want));
+            }
+        }
+        snprintf(prev, sizeof(prev), "%s", line);
     }
     fclose(f);
-    assert_true(rows > 0);
-    for (size_t i = 0; i < n; i++)
-        if (!found[i])
-            fail_msg("README.md: no row \"| `%s` | integer %" PRId64 "-%" PRId64
-                     " |\" in the option table", keys[i].path, keys[i].min,
-                     keys[i].max);
+    return found;
+}
+
+/* Every key of the schema has its entry in the reference at path, integer
+ * keys with the schema's range and every key with its default; and the
+ * reference has no entry that is not a key of the schema. */
+static void check_reference(const char *path, int roff)
+{
+    mrb_config_key keys[64];
+    size_t n = mrb_config_keys(keys, 64);
+    assert_true(n > 0 && n <= 64);
+    int rows = 0;
+    for (size_t i = 0; i < n; i++) {
+        const mrb_config_key *k = &keys[i];
+        char type[4096], def[160];
+        int ln = find_key(path, roff, k->path, type, sizeof(type), &rows);
+        if (!ln)
+            fail_msg("%s: no entry for the key %s (%s)", path, k->path, k->type);
+        long long lo, hi;
+        if (strcmp(k->type, "integer") == 0 &&
+            (sscanf(type, "integer %lld-%lld", &lo, &hi) != 2 ||
+             lo != k->min || hi != k->max))
+            fail_msg("%s:%d: %s is documented as \"%.40s\", the schema allows "
+                     "%" PRId64 "-%" PRId64, path, ln, k->path, type, k->min,
+                     k->max);
+        if (k->def[0]) {
+            snprintf(def, sizeof(def), roff ? "(default: %s)" : "| %s |", k->def);
+            if (roff) /* the page shows `code` in bold: no backquotes */
+                for (char *q; (q = strchr(def, '`'));)
+                    memmove(q, q + 1, strlen(q));
+            if (!strstr(type, def))
+                fail_msg("%s:%d: %s: no default \"%s\" in \"%.80s\"", path, ln,
+                         k->path, def, type);
+        }
+    }
+    if ((size_t)rows != n) /* and no entry for a key the schema lacks */
+        fail_msg("%s: %d entries, the schema has %zu keys", path, rows, n);
+}
+
+static void test_reference_is_the_schema(void **state)
+{
+    check_reference(MRB_REFERENCE, 0);
+#ifdef MRB_JSON5
+    check_reference(MRB_JSON5, 1);
+#endif
 }
 
 #define NUL_VALUE "invalid value, a string holding a NUL character, \\u0000 " \
@@ -807,7 +875,7 @@ int main(void)
         cmocka_unit_test(test_cli_scrub),
         cmocka_unit_test(test_route_options),
         cmocka_unit_test(test_every_integer_key_range),
-        cmocka_unit_test(test_readme_ranges_are_the_schema),
+        cmocka_unit_test(test_reference_is_the_schema),
         cmocka_unit_test(test_nul_in_strings_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

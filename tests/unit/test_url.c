@@ -112,8 +112,8 @@ static void test_bad_urls(void **state)
         "\"redis://:***@h/x\": the database after '/' must be a number");
     bad("rediss://:secret@h", MRB_URL_REDIS,
         "\"rediss://:***@h\": rediss:// (TLS) is not supported by this build "
-        "(hiredis 0.14 has no TLS): put stunnel in front of Redis, see README "
-        "\"Redis over TLS\"");
+        "(hiredis 0.14 has no TLS): put stunnel in front of Redis, see "
+        "docs/SECURITY.md \"Redis over TLS\"");
     bad("redis://h/db", MRB_URL_REDIS,
         "\"redis://h/db\": the database after '/' must be a number");
     bad("unix:relative", MRB_URL_REDIS,
