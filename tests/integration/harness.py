@@ -2,7 +2,9 @@
 
 Every test starts its own redis-server and mosquitto on free loopback ports in
 a private temporary directory, runs the bridge binary against them, and stops
-everything by PID afterwards (also when the test fails).
+everything by PID afterwards (also when the test fails). A test case with
+a Redis and a broker derives from ServersTestCase, whose setUp starts them
+(self.rs, self.mq, self.r); its SERVERS and @with_servers give their options.
 
 Run a test file with
     /usr/bin/python3 tests/integration/test_x.py --bridge build/mqtt-redis-bridge
@@ -1086,6 +1088,47 @@ class BridgeTestCase(unittest.TestCase):
                       % (what + ": " if what else "",
                          getattr(pattern, "pattern", pattern), timeout,
                          tail(bridge.log()[since:])))
+
+
+def with_servers(**options):
+    """Decorator of one test method of a ServersTestCase: its own options
+    for the servers its setUp starts, instead of the class's SERVERS (same
+    keys: redis=, mosquitto=)."""
+    def mark(test):
+        test.servers = options
+        return test
+    return mark
+
+
+class ServersTestCase(BridgeTestCase):
+    """Base case of a test with a Redis and an MQTT broker: setUp starts a
+    redis-server (self.rs) and a mosquitto (self.mq), each on a free
+    127.0.0.1 port in the test's temp dir and stopped by PID at its cleanup,
+    and makes self.r, a Redis client of self.rs (with its password; it
+    connects when first used).
+
+    SERVERS, a class attribute, says how: {"redis": keyword arguments of
+    start_redis (password=, unixsocket=, aof=, start=False: made, not
+    started), "mosquitto": those of start_mosquitto (users=, tls=,
+    acl_file=, persistence=, max_queued=, start=False)}; a missing key is
+    {}, None for one that the test does not want (self.rs / self.mq and
+    self.r are None then). @with_servers(...) on a test method replaces
+    the class's SERVERS for that test."""
+
+    SERVERS = {}
+
+    def setUp(self):
+        super().setUp()
+        method = getattr(self, self._testMethodName)
+        options = getattr(method, "servers", self.SERVERS)
+        redis_kw = options.get("redis", {})
+        mosquitto_kw = options.get("mosquitto", {})
+        self.rs = self.mq = self.r = None
+        if redis_kw is not None:
+            self.rs = self.start_redis(**redis_kw)
+            self.r = self.redis_client(self.rs.port, password=self.rs.password)
+        if mosquitto_kw is not None:
+            self.mq = self.start_mosquitto(**mosquitto_kw)
 
 
 def main():
