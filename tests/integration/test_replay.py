@@ -17,7 +17,7 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
 import harness  # noqa: E402
-from harness import DELIVERY_TIMEOUT, BridgeTestCase, unique  # noqa: E402
+from harness import DELIVERY_TIMEOUT, ServersTestCase, unique  # noqa: E402
 
 BID = "rp"
 REQ = "bridge/%s/replay" % BID
@@ -57,13 +57,7 @@ class Answers:
             return list(self.msgs)
 
 
-class ReplayTest(BridgeTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
-        self.r = self.redis_client(self.rs.port)
+class ReplayTest(ServersTestCase):
 
     def bridge(self, routes=None, protocol="auto"):
         cfg = self.write_config({

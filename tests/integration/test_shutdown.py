@@ -13,7 +13,7 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
 import harness  # noqa: E402
-from harness import BridgeTestCase, unique
+from harness import ServersTestCase, unique
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -25,12 +25,7 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-class ShutdownTest(BridgeTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
+class ShutdownTest(ServersTestCase):
 
     def bridge(self, timeout_ms, min_ms=250):
         cfg = self.write_config({
