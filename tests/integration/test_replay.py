@@ -226,7 +226,7 @@ class ReplayTest(ServersTestCase):
 
     def test_shutdown_waits_for_a_query_in_flight(self):
         b, ans = self.stopped_redis_under_a_request(10000)
-        b.proc.send_signal(harness.signal.SIGTERM)
+        b.send_stop()
         time.sleep(0.3)
         self.assertTrue(b.alive(), "the bridge did not wait for the answer")
         self.rs.proc.send_signal(harness.signal.SIGCONT)

@@ -38,8 +38,7 @@ class ShutdownTest(ServersTestCase):
         """SIGTERM with n messages that cannot be delivered: the bridge must
         wait (not spin) until the timeout, then exit 0 and count them (and
         `left` QoS 1 messages it left unacknowledged with the broker)."""
-        b.proc.send_signal(harness.signal.SIGTERM)
-        b.stopped_by_test = True
+        b.send_stop()
         time.sleep(0.3)
         self.assertTrue(b.alive(), "exited before its shutdown timeout:\n"
                         + b.tail())
@@ -110,8 +109,7 @@ class ShutdownTest(ServersTestCase):
         for p in sent:
             r.publish("news", p)
         time.sleep(0.3)
-        b.proc.send_signal(harness.signal.SIGTERM)
-        b.stopped_by_test = True
+        b.send_stop()
         self.mq.start()
         sub = self.mqtt_client(self.mq.port, "news", "bridge/sd/status",
                                name="sub")
