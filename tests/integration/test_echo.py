@@ -380,9 +380,7 @@ class EchoLagTest(ServersTestCase):
         self.assert_counters_present(c, report)
         dropped = {k: v for k, v in c.items() if k.startswith("dropped_") and v}
         self.assertEqual(c["mqtt_in"], 2 * n_m, report)
-        # every message lost on the way into Redis has its counter (there
-        # is none missing here: see 3.)
-        self.assertLessEqual(2 * n_m - to_redis, sum(dropped.values()), report)
+        # (3. found every MQTT original on Redis: nothing to count as lost)
         self.assertEqual(dropped, {}, "at this rate nothing is dropped\n" + report)
         self.assertEqual(c["redis_resent"], 0, report)
         self.assertEqual(c["redis_out"], 2 * n_m, report)
