@@ -133,9 +133,7 @@ class StreamTest(ServersTestCase):
             lambda: self.r.xpending("jobs", group)["pending"] == 1,
             harness.DELIVERY_TIMEOUT)
         self.assertTrue(ok, "the entry was not read (pending)")
-        b.proc.kill()
-        b.proc.wait(10)
-        b.stopped_by_test = True
+        b.kill()
         self.mq.proc.send_signal(signal.SIGCONT)
         b2 = self.bridge(routes, "crash")
         # the restarted bridge reads its pending entry again and acks it
