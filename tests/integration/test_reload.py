@@ -53,8 +53,9 @@ class ReloadTest(ServersTestCase):
 
         # both routes work before the reload
         pub.publish("old/a", b"before")
-        self.assertIsNotNone(harness.wait_until(
-            lambda: rsub.count("old:a", b"before"), harness.DELIVERY_TIMEOUT) or None)
+        self.assertTrue(harness.wait_until(
+            lambda: rsub.count("old:a", b"before"), harness.DELIVERY_TIMEOUT),
+            "the old route before the reload: %r" % rsub.summary())
 
         # 1,000 messages each way on the unchanged route, the reload in the
         # middle of them
