@@ -2,7 +2,9 @@
 
 Every test starts its own redis-server and mosquitto on free loopback ports in
 a private temporary directory, runs the bridge binary against them, and stops
-everything by PID afterwards (also when the test fails).
+everything by PID afterwards (also when the test fails). A test case with
+a Redis and a broker derives from ServersTestCase, whose setUp starts them
+(self.rs, self.mq, self.r); its SERVERS and @with_servers give their options.
 
 Run a test file with
     /usr/bin/python3 tests/integration/test_x.py --bridge build/mqtt-redis-bridge
@@ -693,6 +695,8 @@ class Bridge:
             shutdown_timeout_ms if shutdown_timeout_ms is not None
             else config_shutdown_timeout_ms(args))
         self.stop_took = None
+        self.stop_sent = None   # (signal, time) of send_stop
+        self.exited_at = None   # when the bridge exited after send_stop
         self.args = [BRIDGE] + list(args)
         self.err_path = os.path.join(workdir, "%s.stderr" % name)
         self.out_path = os.path.join(workdir, "%s.stdout" % name)
@@ -747,17 +751,34 @@ class Bridge:
         shutdown_timeout_ms + MQTT_CLOSE_S + EXIT_MARGIN (see above)."""
         return self.shutdown_timeout_ms / 1000.0 + MQTT_CLOSE_S + EXIT_MARGIN
 
+    def send_stop(self, sig=signal.SIGTERM):
+        """Send the stop signal sig now and return at once, for a test that
+        looks at the bridge while it shuts down; stop() then waits for that
+        exit (no second signal) and checks it, the exit bound counted from
+        this signal, also when the bridge had exited before stop() (a
+        thread notes when); the test's cleanup does if stop() was not
+        called."""
+        def reap():
+            self.proc.wait()
+            self.exited_at = time.monotonic()
+        threading.Thread(target=reap, daemon=True).start()
+        self.stop_sent = (sig, time.monotonic())
+        self.proc.send_signal(sig)
+
     def stop(self, sig=signal.SIGTERM, timeout=None, expect=0):
         """Send sig and wait for the exit; SIGKILL after timeout (default:
         EXIT_TIMEOUT, at least the exit bound + EXIT_MARGIN).
         Returns (exit code, in_time): in_time is True if the bridge exited
-        by itself within exit_bound() (and before timeout).
+        by itself within exit_bound() (and before timeout). After
+        send_stop: no signal, the one sent then is the one checked.
 
         For SIGTERM and SIGINT the stop is checked: unless the bridge exits
         with status `expect` (default 0) in time, AssertionError (with the
         log tail). expect=None: not checked, the caller judges the result
         (for other signals it is never checked)."""
         self.stopped_by_test = True
+        if self.stop_sent is not None:
+            sig = self.stop_sent[0]
         code, in_time = self._stop(sig, timeout)
         if expect is not None and sig in STOP_SIGNALS:
             problem = self.stop_problem(sig, code, in_time, expect)
@@ -788,6 +809,18 @@ class Bridge:
         bound = self.exit_bound()
         if timeout is None:
             timeout = max(EXIT_TIMEOUT, bound + EXIT_MARGIN)
+        if self.stop_sent is not None:
+            t0 = self.stop_sent[1]
+            try:
+                self.proc.wait(max(0.0, t0 + timeout - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                self.stop_took = None
+                return self.proc.returncode, False
+            wait_until(lambda: self.exited_at is not None, 5)
+            self.stop_took = (self.exited_at or time.monotonic()) - t0
+            return self.proc.returncode, self.stop_took <= bound
         if self.proc.poll() is not None:
             self.stop_took = 0.0
             return self.proc.returncode, True
@@ -825,17 +858,20 @@ class Bridge:
     def cleanup_check(self):
         """Cleanup of every bridge a test started: a bridge the test did not
         stop itself must still be running, must exit 0 within its exit
-        bound of SIGTERM, and no sanitizer may have complained.  Raising
+        bound of SIGTERM (of the signal of send_stop, if the test sent
+        one), and no sanitizer may have complained.  Raising
         here makes unittest report the test as an ERROR."""
         problems = []
         if not self.stopped_by_test:
-            if self.proc.poll() is not None:
+            if self.stop_sent is None and self.proc.poll() is not None:
                 problems.append("bridge %s exited by itself during the test "
                                 "with status %r" % (self.name,
                                                     self.proc.returncode))
             else:
                 rc, in_time = self._stop()
-                problem = self.stop_problem(signal.SIGTERM, rc, in_time)
+                problem = self.stop_problem(
+                    self.stop_sent[0] if self.stop_sent else signal.SIGTERM,
+                    rc, in_time)
                 if problem:
                     problems.append(problem + " (at the test's cleanup)")
         marker = self.sanitizer_report()
@@ -1086,6 +1122,47 @@ class BridgeTestCase(unittest.TestCase):
                       % (what + ": " if what else "",
                          getattr(pattern, "pattern", pattern), timeout,
                          tail(bridge.log()[since:])))
+
+
+def with_servers(**options):
+    """Decorator of one test method of a ServersTestCase: its own options
+    for the servers its setUp starts, instead of the class's SERVERS (same
+    keys: redis=, mosquitto=)."""
+    def mark(test):
+        test.servers = options
+        return test
+    return mark
+
+
+class ServersTestCase(BridgeTestCase):
+    """Base case of a test with a Redis and an MQTT broker: setUp starts a
+    redis-server (self.rs) and a mosquitto (self.mq), each on a free
+    127.0.0.1 port in the test's temp dir and stopped by PID at its cleanup,
+    and makes self.r, a Redis client of self.rs (with its password; it
+    connects when first used).
+
+    SERVERS, a class attribute, says how: {"redis": keyword arguments of
+    start_redis (password=, unixsocket=, aof=, start=False: made, not
+    started), "mosquitto": those of start_mosquitto (users=, tls=,
+    acl_file=, persistence=, max_queued=, start=False)}; a missing key is
+    {}, None for one that the test does not want (self.rs / self.mq and
+    self.r are None then). @with_servers(...) on a test method replaces
+    the class's SERVERS for that test."""
+
+    SERVERS = {}
+
+    def setUp(self):
+        super().setUp()
+        method = getattr(self, self._testMethodName)
+        options = getattr(method, "servers", self.SERVERS)
+        redis_kw = options.get("redis", {})
+        mosquitto_kw = options.get("mosquitto", {})
+        self.rs = self.mq = self.r = None
+        if redis_kw is not None:
+            self.rs = self.start_redis(**redis_kw)
+            self.r = self.redis_client(self.rs.port, password=self.rs.password)
+        if mosquitto_kw is not None:
+            self.mq = self.start_mosquitto(**mosquitto_kw)
 
 
 def main():

@@ -8,18 +8,12 @@ import sys
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import BridgeTestCase, unique
+from harness import ServersTestCase, unique
 
 MAX = 64
 
 
-class BadInputTest(BridgeTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
-        self.r = self.redis_client(self.rs.port)
+class BadInputTest(ServersTestCase):
 
     def stop_and_stats(self, bridge):
         bridge.stop()  # exit 0 within its exit bound (the harness checks)

@@ -72,7 +72,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import BridgeTestCase, stats_counters, stats_lines  # noqa: E402
+from harness import ServersTestCase, stats_counters, stats_lines  # noqa: E402
 from relay import DelayRelay  # noqa: E402
 
 # relay: Redis -> the bridge's subscriber (> 5 s TTL); longer in the slower
@@ -158,11 +158,16 @@ class Load:
             self.r[0] + self.r[1])
 
 
-class EchoLagTest(BridgeTestCase):
+class EchoLagTest(ServersTestCase):
+
+    # max_queued 0, the broker keeps everything for the bridge: under ASan
+    # the bridge may fall more than mosquitto's default 1000 queued messages
+    # behind, which the broker would drop (seen: mqtt_in=7701 of 8000,
+    # "Outgoing messages are being dropped"), and while it holds back
+    SERVERS = {"mosquitto": {"max_queued": 0}}
 
     def setUp(self):
         super().setUp()
-        self.rs = self.start_redis()
         self.relay = DelayRelay(self.rs.port, DELAY,
                                 lifetime=300 * harness.SCALE).start()
         self.addCleanup(self.relay.stop)
@@ -331,10 +336,6 @@ class EchoLagTest(BridgeTestCase):
 
     # the cases ------------------------------------------------------------
     def test_echo_guard_holds_at_6s_lag_and_6000_in_flight(self):
-        # max_queued 0: under ASan the bridge may fall more than mosquitto's
-        # default 1000 queued messages behind, which the broker would drop
-        # (seen: mqtt_in=7701 of 8000, "Outgoing messages are being dropped")
-        self.mq = self.start_mosquitto(max_queued=0)
         msub, rsub = self.subscribers()
         b = self.start()
         load = Load(int(MQTT_RATE * PUBLISH_S), int(REDIS_RATE * PUBLISH_S))
@@ -379,9 +380,7 @@ class EchoLagTest(BridgeTestCase):
         self.assert_counters_present(c, report)
         dropped = {k: v for k, v in c.items() if k.startswith("dropped_") and v}
         self.assertEqual(c["mqtt_in"], 2 * n_m, report)
-        # every message lost on the way into Redis has its counter (there
-        # is none missing here: see 3.)
-        self.assertLessEqual(2 * n_m - to_redis, sum(dropped.values()), report)
+        # (3. found every MQTT original on Redis: nothing to count as lost)
         self.assertEqual(dropped, {}, "at this rate nothing is dropped\n" + report)
         self.assertEqual(c["redis_resent"], 0, report)
         self.assertEqual(c["redis_out"], 2 * n_m, report)
@@ -401,8 +400,6 @@ class EchoLagTest(BridgeTestCase):
                              % (report, before, first_back - first_pub))
 
     def test_echo_guard_holds_back_when_the_table_is_full(self):
-        # the broker keeps everything for the bridge while it holds back
-        self.mq = self.start_mosquitto(max_queued=0)
         msub, rsub = self.subscribers()
         b = self.start(limits={"queue_messages": FULL_QUEUE})
         load = Load(int(FULL_MQTT_RATE * PUBLISH_S), int(FULL_REDIS_RATE * PUBLISH_S))

@@ -13,7 +13,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import DELIVERY_TIMEOUT, QUIET, BridgeTestCase, run_bridge  # noqa: E402
+from harness import DELIVERY_TIMEOUT, QUIET, ServersTestCase, run_bridge  # noqa: E402
 
 EXAMPLES = os.path.join(harness.REPO, "examples")
 NAMES = ["chat", "stocks", "scores", "announcements", "presence"]
@@ -23,13 +23,7 @@ def example(name):
     return os.path.join(EXAMPLES, name + ".json")
 
 
-class ExamplesTest(BridgeTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
-        self.r = self.redis_client(self.rs.port)
+class ExamplesTest(ServersTestCase):
 
     def run_example(self, name):
         return self.start_bridge(self.mq.port, self.rs.port, "-c", example(name))

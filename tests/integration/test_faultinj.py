@@ -33,7 +33,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import BridgeTestCase, unique  # noqa: E402
+from harness import ServersTestCase, unique  # noqa: E402
 
 REPORT_RE = re.compile(r"^faultinj: (\w+) calls=(\d+) failed=(\d+)$", re.M)
 RULE_RE = re.compile(r"^faultinj: rule (\d+) \w+ matched=(\d+) failed=(\d+)$",
@@ -42,13 +42,7 @@ N_MSGS = 300          # per route in the append test
 EVERY = 7             # every 7th XADD and every 7th PUBLISH fails
 
 
-class FaultInjTest(BridgeTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
-        self.r = self.redis_client(self.rs.port)
+class FaultInjTest(ServersTestCase):
 
     # helpers -------------------------------------------------------------
     def bridge(self, bid, routes, spec, redis_extra=None, name=None, **kw):

@@ -10,20 +10,17 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import BridgeTestCase, unique
+from harness import ServersTestCase, unique
 
 USER_JSON = b'{"type":"info","message":"Hello Alice!"}'
 
 
-class DefaultRoutesTest(BridgeTestCase):
+class DefaultRoutesTest(ServersTestCase):
 
     def setUp(self):
         super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
         self.bridge = self.start_bridge(self.mq.port, self.rs.port,
                                         bridge_id="fwd")
-        self.r = self.redis_client(self.rs.port)
 
     # 1. POC user notification --------------------------------------------
     def test_redis_user_notification_reaches_mqtt_once(self):

@@ -9,16 +9,10 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import BridgeTestCase, unique
+from harness import ServersTestCase, unique
 
 
-class ProtocolTest(BridgeTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
-        self.r = self.redis_client(self.rs.port)
+class ProtocolTest(ServersTestCase):
 
     def bridge(self, protocol, client_id):
         cfg = self.write_config({

@@ -8,21 +8,19 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import BridgeTestCase, unique
+from harness import ServersTestCase, unique
 
 
-class MultiServerTest(BridgeTestCase):
+class MultiServerTest(ServersTestCase):
 
     def setUp(self):
         super().setUp()
-        self.rs = self.start_redis()
-        self.a = self.start_mosquitto()
+        self.a = self.mq  # broker A; B is a second one
         self.b = self.start_mosquitto()
         self.ba = self.start_bridge(self.a.port, self.rs.port, bridge_id="bra",
                                     name="bridgeA")
         self.bb = self.start_bridge(self.b.port, self.rs.port, bridge_id="brb",
                                     name="bridgeB")
-        self.r = self.redis_client(self.rs.port)
 
     def _subscribers(self, topic, channel):
         sa = self.mqtt_client(self.a.port, topic, name="subA")

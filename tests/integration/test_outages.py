@@ -17,7 +17,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import SCALE, BridgeTestCase  # noqa: E402
+from harness import SCALE, ServersTestCase  # noqa: E402
 
 RATELIMIT_S = 10  # MRB_RATELIMIT_MS (include/mrb/log.h)
 SUMMARY_WAIT = 12 * SCALE  # from the burst's first line to its summary
@@ -30,17 +30,12 @@ def log_time(line):
     return t.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-class DropSummaryTest(BridgeTestCase):
+class DropSummaryTest(ServersTestCase):
     """Item 7: a burst of queue-full drops is logged as one line, and its
     summary follows when the burst ends, carrying the exact counter."""
 
     N = 3000          # messages of the burst
     QUEUE = 100       # limits.queue_messages
-
-    def setUp(self):
-        super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
 
     def stopped(self, server):
         proc = server.proc
@@ -199,7 +194,7 @@ class DropSummaryTest(BridgeTestCase):
         self.assertGreater(limited, n // 2, route[0])
 
 
-class HeldSubscriberTest(BridgeTestCase):
+class HeldSubscriberTest(ServersTestCase):
     """Item 8: the broker stalled (SIGSTOP), out_q half full, so the bridge
     stops reading its Redis subscriber; Redis cuts that subscriber off
     (client-output-buffer-limit pubsub). The bridge must see it within
@@ -209,13 +204,10 @@ class HeldSubscriberTest(BridgeTestCase):
     KEEPALIVE = 5
 
     def test_subscriber_cut_off_while_the_broker_is_stalled(self):
-        rs = self.start_redis()
-        mq = self.start_mosquitto()
-        r = self.redis_client(rs.port)
-        r.config_set("client-output-buffer-limit", "pubsub 256kb 128kb 1")
+        self.r.config_set("client-output-buffer-limit", "pubsub 256kb 128kb 1")
         cfg = self.write_config({
-            "id": "ol", "mqtt": {"url": mq.url, "keepalive": 60},
-            "redis": {"url": rs.url, "keepalive": self.KEEPALIVE},
+            "id": "ol", "mqtt": {"url": self.mq.url, "keepalive": 60},
+            "redis": {"url": self.rs.url, "keepalive": self.KEEPALIVE},
             "reconnect": {"min_ms": 200, "max_ms": 1000},
             "limits": {"queue_messages": 200}, "stats_interval": 0,
             "routes": [{"mqtt": "r/+", "redis": "r:*", "direction": "redis_to_mqtt",
@@ -223,10 +215,10 @@ class HeldSubscriberTest(BridgeTestCase):
         b = self.start_bridge(None, None, "-c", cfg)
 
         def subscribers():
-            return [int(c["id"]) for c in r.client_list() if c["psub"] == "1"]
+            return [int(c["id"]) for c in self.r.client_list() if c["psub"] == "1"]
         first = subscribers()
-        self.assertEqual(len(first), 1, r.client_list())
-        proc = mq.proc
+        self.assertEqual(len(first), 1, self.r.client_list())
+        proc = self.mq.proc
         proc.send_signal(harness.signal.SIGSTOP)
         self.addCleanup(lambda: proc.poll() is None and
                         proc.send_signal(harness.signal.SIGCONT))
@@ -237,7 +229,7 @@ class HeldSubscriberTest(BridgeTestCase):
         sent = 0
         cut = False
         for _ in range(128):
-            p = r.pipeline(transaction=False)
+            p = self.r.pipeline(transaction=False)
             for _ in range(32):
                 p.publish("r:x", payload)
             res = p.execute()
@@ -262,7 +254,7 @@ class HeldSubscriberTest(BridgeTestCase):
             max(0.1, cut_at + within - time.monotonic()))
         self.assertTrue(again, "no new subscriber connection within %.0f s "
                         "while the broker was stopped: %r"
-                        % (within, r.client_list()))
+                        % (within, self.r.client_list()))
         self.assertEqual(proc.poll(), None)
         proc.send_signal(harness.signal.SIGCONT)
         time.sleep(1.0 * SCALE)

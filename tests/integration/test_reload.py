@@ -13,19 +13,13 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import BridgeTestCase, unique
+from harness import ServersTestCase, unique, with_servers
 
 
 N_FLOW = 1000  # messages each way on the unchanged route during the reload
 
 
-class ReloadTest(BridgeTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
-        self.r = self.redis_client(self.rs.port)
+class ReloadTest(ServersTestCase):
 
     def config(self, routes, bid="rl", **extra):
         cfg = {"id": bid, "mqtt": {"url": self.mq.url},
@@ -59,8 +53,9 @@ class ReloadTest(BridgeTestCase):
 
         # both routes work before the reload
         pub.publish("old/a", b"before")
-        self.assertIsNotNone(harness.wait_until(
-            lambda: rsub.count("old:a", b"before"), harness.DELIVERY_TIMEOUT) or None)
+        self.assertTrue(harness.wait_until(
+            lambda: rsub.count("old:a", b"before"), harness.DELIVERY_TIMEOUT),
+            "the old route before the reload: %r" % rsub.summary())
 
         # 1,000 messages each way on the unchanged route, the reload in the
         # middle of them
@@ -283,11 +278,10 @@ class ReloadTest(BridgeTestCase):
         self.assertEqual(got[:2], [b"e1", b"e2"])
         b.stop()
 
+    @with_servers(mosquitto={"persistence": True})
     def test_filter_removed_while_the_broker_is_away(self):
         keep = {"mqtt": "keep/+", "redis": "keep:*", "qos": 1}
         gone = {"mqtt": "gone/+", "redis": "gone:*", "qos": 1}
-        self.mq.stop()
-        self.mq = self.start_mosquitto(persistence=True)
         path = self.config([keep, gone])
         b = self.start_bridge(None, None, "-c", path)
         # the broker goes away; the route is removed meanwhile; the broker

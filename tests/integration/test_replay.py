@@ -17,7 +17,7 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
 import harness  # noqa: E402
-from harness import DELIVERY_TIMEOUT, BridgeTestCase, unique  # noqa: E402
+from harness import DELIVERY_TIMEOUT, ServersTestCase, unique  # noqa: E402
 
 BID = "rp"
 REQ = "bridge/%s/replay" % BID
@@ -57,13 +57,7 @@ class Answers:
             return list(self.msgs)
 
 
-class ReplayTest(BridgeTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
-        self.r = self.redis_client(self.rs.port)
+class ReplayTest(ServersTestCase):
 
     def bridge(self, routes=None, protocol="auto"):
         cfg = self.write_config({
@@ -232,7 +226,7 @@ class ReplayTest(BridgeTestCase):
 
     def test_shutdown_waits_for_a_query_in_flight(self):
         b, ans = self.stopped_redis_under_a_request(10000)
-        b.proc.send_signal(harness.signal.SIGTERM)
+        b.send_stop()
         time.sleep(0.3)
         self.assertTrue(b.alive(), "the bridge did not wait for the answer")
         self.rs.proc.send_signal(harness.signal.SIGCONT)

@@ -8,17 +8,17 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import LOST_RE, RECOVERY_TIMEOUT, BridgeTestCase, unique
+from harness import LOST_RE, RECOVERY_TIMEOUT, ServersTestCase, unique, with_servers
 
 
-class RestartTest(BridgeTestCase):
+class RestartTest(ServersTestCase):
 
-    def _flow_both_ways(self, mq, rs, what, timeout=None):
+    def _flow_both_ways(self, what, timeout=None):
         """Fresh clients; one message each way must arrive exactly once."""
-        msub = self.mqtt_client(mq.port, "news", name="sub")
-        rsub = self.redis_sub(rs.port, channels=["news"])
-        pub = self.mqtt_client(mq.port, name="pub")
-        r = self.redis_client(rs.port)
+        msub = self.mqtt_client(self.mq.port, "news", name="sub")
+        rsub = self.redis_sub(self.rs.port, channels=["news"])
+        pub = self.mqtt_client(self.mq.port, name="pub")
+        r = self.redis_client(self.rs.port)
         up = unique("up").encode()
         pub.publish("news", up)
         self.assert_once_each({
@@ -39,20 +39,18 @@ class RestartTest(BridgeTestCase):
 
     # 6a. Redis restarted -----------------------------------------------------
     def test_redis_restart(self):
-        rs = self.start_redis()
-        mq = self.start_mosquitto()
-        bridge = self.start_bridge(mq.port, rs.port, bridge_id="rr")
-        self._close(*self._flow_both_ways(mq, rs, "before the Redis restart"))
+        bridge = self.start_bridge(self.mq.port, self.rs.port, bridge_id="rr")
+        self._close(*self._flow_both_ways("before the Redis restart"))
 
         mark = bridge.mark()
-        rs.stop()
+        self.rs.stop()
         self.assert_log(bridge, LOST_RE, since=mark,
                         what="Redis stopped under the bridge")
         time.sleep(1.5)  # the outage: several reconnect attempts fail
-        rs.start()  # same port
+        self.rs.start()  # same port
         self.assert_log(bridge, "reconnected", since=mark,
                         timeout=RECOVERY_TIMEOUT, what="Redis back")
-        r = self.redis_client(rs.port)
+        r = self.redis_client(self.rs.port)
 
         # subscribed again, once: one SUBSCRIBE news, one PSUBSCRIBE user:*
         def resubscribed():
@@ -62,7 +60,7 @@ class RestartTest(BridgeTestCase):
             self.fail("bridge did not re-subscribe after the Redis restart: "
                       "NUMSUB news=%r NUMPAT=%r"
                       % (r.pubsub_numsub("news"), r.pubsub_numpat()))
-        self._flow_both_ways(mq, rs, "after the Redis restart",
+        self._flow_both_ways("after the Redis restart",
                              timeout=RECOVERY_TIMEOUT)
         self.assertEqual(bridge.count(LOST_RE, since=mark), 1,
                          "one Redis outage must be logged exactly once; "
@@ -70,23 +68,21 @@ class RestartTest(BridgeTestCase):
 
     # 6b. mosquitto restarted -------------------------------------------------
     def test_mosquitto_restart(self):
-        rs = self.start_redis()
-        mq = self.start_mosquitto()
-        bridge = self.start_bridge(mq.port, rs.port, bridge_id="mr")
-        self._close(*self._flow_both_ways(mq, rs, "before the broker restart"))
+        bridge = self.start_bridge(self.mq.port, self.rs.port, bridge_id="mr")
+        self._close(*self._flow_both_ways("before the broker restart"))
 
         mark = bridge.mark()
-        mq.stop()
+        self.mq.stop()
         self.assert_log(bridge, LOST_RE, since=mark,
                         what="mosquitto stopped under the bridge")
-        mq.start()  # same port, no persistence: all sessions are gone
+        self.mq.start()  # same port, no persistence: all sessions are gone
         self.assert_log(bridge, "reconnected", since=mark,
                         timeout=RECOVERY_TIMEOUT, what="mosquitto back")
 
         # The bridge must subscribe again on the fresh broker.  Probe with
         # distinct payloads (bounded) until one crosses MQTT -> Redis.
-        rsub = self.redis_sub(rs.port, channels=["news"])
-        pub = self.mqtt_client(mq.port, name="probe")
+        rsub = self.redis_sub(self.rs.port, channels=["news"])
+        pub = self.mqtt_client(self.mq.port, name="probe")
         probes = []
         deadline = time.monotonic() + RECOVERY_TIMEOUT
         for i in range(60):
@@ -101,32 +97,31 @@ class RestartTest(BridgeTestCase):
         if not any(rsub.count("news", q) for q in probes):
             self.fail("no MQTT -> Redis message within %.0fs after the broker "
                       "restart (bridge did not re-subscribe?)" % RECOVERY_TIMEOUT)
-        self._flow_both_ways(mq, rs, "after the broker restart",
+        self._flow_both_ways("after the broker restart",
                              timeout=RECOVERY_TIMEOUT)
         self.assertEqual(bridge.count(LOST_RE, since=mark), 1,
                          "one broker outage must be logged exactly once; "
                          "log since the outage:\n%s" % bridge.log()[mark:])
         # the new broker has no persistence: the bridge must publish its
         # retained online status again
-        st = self.mqtt_client(mq.port, "bridge/mr/status", name="status")
+        st = self.mqtt_client(self.mq.port, "bridge/mr/status", name="status")
         m = st.wait_for(lambda m: m.topic == "bridge/mr/status")
         self.assertIsNotNone(m, "no retained status on the restarted broker")
         self.assertEqual((m.payload, m.retain), (b"online", True))
 
     # 7. bridge first, servers later -------------------------------------------
+    @with_servers(redis={"start": False}, mosquitto={"start": False})
     def test_bridge_started_before_servers(self):
-        rs = self.start_redis(start=False)
-        mq = self.start_mosquitto(start=False)
-        bridge = self.start_bridge(mq.port, rs.port, bridge_id="early",
+        bridge = self.start_bridge(self.mq.port, self.rs.port, bridge_id="early",
                                    ready=False)
         self.assert_log(bridge, "cannot connect",
                         what="bridge started with no servers")
         self.assertTrue(bridge.alive(), "bridge exited while servers were "
                         "down: %s" % bridge.tail())
-        rs.start()
-        mq.start()
+        self.rs.start()
+        self.mq.start()
         bridge.wait_ready(RECOVERY_TIMEOUT)
-        self._flow_both_ways(mq, rs, "servers started after the bridge",
+        self._flow_both_ways("servers started after the bridge",
                              timeout=RECOVERY_TIMEOUT)
         self.assertEqual(bridge.count("cannot connect"), 2,
                          "'cannot connect' should be logged once per "
@@ -135,10 +130,8 @@ class RestartTest(BridgeTestCase):
 
     # Redis drops the bridge's connections without restarting -------------
     def test_redis_connections_killed(self):
-        rs = self.start_redis()
-        mq = self.start_mosquitto()
-        bridge = self.start_bridge(mq.port, rs.port, bridge_id="kill")
-        admin = self.redis_client(rs.port)
+        bridge = self.start_bridge(self.mq.port, self.rs.port, bridge_id="kill")
+        admin = self.redis_client(self.rs.port)
         mark = bridge.mark()
         names = sorted(c["name"] for c in admin.client_list()
                        if int(c["id"]) != admin.client_id())
@@ -157,25 +150,23 @@ class RestartTest(BridgeTestCase):
             self.fail("bridge did not re-subscribe (once) after CLIENT KILL: "
                       "NUMSUB news=%r NUMPAT=%r"
                       % (admin.pubsub_numsub("news"), admin.pubsub_numpat()))
-        self._flow_both_ways(mq, rs, "after CLIENT KILL",
+        self._flow_both_ways("after CLIENT KILL",
                              timeout=RECOVERY_TIMEOUT)
 
     # bounded queue overflows while Redis is down ------------------------------
     def test_queue_full_while_redis_down(self):
-        rs = self.start_redis()
-        mq = self.start_mosquitto()
         cfg = self.write_config({
             "id": "qfull",
-            "mqtt": {"url": mq.url},
-            "redis": {"url": rs.url},
+            "mqtt": {"url": self.mq.url},
+            "redis": {"url": self.rs.url},
             "limits": {"queue_messages": 3},
             "reconnect": {"min_ms": 1500, "max_ms": 3000},
         })
         bridge = self.start_bridge(None, None, "-c", cfg)
-        msub = self.mqtt_client(mq.port, "news", name="sub")
-        pub = self.mqtt_client(mq.port, name="pub")
+        msub = self.mqtt_client(self.mq.port, "news", name="sub")
+        pub = self.mqtt_client(self.mq.port, name="pub")
         mark = bridge.mark()
-        rs.stop()
+        self.rs.stop()
         self.assert_log(bridge, LOST_RE, since=mark,
                         what="Redis stopped under the bridge")
         # QoS 0 overflow is dropped oldest first (QoS 1 would stay with the
@@ -187,8 +178,8 @@ class RestartTest(BridgeTestCase):
                            harness.DELIVERY_TIMEOUT)
         self.assert_log(bridge, re.compile(r"dropped.*queue full|queue full.*dropped"),
                         since=mark, what="warning for a full queue")
-        rs.start()
-        rsub = self.redis_sub(rs.port, channels=["news"])
+        self.rs.start()
+        rsub = self.redis_sub(self.rs.port, channels=["news"])
         harness.wait_until(lambda: len(rsub.snapshot()) >= 3, RECOVERY_TIMEOUT,
                            0.05)
         time.sleep(harness.QUIET)
@@ -207,22 +198,20 @@ class RestartTest(BridgeTestCase):
 
     # 13. messages queued while Redis is down -----------------------------------
     def test_queue_while_redis_down(self):
-        rs = self.start_redis()
-        mq = self.start_mosquitto()
         cfg = self.write_config({
             "id": "queue",
-            "mqtt": {"url": mq.url},
-            "redis": {"url": rs.url},
+            "mqtt": {"url": self.mq.url},
+            "redis": {"url": self.rs.url},
             # slow retries so that the test's subscriber is on the restarted
             # Redis before the bridge flushes its queue
             "reconnect": {"min_ms": 1500, "max_ms": 3000},
         })
         bridge = self.start_bridge(None, None, "-c", cfg)
-        msub = self.mqtt_client(mq.port, "news", name="sub")
-        pub = self.mqtt_client(mq.port, name="pub")
+        msub = self.mqtt_client(self.mq.port, "news", name="sub")
+        pub = self.mqtt_client(self.mq.port, name="pub")
 
         mark = bridge.mark()
-        rs.stop()
+        self.rs.stop()
         self.assert_log(bridge, LOST_RE, since=mark,
                         what="Redis stopped under the bridge")
         queued = [("queued-%d-" % i).encode() + unique().encode()
@@ -235,9 +224,9 @@ class RestartTest(BridgeTestCase):
         time.sleep(0.2)
         self.assertTrue(bridge.alive(), "bridge exited: %s" % bridge.tail())
 
-        rs.start()
-        rsub = self.redis_sub(rs.port, channels=["news"])
-        conns = self.redis_client(rs.port).info("stats").get("total_connections_received")
+        self.rs.start()
+        rsub = self.redis_sub(self.rs.port, channels=["news"])
+        conns = self.redis_client(self.rs.port).info("stats").get("total_connections_received")
         ok = harness.wait_until(
             lambda: all(rsub.count("news", p) for p in queued),
             RECOVERY_TIMEOUT, 0.05)
@@ -257,38 +246,34 @@ class RestartTest(BridgeTestCase):
         """The bridge has QoS 1 publishes in flight inside Paho when the broker
         dies (SIGKILL): its flow-control windows must not stay held by them,
         or nothing would cross after the broker is back."""
-        rs = self.start_redis()
-        mq = self.start_mosquitto()
-        bridge = self.start_bridge(mq.port, rs.port, bridge_id="mkill")
-        r = self.redis_client(rs.port)
+        bridge = self.start_bridge(self.mq.port, self.rs.port, bridge_id="mkill")
+        r = self.redis_client(self.rs.port)
         pipe = r.pipeline(transaction=False)
         for i in range(3000):
             pipe.publish("news", b"burst%d" % i)
         pipe.execute()
         mark = bridge.mark()
-        mq.stop(sig=harness.signal.SIGKILL)
+        self.mq.stop(sig=harness.signal.SIGKILL)
         self.assert_log(bridge, LOST_RE, since=mark, what="broker killed")
-        mq.start()
+        self.mq.start()
         self.assert_log(bridge, "ready:", since=mark,
                         timeout=RECOVERY_TIMEOUT, what="broker back")
-        self._flow_both_ways(mq, rs, "after the broker was killed mid-burst",
+        self._flow_both_ways("after the broker was killed mid-burst",
                              timeout=RECOVERY_TIMEOUT)
 
     def test_redis_killed_mid_burst(self):
         """Likewise with PUBLISHes pipelined to Redis when it dies."""
-        rs = self.start_redis()
-        mq = self.start_mosquitto()
-        bridge = self.start_bridge(mq.port, rs.port, bridge_id="rkill")
-        pub = self.mqtt_client(mq.port, name="pub")
+        bridge = self.start_bridge(self.mq.port, self.rs.port, bridge_id="rkill")
+        pub = self.mqtt_client(self.mq.port, name="pub")
         for i in range(3000):
             pub.c.publish("news", b"burst%d" % i, qos=0)
         mark = bridge.mark()
-        rs.stop(sig=harness.signal.SIGKILL)
+        self.rs.stop(sig=harness.signal.SIGKILL)
         self.assert_log(bridge, LOST_RE, since=mark, what="Redis killed")
-        rs.start()
+        self.rs.start()
         self.assert_log(bridge, "ready:", since=mark,
                         timeout=RECOVERY_TIMEOUT, what="Redis back")
-        self._flow_both_ways(mq, rs, "after Redis was killed mid-burst",
+        self._flow_both_ways("after Redis was killed mid-burst",
                              timeout=RECOVERY_TIMEOUT)
 
 

@@ -17,16 +17,10 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import BridgeTestCase, unique  # noqa: E402
+from harness import ServersTestCase, unique  # noqa: E402
 
 
-class RouteOptionsTest(BridgeTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
-        self.r = self.redis_client(self.rs.port)
+class RouteOptionsTest(ServersTestCase):
 
     def bridge(self, routes, bid="ro", protocol=None, limits=None, ready=True):
         cfg = {"id": bid, "mqtt": {"url": self.mq.url},

@@ -13,7 +13,7 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
 import harness  # noqa: E402
-from harness import BridgeTestCase, unique
+from harness import ServersTestCase, unique
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -25,12 +25,7 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-class ShutdownTest(BridgeTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
+class ShutdownTest(ServersTestCase):
 
     def bridge(self, timeout_ms, min_ms=250):
         cfg = self.write_config({
@@ -43,8 +38,7 @@ class ShutdownTest(BridgeTestCase):
         """SIGTERM with n messages that cannot be delivered: the bridge must
         wait (not spin) until the timeout, then exit 0 and count them (and
         `left` QoS 1 messages it left unacknowledged with the broker)."""
-        b.proc.send_signal(harness.signal.SIGTERM)
-        b.stopped_by_test = True
+        b.send_stop()
         time.sleep(0.3)
         self.assertTrue(b.alive(), "exited before its shutdown timeout:\n"
                         + b.tail())
@@ -115,8 +109,7 @@ class ShutdownTest(BridgeTestCase):
         for p in sent:
             r.publish("news", p)
         time.sleep(0.3)
-        b.proc.send_signal(harness.signal.SIGTERM)
-        b.stopped_by_test = True
+        b.send_stop()
         self.mq.start()
         sub = self.mqtt_client(self.mq.port, "news", "bridge/sd/status",
                                name="sub")

@@ -15,7 +15,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import BridgeTestCase, unique
+from harness import ServersTestCase, unique
 
 ROUTE_IN = "a/+ > a:*"    # MQTT -> Redis only
 ROUTE_OUT = "b/+ < b:*"   # Redis -> MQTT only
@@ -33,12 +33,7 @@ def stats_cmd(*args, timeout=15):
                           stderr=subprocess.PIPE, timeout=timeout * harness.SCALE)
 
 
-class StatsTest(BridgeTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
+class StatsTest(ServersTestCase):
 
     def config(self, bridge_id, mq, interval, routes, **extra):
         dirs = {"<>": "both", ">": "mqtt_to_redis", "<": "redis_to_mqtt"}

@@ -10,18 +10,13 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import BridgeTestCase, unique
+from harness import ServersTestCase, unique
 
 STATS_RE = re.compile(r"mqtt_in=\d+.*redis_out=\d+.*redis_in=\d+"
                       r".*mqtt_out=\d+")
 
 
-class StatusTest(BridgeTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
+class StatusTest(ServersTestCase):
 
     def retained_status(self, bridge_id, want, timeout=None):
         """The retained status of bridge_id once it is `want` (bounded)."""

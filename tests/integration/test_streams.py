@@ -10,16 +10,10 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import BridgeTestCase, unique
+from harness import ServersTestCase, unique
 
 
-class StreamTest(BridgeTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.rs = self.start_redis()
-        self.mq = self.start_mosquitto()
-        self.r = self.redis_client(self.rs.port)
+class StreamTest(ServersTestCase):
 
     def bridge(self, routes, bid="st"):
         cfg = self.write_config({
@@ -139,9 +133,7 @@ class StreamTest(BridgeTestCase):
             lambda: self.r.xpending("jobs", group)["pending"] == 1,
             harness.DELIVERY_TIMEOUT)
         self.assertTrue(ok, "the entry was not read (pending)")
-        b.proc.kill()
-        b.proc.wait(10)
-        b.stopped_by_test = True
+        b.kill()
         self.mq.proc.send_signal(signal.SIGCONT)
         b2 = self.bridge(routes, "crash")
         # the restarted bridge reads its pending entry again and acks it

@@ -29,7 +29,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import READY_TIMEOUT, BridgeTestCase, wait_until  # noqa: E402
+from harness import READY_TIMEOUT, ServersTestCase, wait_until, with_servers  # noqa: E402
 
 DEV_LOG = "/dev/log"
 NS_ENV = "MRB_SYSLOG_NS"   # "1": this process runs in its own mount namespace
@@ -138,9 +138,12 @@ class DevLog:
             pass
 
 
-class SyslogTest(BridgeTestCase):
+SECRET = "Syslog-Secret-42"  # Redis's password
+
+
+class SyslogTest(ServersTestCase):
     def setUp(self):
-        super().setUp()
+        # /dev/log first: no servers for a test that is skipped
         why = None
         try:
             if not os.path.lexists(DEV_LOG):
@@ -166,6 +169,7 @@ class SyslogTest(BridgeTestCase):
             sys.stderr.write("SKIPPED test_syslog: %s\n" % why)
             self.skipTest(why)
         self.addCleanup(self.devlog.close)
+        super().setUp()
 
     def ours(self):
         """The raw lines our bridges sent. /dev/log is the machine's: while
@@ -206,32 +210,32 @@ class SyslogTest(BridgeTestCase):
                          "\n".join(self.devlog.snapshot())))
         return r[0]
 
+    # the broker down at first: a warning
+    @with_servers(redis={"password": SECRET}, mosquitto={"start": False})
     def test_priorities_ident_pid_no_password(self):
-        secret = "Syslog-Secret-42"
-        rs = self.start_redis(password=secret)
-        mq = self.start_mosquitto(start=False)  # down at first: a warning
+        secret = SECRET
         b = self.start_bridge(None, None, "--syslog", "-v",
-                              "--mqtt", mq.url,
+                              "--mqtt", self.mq.url,
                               "--redis", "redis://default:%s@127.0.0.1:%d"
-                              % (secret, rs.port), ready=False)
-        self.wait_syslog("warning", "mqtt: cannot connect to %s" % mq.url,
+                              % (secret, self.rs.port), ready=False)
+        self.wait_syslog("warning", "mqtt: cannot connect to %s" % self.mq.url,
                          READY_TIMEOUT)
-        mq.start()
+        self.mq.start()
         ready = self.wait_syslog("info", "ready: ", READY_TIMEOUT)
         self.assertEqual(ready[1], "mqtt-redis-bridge")
         self.assertEqual(ready[2], b.proc.pid)
-        self.assertIn("redis://default:***@127.0.0.1:%d" % rs.port, ready[3])
+        self.assertIn("redis://default:***@127.0.0.1:%d" % self.rs.port, ready[3])
         self.assertFalse(ready[3].endswith("\n"), "a line ends without a "
                          "newline of ours: %r" % ready[3])
         # -v: debug lines are there too, as daemon.debug
         self.assertTrue(any(l[0] == LOG_DAEMON | PRI["debug"]
                             for l in self.parsed()), self.devlog.snapshot())
         # a wrong password: one error line, password not in it
-        b2 = self.start_bridge(mq.port, None, "--syslog", "--id", "b2",
+        b2 = self.start_bridge(self.mq.port, None, "--syslog", "--id", "b2",
                                "--redis", "redis://default:wrong-%s@127.0.0.1:%d"
-                               % (secret, rs.port), ready=False, name="b2")
+                               % (secret, self.rs.port), ready=False, name="b2")
         err = self.wait_syslog("err", "redis: redis://default:***@127.0.0.1:%d "
-                               "refused the" % rs.port, READY_TIMEOUT)
+                               "refused the" % self.rs.port, READY_TIMEOUT)
         self.assertEqual(err[2], b2.proc.pid)
         b2.stop()
         b.stop()

@@ -6,10 +6,10 @@ import sys
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import BridgeTestCase, unique
+from harness import ServersTestCase, unique, with_servers
 
 
-class UrlTest(BridgeTestCase):
+class UrlTest(ServersTestCase):
 
     def flow(self, mq_port, rs_port, what, mqtt_auth=(None, None),
              redis_password=None):
@@ -33,15 +33,15 @@ class UrlTest(BridgeTestCase):
             "redis news": lambda: rsub.count("news", down),
         }, "%s: Redis -> MQTT" % what, subscribers=[rsub, msub])
 
+    @with_servers(redis={"password": "r-secret"},
+                  mosquitto={"users": {"bridge": "b-pass", "tester": "t-pass"}})
     def test_credentials_in_urls(self):
-        rs = self.start_redis(password="r-secret")
-        mq = self.start_mosquitto(users={"bridge": "b-pass", "tester": "t-pass"})
         self.start_bridge(
             None, None,
-            "--mqtt", "mqtt://bridge:b-pass@127.0.0.1:%d" % mq.port,
-            "--redis", "redis://default:r-secret@127.0.0.1:%d" % rs.port,
+            "--mqtt", "mqtt://bridge:b-pass@127.0.0.1:%d" % self.mq.port,
+            "--redis", "redis://default:r-secret@127.0.0.1:%d" % self.rs.port,
             "--id", "auth")
-        self.flow(mq.port, rs.port, "with credentials",
+        self.flow(self.mq.port, self.rs.port, "with credentials",
                   mqtt_auth=("tester", "t-pass"), redis_password="r-secret")
 
     def test_redis_database_number(self):
@@ -50,11 +50,9 @@ class UrlTest(BridgeTestCase):
         nothing): CLIENT LIST says db=3 for each, and what the bridge stores
         (stream entries, the presence hash, its stats hash and the set
         "bridges") is in database 3, not in 0."""
-        rs = self.start_redis()
-        mq = self.start_mosquitto()
         cfg = self.write_config({
-            "id": "db3", "mqtt": {"url": mq.url},
-            "redis": {"url": "redis://127.0.0.1:%d/3" % rs.port,
+            "id": "db3", "mqtt": {"url": self.mq.url},
+            "redis": {"url": "redis://127.0.0.1:%d/3" % self.rs.port,
                       "scan_interval": 1},
             "stats_interval": 1,
             "routes": [{"mqtt": "news", "redis": "news"},
@@ -63,9 +61,9 @@ class UrlTest(BridgeTestCase):
                         "direction": "mqtt_to_redis", "store": "hash",
                         "hash": "devices"}]})
         b = self.start_bridge(None, None, "-c", cfg)
-        self.flow(mq.port, rs.port, "redis URL with /3")
-        r0 = self.redis_client(rs.port)
-        r3 = self.redis_client(rs.port, db=3)
+        self.flow(self.mq.port, self.rs.port, "redis URL with /3")
+        r0 = self.redis_client(self.rs.port)
+        r3 = self.redis_client(self.rs.port, db=3)
 
         # every connection of the bridge, by its CLIENT SETNAME name
         conns = sorted((c["name"], c["db"]) for c in r0.client_list()
@@ -77,7 +75,7 @@ class UrlTest(BridgeTestCase):
                          "(connection, db) in CLIENT LIST")
 
         # MQTT -> Redis: XADD and the presence hash into database 3
-        pub = self.mqtt_client(mq.port, name="pub3")
+        pub = self.mqtt_client(self.mq.port, name="pub3")
         x = unique("x").encode()
         pub.publish("st/a", x)
         pub.publish("dev/d1/status", b"online")
@@ -89,7 +87,7 @@ class UrlTest(BridgeTestCase):
         self.assertEqual(r3.xrange("st:a")[0][1][b"payload"], x)
         # Redis -> MQTT: an entry added in database 3 is read (the reader
         # and the publisher's SCAN and XGROUP work there)
-        msub = self.mqtt_client(mq.port, "st/+", name="st")
+        msub = self.mqtt_client(self.mq.port, "st/+", name="st")
         y = unique("y").encode()
         r3.xadd("st:b", {"payload": y})
         self.assertIsNotNone(msub.wait_for(lambda m: m.payload == y,
@@ -104,15 +102,14 @@ class UrlTest(BridgeTestCase):
         self.assertEqual(sorted(r0.keys("*")), [], "keys in database 0")
         b.stop()
 
+    @with_servers(redis={"unixsocket": True})
     def test_redis_unix_socket(self):
-        rs = self.start_redis(unixsocket=True)
-        mq = self.start_mosquitto()
-        self.start_bridge(None, None, "--mqtt", mq.url,
-                          "--redis", "unix:" + rs.socket_path, "--id", "unix")
-        self.flow(mq.port, rs.port, "redis over unix:%s" % rs.socket_path)
+        self.start_bridge(None, None, "--mqtt", self.mq.url,
+                          "--redis", "unix:" + self.rs.socket_path, "--id", "unix")
+        self.flow(self.mq.port, self.rs.port, "redis over unix:%s" % self.rs.socket_path)
         # the bridge really is on the socket: Redis flags unix clients "U";
         # the bridge's subscriber connection has sub/psub counts
-        clients = self.redis_client(rs.port).client_list()
+        clients = self.redis_client(self.rs.port).client_list()
         unix_subs = [c for c in clients if "U" in c.get("flags", "")
                      and (int(c.get("sub", 0)) + int(c.get("psub", 0))) > 0]
         self.assertTrue(unix_subs, "no subscribed unix-socket client in "
