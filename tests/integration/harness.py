@@ -196,6 +196,10 @@ class RedisServer:
                             password=self.password,
                             socket_timeout=1, socket_connect_timeout=1)
             try:
+                # ours, not another test's server that took the port first
+                # (then ours exits on the bind error, a moment later)
+                if self.proc is not None:
+                    return r.info("server").get("process_id") == self.proc.pid
                 return bool(r.ping())
             finally:
                 r.close()
@@ -347,6 +351,7 @@ class Mosquitto(_Broker):
             for t in ("error", "warning", "notice", "information"):
                 f.write("log_type %s\n" % t)
             f.write("connection_messages true\n")
+        self._log_from = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         with open(self.out_path, "ab") as out:
             self.proc = subprocess.Popen(
                 ["mosquitto", "-c", self.conf_path],
@@ -361,6 +366,15 @@ class Mosquitto(_Broker):
         return self
 
     def _accepts(self):
+        # ours listens (its log says so since this start), not another
+        # test's broker that took the port first
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(getattr(self, "_log_from", 0))
+                if b"listen socket on port %d." % self.port not in f.read():
+                    return False
+        except OSError:
+            return False  # not written yet
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return True
