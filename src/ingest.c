@@ -1041,11 +1041,11 @@ static int64_t flush_warnings(mrb_bridge *b, int64_t now)
     next = mrb_min_ms(next, mrb_ratelimit_flush(
         &g->rl_append, now, lb, "redis: commands that could not be queued",
         "redis_append_failed", atomic_load(&g->append_failed)));
-    if (b->limits) {
-        pthread_mutex_lock(&b->routes_lock); /* lock order: in_lock first */
+    /* b->limits is swapped by a reload under routes_lock: read it there */
+    pthread_mutex_lock(&b->routes_lock); /* lock order: in_lock first */
+    if (b->limits)
         next = mrb_min_ms(next, mrb_limits_flush(b, 1, now, lb));
-        pthread_mutex_unlock(&b->routes_lock);
-    }
+    pthread_mutex_unlock(&b->routes_lock);
     return next;
 }
 
