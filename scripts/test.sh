@@ -8,6 +8,7 @@
 # Env knobs (all optional):
 #   MRB_SKIP_INSTALL=1   never call apt-get/npm (fail later if a tool is missing)
 #   MRB_SKIP_ASAN=1      skip the sanitizer build and run
+#   MRB_SKIP_TSAN=1      skip the ThreadSanitizer build and its five tests
 #   MRB_SKIP_BOARDS=1    skip the cross builds (rpi-arm64, rpi-armhf) under qemu
 #   MRB_CHECK_SERVICE=1  also boot the amd64 package's service under systemd in
 #                        a Debian 12 container (boards/verify-service.sh; not
@@ -24,6 +25,7 @@ cd "$ROOT"
 
 BUILD_DIR=build
 ASAN_DIR=build-asan
+TSAN_DIR=build-tsan
 FUZZ_DIR=build-fuzz
 TOOLS_DIR="$ROOT/build/_tools"        # npm tools (dockerfilelint, aedes) and a python3 shim
 NPM_TOOLS="$ROOT/tests/tools"         # their package.json and package-lock.json
@@ -173,6 +175,24 @@ if [[ ${MRB_SKIP_ASAN:-0} != 1 ]]; then
   run_suite "asan+ubsan" "$ASAN_DIR"
 else
   section "ASan+UBSan skipped (MRB_SKIP_ASAN=1)"
+fi
+
+if [[ ${MRB_SKIP_TSAN:-0} != 1 ]]; then
+  # the threads (main, ingest, Paho's two) and the lock order of
+  # docs/DESIGN.md, checked where they meet: forwarding, streams, reload,
+  # shutdown and restart with the bridge built with -fsanitize=thread; a
+  # report fails the test (harness: sanitizer_report)
+  section "Configure + build ($TSAN_DIR, Debug, ThreadSanitizer, -Werror, TLS off)"
+  cmake -S . -B "$TSAN_DIR" -DCMAKE_BUILD_TYPE=Debug -DMRB_WERROR=ON \
+    -DMRB_SANITIZE=OFF -DMRB_HARDEN=OFF -DMRB_TESTS=ON -DWITH_TLS=OFF \
+    -DCMAKE_C_FLAGS="-fsanitize=thread -O1 -g" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread"
+  cmake --build "$TSAN_DIR" -j2 --target mqtt-redis-bridge
+
+  section "Tests ($TSAN_DIR, ThreadSanitizer)"
+  TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=0}" MRB_TIMEOUT_SCALE="${MRB_TIMEOUT_SCALE:-3}" \
+    run_suite "tsan" "$TSAN_DIR" -R '^integration_(forwarding|streams|reload|shutdown|restart)$'
+else
+  section "ThreadSanitizer skipped (MRB_SKIP_TSAN=1)"
 fi
 
 if [[ ${MRB_SKIP_FUZZ:-0} != 1 ]]; then
