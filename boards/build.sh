@@ -10,6 +10,11 @@
 # long).
 #   --tls      link Paho's TLS library (-DWITH_TLS=ON; see boards/README.md)
 #   --static   fully static binary (-DMRB_STATIC=ON)
+#   --minimal  pub/sub routes only: no stream mode or replay, envelopes,
+#              stats subcommand or TLS (-DWITH_STREAMS=OFF
+#              -DWITH_ENVELOPE=OFF -DWITH_STATS_CMD=OFF), link-time
+#              optimised; no tests or package of its own (the full build's
+#              cover its code); docs/FOOTPRINT.md gives each preset's size
 #   --test     unit tests and the qemu subset of the integration tests
 #              (native board: unit + all integration tests)
 #   --package  the Debian package (CPack), then check it: dpkg-deb -I/-c,
@@ -35,10 +40,11 @@ usage() {
 (( $# )) || { usage; exit 2; }
 [[ $1 == -h || $1 == --help ]] && { usage; exit 0; }
 BOARD=$1; shift
-TLS=0 STATIC=0 TEST=0 PACKAGE=0
+TLS=0 STATIC=0 TEST=0 PACKAGE=0 MINIMAL=0
 for a in "$@"; do
   case $a in
     --tls) TLS=1 ;; --static) STATIC=1 ;; --test) TEST=1 ;; --package) PACKAGE=1 ;;
+    --minimal) MINIMAL=1 ;;
     *) die "unknown option $a (see --help)" ;;
   esac
 done
@@ -53,6 +59,10 @@ mkdir -p "$OUT"
 NAME=$BOARD
 (( TLS )) && NAME+=-tls
 (( STATIC )) && NAME+=-static
+(( MINIMAL )) && NAME+=-minimal
+if (( MINIMAL && (TLS || TEST || PACKAGE) )); then
+  die "--minimal goes without --tls, --test and --package (see --help)"
+fi
 BUILD="$OUT/$NAME"
 
 # ----------------------------------------------------------------- tools
@@ -73,6 +83,10 @@ CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=MinSizeRel -DCMAKE_INSTALL_PREFIX=/usr
             -DMRB_BOARD="$BOARD" -DMRB_WERROR=ON -DMRB_STRICT_CONVERSION=ON
             -DMRB_TESTS=ON -DMRB_BENCH=OFF
             "-DWITH_TLS=$(onoff "$TLS")" "-DMRB_STATIC=$(onoff "$STATIC")")
+if (( MINIMAL )); then
+  CMAKE_ARGS+=(-DMRB_TESTS=OFF -DWITH_STREAMS=OFF -DWITH_ENVELOPE=OFF -DWITH_STATS_CMD=OFF
+               -DCMAKE_INTERPROCEDURAL_OPTIMIZATION=ON)
+fi
 SYSROOT=
 if [[ -n $TOOLCHAIN ]]; then
   say "$BOARD: sysroot ($DEB_ARCH)"

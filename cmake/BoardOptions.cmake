@@ -32,6 +32,25 @@ if(WITH_STATS_CMD)
 else()
   add_compile_definitions(MRB_WITH_STATS_CMD=0)
 endif()
+# WITH_STREAMS=ON (default) stream mode and replay (src/stream.c,
+# replay_io.c, replay.c); OFF builds src/stream_off.c instead and a stream
+# route is a configuration error. WITH_ENVELOPE=ON (default) the json
+# envelope and unwrap route options (src/envelope.c); OFF refuses them. The
+# boards' --minimal preset turns both off, with TLS and the stats
+# subcommand (docs/FOOTPRINT.md gives each preset's size).
+option(WITH_STREAMS "Stream mode and replay" ON)
+option(WITH_ENVELOPE "The json envelope and unwrap route options" ON)
+foreach(_mrb_opt STREAMS ENVELOPE)
+  if(WITH_${_mrb_opt})
+    add_compile_definitions(MRB_WITH_${_mrb_opt}=1)
+  else()
+    add_compile_definitions(MRB_WITH_${_mrb_opt}=0)
+    if(MRB_TESTS)
+      message(FATAL_ERROR "WITH_${_mrb_opt}=OFF: the tests need a full build "
+                          "(-DMRB_TESTS=OFF)")
+    endif()
+  endif()
+endforeach()
 set(MRB_CJSON_SOURCE_DIR "" CACHE PATH "cJSON sources (cJSON.c) for MRB_STATIC")
 
 if(WITH_TLS)

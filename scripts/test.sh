@@ -231,6 +231,20 @@ if [[ ${MRB_SKIP_BOARDS:-0} != 1 ]]; then
     CTEST_ARGS="-L ^(unit|qemu)\$ ${CTEST_ARGS:-}" \
       run_suite "$board (qemu)" "$ROOT/build/boards/$board"
   done
+  # the minimal preset (pub/sub only; docs/FOOTPRINT.md): it builds with
+  # warnings fatal, checks a pub/sub configuration and refuses a stream
+  # route with exit 2. One test.
+  section "Board x86_64 --minimal (pub/sub only)"
+  min="$ROOT/build/boards/x86_64-minimal/mqtt-redis-bridge"
+  if bash "$ROOT/boards/build.sh" x86_64 --minimal &&
+     "$min" --check --route 'a/+ > a:*' >/dev/null &&
+     { "$min" --check --route 'a/+ < a:* stream' 2>&1; test $? -eq 2; } |
+       grep -q 'mode "stream" is not in this build'; then
+    PASSED=$(( PASSED + 1 ))
+  else
+    FAILED=$(( FAILED + 1 ))
+    FAILED_SUITES+=("x86_64 --minimal (build or its checks)")
+  fi
 else
   section "Boards skipped (MRB_SKIP_BOARDS=1)"
 fi

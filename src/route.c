@@ -242,6 +242,15 @@ mrb_err mrb_route_check(const mrb_route *r, char *msg, size_t msglen)
     if (r->qos < 0 || r->qos > 2)
         return mrb_fail(E, msg, msglen, "qos %d is out of range (allowed: 0, 1, 2)",
                         r->qos);
+    if (r->mode == MRB_MODE_STREAM && !MRB_WITH_STREAMS)
+        return mrb_fail(E, msg, msglen, "mode \"stream\" is not in this build "
+                        "(built with cmake -DWITH_STREAMS=OFF, the boards' "
+                        "--minimal preset): use pubsub, or a full build");
+    if ((r->envelope != MRB_ENVELOPE_NONE || r->unwrap) && !MRB_WITH_ENVELOPE)
+        return mrb_fail(E, msg, msglen, "envelopes are not in this build (built "
+                        "with cmake -DWITH_ENVELOPE=OFF, the boards' --minimal "
+                        "preset): leave out envelope and unwrap, or use a full "
+                        "build");
     if (r->mode == MRB_MODE_STREAM && r->maxlen < 1)
         return mrb_fail(E, msg, msglen, "maxlen %ld is out of range (a stream "
                         "must be bounded: 1 or more entries)", r->maxlen);
