@@ -597,39 +597,32 @@ def tool_version(cmd):
 # --------------------------------------------------------------------------
 # the bridge beside its peers (Bench.peers) and the direct path
 
-# figure: (name, unit, field, ours, Node peer, mosquitto's bridge, direct):
-# result keys (None: not measured there); field: what of the result
-FIGURES = [
-    ("CPU per message, MQTT->Redis (QoS 0, closed loop)", "µs", "cpu",
-     "tput_bridge_m2r_q0", "node/tput_bridge_m2r_q0",
-     "mosquitto-bridge/tput_mqbridge_m2m_q0", None),
-    ("CPU per message, Redis->MQTT (QoS 0, closed loop)", "µs", "cpu",
-     "tput_bridge_r2m_q0", "node/tput_bridge_r2m_q0",
-     "mosquitto-bridge/tput_mqbridge_m2m_q0", None),
-    ("throughput QoS 0, MQTT->Redis", "msg/s", "msg_per_s", "tput_bridge_m2r_q0",
-     "node/tput_bridge_m2r_q0", "mosquitto-bridge/tput_mqbridge_m2m_q0",
-     "tput_direct_m2m_q0"),
-    ("throughput QoS 0, Redis->MQTT", "msg/s", "msg_per_s", "tput_bridge_r2m_q0",
-     "node/tput_bridge_r2m_q0", "mosquitto-bridge/tput_mqbridge_m2m_q0",
-     "tput_direct_m2m_q0"),
-    ("throughput QoS 1, MQTT->Redis", "msg/s", "msg_per_s", "tput_bridge_m2r_q1",
-     "node/tput_bridge_m2r_q1", None, "tput_direct_m2m_q1"),
-    ("p50 at 2,000 msg/s, MQTT->Redis", "µs", "p50", "lat_bridge_m2r_q0",
-     "node/lat_bridge_m2r_q0", "mosquitto-bridge/lat_mqbridge_m2m_q0",
-     "lat_direct_m2m_q0"),
-    ("p50 at 2,000 msg/s, Redis->MQTT", "µs", "p50", "lat_bridge_r2m_q0",
-     "node/lat_bridge_r2m_q0", "mosquitto-bridge/lat_mqbridge_m2m_q0",
-     "lat_direct_m2m_q0"),
-    ("p99 at 2,000 msg/s, MQTT->Redis", "µs", "p99", "lat_bridge_m2r_q0",
-     "node/lat_bridge_m2r_q0", "mosquitto-bridge/lat_mqbridge_m2m_q0",
-     "lat_direct_m2m_q0"),
-    ("p99 at 2,000 msg/s, Redis->MQTT", "µs", "p99", "lat_bridge_r2m_q0",
-     "node/lat_bridge_r2m_q0", "mosquitto-bridge/lat_mqbridge_m2m_q0",
-     "lat_direct_m2m_q0"),
-    ("private memory idle", "kB", "mem_idle", "", "node", "mosquitto-bridge", None),
-    ("private memory loaded (peak under the closed-loop runs)", "kB", "mem_loaded",
-     "", "node", "mosquitto-bridge", None),
-]
+def figures():
+    """(name, unit, field, ours, Node peer, mosquitto's bridge, direct):
+    result keys (None: not measured there); field: what of the result."""
+    out = []
+    mqb = "mosquitto-bridge/%s_mqbridge_m2m_q0"
+    for kind, fields, unit, direct in (("tput", ("cpu",), "µs", None),
+                                       ("tput", ("msg_per_s",), "msg/s", "tput_direct_m2m_q0"),
+                                       ("lat", ("p50", "p99"), "µs", "lat_direct_m2m_q0")):
+        for field in fields:
+            for way, d in (("MQTT->Redis", "m2r"), ("Redis->MQTT", "r2m")):
+                name = {"cpu": "CPU per message, %s (QoS 0, closed loop)",
+                        "msg_per_s": "throughput QoS 0, %s"}.get(
+                            field, field + " at 2,000 msg/s, %s") % way
+                key = "%s_bridge_%s_q0" % (kind, d)
+                out.append((name, unit, field, key, "node/" + key, mqb % kind, direct))
+        if field == "msg_per_s":
+            out.append(("throughput QoS 1, MQTT->Redis", "msg/s", "msg_per_s",
+                        "tput_bridge_m2r_q1", "node/tput_bridge_m2r_q1", None,
+                        "tput_direct_m2m_q1"))
+    return out + [
+        ("private memory idle", "kB", "mem_idle", "", "node", "mosquitto-bridge", None),
+        ("private memory loaded (peak under the closed-loop runs)", "kB", "mem_loaded",
+         "", "node", "mosquitto-bridge", None)]
+
+
+FIGURES = figures()
 SUBJECTS = ("ours", "node", "mosquitto_bridge", "direct")
 
 
