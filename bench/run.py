@@ -667,23 +667,23 @@ def issue_targets(res, add):
     for d in ("MQTT->Redis", "Redis->MQTT"):
         c = C["CPU per message, %s (QoS 0, closed loop)" % d]
         o, n = c["values"]["ours"], c["values"]["node"]
-        add("CPU/msg %s <= Node peer's" % d, o, "<= %s" % n,
+        add("CPU/msg %s <= Node peer's" % d, o, "<= %s" % fmt(n),
             None if n is None else o <= n, "µs")
         c = C["throughput QoS 0, %s" % d]
         peers = [x for x in (c["values"]["node"], c["values"]["mosquitto_bridge"])
                  if x is not None]
         o = c["values"]["ours"]
         add("throughput QoS 0 %s >= best peer's" % d, round(o), ">= %s"
-            % (round(max(peers)) if peers else "?"), o >= max(peers) if peers else None,
+            % fmt(max(peers) if peers else None), o >= max(peers) if peers else None,
             "msg/s")
         c = C["p50 at 2,000 msg/s, %s" % d]
         o, m = c["values"]["ours"], c["values"]["mosquitto_bridge"]
-        add("p50 at 2,000 msg/s %s <= mosquitto bridge's" % d, o, "<= %s" % m,
+        add("p50 at 2,000 msg/s %s <= mosquitto bridge's" % d, o, "<= %s" % fmt(m),
             None if m is None else o <= m, "µs")
     rb = res.get("redis_benchmark", {}).get("requests_per_s")
     q1 = res["results"]["tput_bridge_m2r_q1"]["msg_per_s"]
     add("throughput QoS 1 MQTT->Redis / redis-benchmark -c 1 -P 1 PUBLISH (%s/s)"
-        % (round(rb) if rb else "?"), round(q1 / rb, 3) if rb else None, ">= 0.75",
+        % fmt(rb), round(q1 / rb, 3) if rb else None, ">= 0.75",
         q1 >= 0.75 * rb if rb else None, "x")
 
 
@@ -762,6 +762,7 @@ def targets(res):
 
 
 def fmt(x):
+    """A figure for the tables: "-" where it was not measured."""
     if x is None:
         return "-"
     return "%.2f" % x if isinstance(x, float) and abs(x) < 100 else "%.0f" % x
