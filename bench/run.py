@@ -28,7 +28,6 @@ without its node_modules).
 """
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -341,6 +340,16 @@ PATHS = {
     "mqbridge_m2m_q0": ("mqtt", "mb/in/", "mqtt", "mb/out/+", 0),
 }
 
+# The peers' measurements after ours of the same figure (Bench.peer_flows):
+# our result key -> (subject, path)s; their keys are SUBJECT/KIND_PATH
+PEER_FLOWS = {
+    "tput_bridge_m2r_q0": (("node", "bridge_m2r_q0"), ("mosquitto-bridge", "mqbridge_m2m_q0")),
+    "tput_bridge_r2m_q0": (("node", "bridge_r2m_q0"),),
+    "tput_bridge_m2r_q1": (("node", "bridge_m2r_q1"),),
+    "lat_bridge_m2r_q0": (("node", "bridge_m2r_q0"), ("mosquitto-bridge", "mqbridge_m2m_q0")),
+    "lat_bridge_r2m_q0": (("node", "bridge_r2m_q0"),),
+}
+
 # The Node peer's routes: the bridge's QoS 0 and 1 routes each way, as in
 # BASE_ROUTES (peer.js has no echo suppression for a route both ways)
 PEER_ROUTES = BASE_ROUTES[:4]
@@ -403,6 +412,7 @@ class Bench:
         self.res = {"results": {}}
         self.problems = []
         self.subject = "bridge"  # whose process env.bridge is: "bridge" (ours) or a peer
+        self.peer_envs = {}  # subject: its Env (start_peers)
 
     def flow(self, key, path, count, window=500, rate=0, channels=1, tag=None):
         pub, pp, sub, sn, qos = PATHS[path]
@@ -458,17 +468,22 @@ class Bench:
         self.res["memory_kb"] = {"idle": mem_kb(env.bridge.pid)}
         print("bridge idle memory (kB): %s" % self.res["memory_kb"]["idle"], flush=True)
 
+        if a.peers:
+            self.start_peers()
+
         print("-- throughput, closed loop (window 500) --", flush=True)
         n = self.n_tput
         for key in ("direct_m2m_q0", "bridge_m2r_q0", "direct_r2r", "bridge_r2m_q0",
                     "direct_m2m_q1", "bridge_m2r_q1", "bridge_r2m_q1"):
-            self.flow("tput_" + key, key, n if "q1" not in key else n // 2)
+            count = n if "q1" not in key else n // 2
+            self.flow("tput_" + key, key, count)
+            self.peer_flows("tput_" + key, count)
         print("-- latency at 2,000 msg/s --", flush=True)
         for key in ("direct_m2m_q0", "bridge_m2r_q0", "direct_r2r", "bridge_r2m_q0"):
             self.flow("lat_" + key, key, self.n_lat, window=0, rate=2000)
+            self.peer_flows("lat_" + key, self.n_lat, window=0, rate=2000)
         self.redis_benchmark()
-        if a.peers:
-            self.peers()
+        self.stop_peers()
         print("-- open-loop burst --", flush=True)
         d0 = env.broker_dropped()
         for key in ("direct_m2m_q0", "bridge_m2r_q0", "bridge_r2m_q0"):
@@ -533,46 +548,53 @@ class Bench:
                                        "requests_per_s": rps}
         print("redis-benchmark -c 1 -P 1 PUBLISH: %.0f requests/s" % rps, flush=True)
 
-    def peers(self):
-        """The peers, each on its own fresh servers: the Node peer (mqtt.js +
-        ioredis) and mosquitto's own bridge (MQTT -> MQTT only)."""
-        res = self.res.setdefault("peers", {})
-        n = self.n_tput
+    def start_peers(self):
+        """The peers, each on its own fresh servers, all up at once (idle
+        while the others are measured): the Node peer (mqtt.js + ioredis)
+        and mosquitto's own bridge (MQTT -> MQTT only). Their memory idle
+        (1 s after the start) goes into res["peers"]."""
+        self.res["peers"] = {}
+        starts = {"mosquitto-bridge": lambda e: e.start_mosquitto_bridge()}
         if self.args.node_modules and os.path.isdir(os.path.join(self.args.node_modules,
                                                                  "mqtt")):
-            print("-- Node peer (mqtt.js + ioredis), fresh servers --", flush=True)
-            with self.subject_env("node", lambda e: e.start_node_peer(PEER_ROUTES)):
-                for path in ("bridge_m2r_q0", "bridge_r2m_q0", "bridge_m2r_q1"):
-                    self.flow("node/tput_" + path, path, n if "q1" not in path else n // 2)
-                for path in ("bridge_m2r_q0", "bridge_r2m_q0"):
-                    self.flow("node/lat_" + path, path, self.n_lat, window=0, rate=2000)
+            starts["node"] = lambda e: e.start_node_peer(PEER_ROUTES)
         else:
             print("Node peer skipped: no mqtt in --node-modules %r (scripts/bench.sh "
                   "installs bench/peer-node)" % self.args.node_modules, flush=True)
-            res["node"] = {"skipped": "node modules not found"}
-        print("-- mosquitto's bridge (MQTT -> MQTT), fresh servers --", flush=True)
-        with self.subject_env("mosquitto-bridge", lambda e: e.start_mosquitto_bridge()):
-            self.flow("mosquitto-bridge/tput_mqbridge_m2m_q0", "mqbridge_m2m_q0", n)
-            self.flow("mosquitto-bridge/lat_mqbridge_m2m_q0", "mqbridge_m2m_q0",
-                      self.n_lat, window=0, rate=2000)
-
-    @contextlib.contextmanager
-    def subject_env(self, subject, start):
-        """Measure subject (a peer) on fresh servers: a new Env, start(env)
-        starts the subject's process; its memory idle (1 s after the start)
-        goes into res["peers"][subject]; then back to the bridge's Env."""
-        ours, env = self.env, Env(self.args, subject)
-        self.env, self.subject = env, subject
-        try:
+            self.res["peers"]["node"] = {"skipped": "node modules not found"}
+        for subject, start in sorted(starts.items()):
+            print("starting %s on fresh servers" % subject, flush=True)
+            self.peer_envs[subject] = env = Env(self.args, subject)
             env.start_servers()
             start(env)
-            time.sleep(1.0)
+        time.sleep(1.0)
+        for subject, env in self.peer_envs.items():
             self.res["peers"][subject] = {"memory_kb": {"idle": mem_kb(env.bridge.pid)}}
-            yield env
-        finally:
+
+    def peer_flows(self, key, count, **kw):
+        """The peers' measurements of figure key (PEER_FLOWS), right after
+        ours: interleaved, so that the shared machine's load drifts less
+        between them."""
+        kind = key.split("_", 1)[0]
+        for subject, path in PEER_FLOWS.get(key, ()):
+            env = self.peer_envs.get(subject)
+            if env is None:
+                continue
+            ours, self.env, self.subject = self.env, env, subject
+            try:
+                self.flow("%s/%s_%s" % (subject, kind, path), path, count, **kw)
+            finally:
+                self.env, self.subject = ours, "bridge"
+
+    def stop_peers(self):
+        for env in self.peer_envs.values():
             env.close()
             self.problems += env.problems
-            self.env, self.subject = ours, "bridge"
+        self.peer_envs = {}
+
+    def close(self):
+        self.stop_peers()
+        self.env.close()
 
 
 def cpu_model():
@@ -853,7 +875,7 @@ def main():
     try:
         res = b.run()
     finally:
-        b.env.close()
+        b.close()
     res["problems"] += b.env.problems
     text = table(res)
     print()
