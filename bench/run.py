@@ -532,7 +532,6 @@ class Bench:
         self.res["problems"] = self.problems
         return self.res
 
-
     def redis_benchmark(self):
         """The single-connection Redis round-trip rate, on the bridge's
         Redis: redis-benchmark -c 1 -P 1 PUBLISH (it has no publish test)."""
@@ -617,7 +616,7 @@ def tool_version(cmd):
 
 
 # --------------------------------------------------------------------------
-# the bridge beside its peers (Bench.peers) and the direct path
+# the bridge beside its peers (Bench.start_peers, peer_flows) and the direct path
 
 def figures():
     """(name, unit, field, ours, Node peer, mosquitto's bridge, direct):
