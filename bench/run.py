@@ -1,23 +1,30 @@
 #!/usr/bin/env python3
-"""bench/run.py - the bridge against the direct paths, in one run.
+"""bench/run.py - the bridge against the direct paths and two peers, in one run.
 
 Starts a fresh redis-server and mosquitto (set_tcp_nodelay true) on free
-loopback ports in a temporary directory, starts the bridge, and runs the load
+loopback ports in a temporary directory (through tests/integration/harness.py,
+the integration tests' servers), starts the bridge, and runs the load
 generator (bench/mrb_bench.c) for each measurement, bridge and direct side by
 side: closed-loop throughput at QoS 0 and 1, latency at a fixed rate, an
 open-loop burst, fan-out to many subscribers, the bridge's CPU time per message
-and memory, and a scale case (1,000 routes, 100,000 channels). Prints a
-table, writes JSON (--json) and optionally the Markdown report (--doc).
+and memory, and a scale case (1,000 routes, 100,000 channels). Beside them,
+each on its own fresh servers, the peers: the Node peer
+(bench/peer-node/peer.js: mqtt.js + ioredis, the bridge's routes) and
+mosquitto's own bridge (MQTT -> MQTT), and redis-benchmark -c 1 -P 1 PUBLISH
+on the bridge's Redis. Prints a table with ours / each peer / direct, writes
+JSON (--json) and optionally the Markdown report (--doc).
 
     bench/run.py --bridge build/mqtt-redis-bridge --gen build/bench/mrb_bench
                  [--quick] [--json out.json] [--doc docs/PERFORMANCE.md]
-                 [--check]
+                 [--check] [--no-peers] [--node-modules DIR]
 
 --check exits 1 if a receiver count is not sane or breaks what the path
-promises (what the ctest 'bench' test uses: see PROMISES); timing targets
-are only printed, never fail the run. Everything is
-bounded in time; every process started here is stopped by its PID.
-Standard library only.
+promises (what the ctest 'bench' test uses: see PROMISES; the peers promise
+nothing, only their counts are checked); timing targets are only printed,
+never fail the run. Everything is bounded in time; every process started
+here is stopped by its PID. Standard library, and harness.py's Debian
+python3-paho-mqtt and python3-redis; node for the Node peer (skipped
+without its node_modules).
 """
 
 import argparse
@@ -28,34 +35,19 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(BENCH, "..", "tests", "integration"))
+import harness  # noqa: E402  (the servers of the integration tests)
+
+PEER_JS = os.path.join(BENCH, "peer-node", "peer.js")
 HZ = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.02)
-    return False
 
 
 # SIGTERM to exit, at most: the bridge's shutdown_timeout_ms (default 5000,
@@ -157,33 +149,26 @@ class MemSampler:
 # servers and bridge
 
 class Env:
-    def __init__(self, args):
+    """Fresh servers for one subject (the bridge, a peer): a redis-server and
+    a mosquitto (set_tcp_nodelay true, sys_interval 1) on free loopback ports
+    in a temporary directory, started and stopped by PID through
+    tests/integration/harness.py; and the subject's process (self.bridge)."""
+
+    def __init__(self, args, subject="bridge"):
         self.args = args
-        self.dir = tempfile.mkdtemp(prefix="mrb-bench-")
-        self.redis = self.mosq = self.bridge = None
-        self.problems = []  # the bridge's exits (stop_bridge)
-        self.rport, self.mport = free_port(), free_port()
+        self.dir = tempfile.mkdtemp(prefix="mrb-bench-%s-" % subject)
+        self.bridge = None
+        self.problems = []  # the subject's exits (stop_bridge)
+        # the 10,000-subscriber fan-out needs more clients than Redis's
+        # default 10,000
+        self.redis = harness.RedisServerArgs(self.dir, args=["--maxclients", "20000"])
+        self.mosq = harness.MosquittoConf(self.dir, extra=["max_connections -1",
+                                                           "sys_interval 1"])
+        self.rport, self.mport = self.redis.port, self.mosq.port
 
     def start_servers(self):
-        rlog = open(os.path.join(self.dir, "redis.log"), "wb")
-        self.redis = subprocess.Popen(
-            ["redis-server", "--port", str(self.rport), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir,
-             "--daemonize", "no", "--maxclients", "20000"],
-            stdin=subprocess.DEVNULL, stdout=rlog, stderr=subprocess.STDOUT)
-        conf = os.path.join(self.dir, "mosquitto.conf")
-        with open(conf, "w") as f:
-            f.write("listener %d 127.0.0.1\nallow_anonymous true\n"
-                    "set_tcp_nodelay true\npersistence false\nuser root\n"
-                    "max_connections -1\nsys_interval 1\n"
-                    "log_dest file %s/mosquitto.log\nlog_type error\n"
-                    "log_type warning\n" % (self.mport, self.dir))
-        mout = open(os.path.join(self.dir, "mosquitto.out"), "wb")
-        self.mosq = subprocess.Popen(["mosquitto", "-c", conf],
-                                     stdin=subprocess.DEVNULL, stdout=mout,
-                                     stderr=subprocess.STDOUT)
-        if not wait_port(self.rport, self.redis) or not wait_port(self.mport, self.mosq):
-            raise RuntimeError("servers did not start (see %s)" % self.dir)
+        self.redis.start()
+        self.mosq.start()
 
     def stop_bridge(self):
         """Stop the running bridge: it must exit 0 within BRIDGE_EXIT_S
@@ -199,39 +184,78 @@ class Env:
                                      BRIDGE_EXIT_S, self.blog_path))
         self.bridge = None
 
-    def start_bridge(self, routes, name):
-        self.stop_bridge()
-        self.bridge_name = name
+    def config(self, routes, name):
+        """The bridge's configuration file for routes (the Node peer reads
+        the same file): its path."""
         cfg = {"id": "bench", "log_level": "warning",
-               "mqtt": {"url": "mqtt://127.0.0.1:%d" % self.mport, "session_expiry": 0},
-               "redis": {"url": "redis://127.0.0.1:%d" % self.rport},
+               "mqtt": {"url": self.mosq.url, "session_expiry": 0},
+               "redis": {"url": self.redis.url},
                "routes": routes}
         path = os.path.join(self.dir, "bridge-%s.json" % name)
         with open(path, "w") as f:
             json.dump(cfg, f)
-        self.blog_path = os.path.join(self.dir, "bridge-%s.log" % name)
-        log = open(self.blog_path, "wb")
-        self.bridge = subprocess.Popen([self.args.bridge, "-c", path],
-                                       stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT)
-        # ready: both sides subscribed; probe by a message each way
+        return path
+
+    def start_bridge(self, routes, name):
+        self.launch(name, [self.args.bridge, "-c", self.config(routes, name)],
+                    ("bridge_m2r_q0", "bridge_r2m_q0"))
+
+    def start_node_peer(self, routes, name="node-peer"):
+        """bench/peer-node/peer.js with the bridge's configuration file."""
+        env = dict(os.environ, NODE_PATH=self.args.node_modules)
+        self.launch(name, [shutil.which("node") or "nodejs", PEER_JS,
+                           self.config(routes, name)],
+                    ("bridge_m2r_q0", "bridge_r2m_q0"), env=env)
+
+    def start_mosquitto_bridge(self, name="mosquitto-bridge"):
+        """A second mosquitto (the subject) bridging to the first with two
+        connections: one takes mb/in/+ from it (as local mbl/+), the other
+        gives mbl/+ back to it as mb/out/+. So each message makes one bridge
+        hop in and one out of the bridging broker, as through our bridge:
+        publisher -> mosquitto -> bridging broker -> mosquitto -> subscriber.
+        (Two connections: mosquitto sends nothing back to the bridge
+        connection it came from.)"""
+        self.stop_bridge()
+        conf = []
+        for conn, topic in (("in", "+ in 0 mbl/ mb/in/"), ("out", "+ out 0 mbl/ mb/out/")):
+            conf += ["connection mrb-bench-%s" % conn,
+                     "address 127.0.0.1:%d" % self.mport, "cleansession true",
+                     "notifications false", "topic %s" % topic]
+        broker = harness.MosquittoConf(self.dir, extra=conf).start()
+        self.bridge_name, self.bridge, self.blog_path = name, broker.proc, broker.log_path
+        self.wait_ready(("mqbridge_m2m_q0",))
+
+    def launch(self, name, cmd, probes, env=None):
+        """Start the subject's process cmd (stopping the one before) and wait
+        until a message crosses it on each of the paths probes."""
+        self.stop_bridge()
+        self.bridge_name = name
+        self.blog_path = os.path.join(self.dir, "%s.log" % name)
+        with open(self.blog_path, "wb") as log:
+            self.bridge = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                           stderr=subprocess.STDOUT, env=env)
+        self.wait_ready(probes)
+
+    def wait_ready(self, probes):
+        """Ready: subscribed on both sides; probed by a message on each path."""
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.bridge.poll() is not None:
-                raise RuntimeError("bridge exited: %s" % open(self.blog_path).read())
-            r = self.gen(["flow", "--pub", "mqtt", "--sub", "redis",
-                          "--pub-prefix", "b0/in/", "--sub-name", "b0:in:*",
-                          "--count", "1", "--idle-ms", "300", "--timeout-s", "1"],
-                         quiet=True)
-            r2 = self.gen(["flow", "--pub", "redis", "--sub", "mqtt",
-                           "--pub-prefix", "b0:out:", "--sub-name", "b0/out/+",
-                           "--count", "1", "--idle-ms", "300", "--timeout-s", "1"],
-                          quiet=True)
-            if r and r2 and r["unique"] == 1 and r2["unique"] == 1:
+                raise RuntimeError("%s exited: %s" % (self.bridge_name,
+                                                      harness.read_text(self.blog_path)))
+            if all(self.probe(p) for p in probes):
                 time.sleep(0.5)
                 return
             time.sleep(0.2)
-        raise RuntimeError("bridge not ready in 20 s: %s" % open(self.blog_path).read())
+        raise RuntimeError("%s not ready in 20 s: %s" % (self.bridge_name,
+                                                         harness.read_text(self.blog_path)))
+
+    def probe(self, path):
+        pub, pp, sub, sn, _ = PATHS[path]
+        r = self.gen(["flow", "--pub", pub, "--sub", sub, "--pub-prefix", pp,
+                      "--sub-name", sn, "--count", "1", "--idle-ms", "300",
+                      "--timeout-s", "1"], quiet=True)
+        return bool(r) and r["unique"] == 1
 
     def gen(self, argv, quiet=False, timeout=200):
         cmd = [self.args.gen] + argv + ["--mqtt-port", str(self.mport),
@@ -269,7 +293,7 @@ class Env:
     def close(self):
         self.stop_bridge()
         for p in (self.mosq, self.redis):
-            stop(p)
+            p.stop()
         if not self.args.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -312,7 +336,23 @@ PATHS = {
     "direct_r2r": ("redis", "direct:", "redis", "direct:*", 0),
     "bridge_user_m2r": ("mqtt", "user/", "redis", "user:*", 0),
     "bridge_user_r2m": ("redis", "user:", "mqtt", "user/+", 0),
+    # through mosquitto's own bridge (Env.start_mosquitto_bridge)
+    "mqbridge_m2m_q0": ("mqtt", "mb/in/", "mqtt", "mb/out/+", 0),
 }
+
+# The peers' measurements after ours of the same figure (Bench.peer_flows):
+# our result key -> (subject, path)s; their keys are SUBJECT/KIND_PATH
+PEER_FLOWS = {
+    "tput_bridge_m2r_q0": (("node", "bridge_m2r_q0"), ("mosquitto-bridge", "mqbridge_m2m_q0")),
+    "tput_bridge_r2m_q0": (("node", "bridge_r2m_q0"),),
+    "tput_bridge_m2r_q1": (("node", "bridge_m2r_q1"),),
+    "lat_bridge_m2r_q0": (("node", "bridge_m2r_q0"), ("mosquitto-bridge", "mqbridge_m2m_q0")),
+    "lat_bridge_r2m_q0": (("node", "bridge_r2m_q0"),),
+}
+
+# The Node peer's routes: the bridge's QoS 0 and 1 routes each way, as in
+# BASE_ROUTES (peer.js has no echo suppression for a route both ways)
+PEER_ROUTES = BASE_ROUTES[:4]
 
 
 # What each bridge path promises (README "What the bridge guarantees",
@@ -368,14 +408,17 @@ class Bench:
         self.n_burst = 20000 if q else 100000
         self.fan = [1000] if q else [1000, 10000]
         self.fan_rounds = 3 if q else 9
+        self.n_redis_bench = 20000 if q else 100000
         self.res = {"results": {}}
         self.problems = []
+        self.subject = "bridge"  # whose process env.bridge is: "bridge" (ours) or a peer
+        self.peer_envs = {}  # subject: its Env (start_peers)
 
     def flow(self, key, path, count, window=500, rate=0, channels=1, tag=None):
         pub, pp, sub, sn, qos = PATHS[path]
         env = self.env
-        pids = {"bridge": env.bridge.pid, "mosquitto": env.mosq.pid,
-                "redis": env.redis.pid}
+        pids = {"bridge": env.bridge.pid, "mosquitto": env.mosq.proc.pid,
+                "redis": env.redis.proc.pid}
         before = {k: (cpu_s(p), run_ns(p)) for k, p in pids.items()}
         with MemSampler(env.bridge.pid) as ms:
             r = env.gen(["flow", "--pub", pub, "--sub", sub, "--pub-prefix", pp,
@@ -398,7 +441,9 @@ class Bench:
                    r["bridge_run_us_per_msg"], r["mosquitto_run_us_per_msg"],
                    r["redis_run_us_per_msg"]))
         print(line, flush=True)
-        problems = count_problems(r, count, PROMISES.get(path, set()))
+        # the peers promise nothing: only their counts are checked
+        problems = count_problems(r, count, PROMISES.get(path, set())
+                                  if self.subject == "bridge" else set())
         if problems:
             self.problems.append("%s (%s): %s; counts: %s"
                                  % (key, path, "; ".join(problems),
@@ -423,14 +468,22 @@ class Bench:
         self.res["memory_kb"] = {"idle": mem_kb(env.bridge.pid)}
         print("bridge idle memory (kB): %s" % self.res["memory_kb"]["idle"], flush=True)
 
+        if a.peers:
+            self.start_peers()
+
         print("-- throughput, closed loop (window 500) --", flush=True)
         n = self.n_tput
         for key in ("direct_m2m_q0", "bridge_m2r_q0", "direct_r2r", "bridge_r2m_q0",
                     "direct_m2m_q1", "bridge_m2r_q1", "bridge_r2m_q1"):
-            self.flow("tput_" + key, key, n if "q1" not in key else n // 2)
+            count = n if "q1" not in key else n // 2
+            self.flow("tput_" + key, key, count)
+            self.peer_flows("tput_" + key, count)
         print("-- latency at 2,000 msg/s --", flush=True)
         for key in ("direct_m2m_q0", "bridge_m2r_q0", "direct_r2r", "bridge_r2m_q0"):
             self.flow("lat_" + key, key, self.n_lat, window=0, rate=2000)
+            self.peer_flows("lat_" + key, self.n_lat, window=0, rate=2000)
+        self.redis_benchmark()
+        self.stop_peers()
         print("-- open-loop burst --", flush=True)
         d0 = env.broker_dropped()
         for key in ("direct_m2m_q0", "bridge_m2r_q0", "bridge_r2m_q0"):
@@ -474,9 +527,73 @@ class Bench:
             self.res["memory_kb"]["after_1000_routes_%d" % i] = mem_kb(env.bridge.pid)
         self.res["meta"]["loadavg_after"] = loadavg()
         self.res["meta"]["seconds"] = round(time.monotonic() - t_start, 1)
+        self.res["comparison"] = comparison(self.res)
         self.res["targets"] = targets(self.res)
         self.res["problems"] = self.problems
         return self.res
+
+    def redis_benchmark(self):
+        """The single-connection Redis round-trip rate, on the bridge's
+        Redis: redis-benchmark -c 1 -P 1 PUBLISH (it has no publish test)."""
+        cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(self.env.rport), "-c", "1",
+               "-P", "1", "-n", str(self.n_redis_bench), "--csv", "PUBLISH", "ch", "x"]
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=120)
+        rows = [l.split('","') for l in p.stdout.decode().splitlines()]
+        if p.returncode != 0 or len(rows) < 2 or len(rows[1]) < 2:
+            raise RuntimeError("%s failed: %s %s" % (" ".join(cmd), p.stdout, p.stderr))
+        rps = float(rows[1][1].strip('"'))
+        self.res["redis_benchmark"] = {"command": " ".join(cmd[:1] + cmd[5:]),
+                                       "requests_per_s": rps}
+        print("redis-benchmark -c 1 -P 1 PUBLISH: %.0f requests/s" % rps, flush=True)
+
+    def start_peers(self):
+        """The peers, each on its own fresh servers, all up at once (idle
+        while the others are measured): the Node peer (mqtt.js + ioredis)
+        and mosquitto's own bridge (MQTT -> MQTT only). Their memory idle
+        (1 s after the start) goes into res["peers"]."""
+        self.res["peers"] = {}
+        starts = {"mosquitto-bridge": lambda e: e.start_mosquitto_bridge()}
+        if self.args.node_modules and os.path.isdir(os.path.join(self.args.node_modules,
+                                                                 "mqtt")):
+            starts["node"] = lambda e: e.start_node_peer(PEER_ROUTES)
+        else:
+            print("Node peer skipped: no mqtt in --node-modules %r (scripts/bench.sh "
+                  "installs bench/peer-node)" % self.args.node_modules, flush=True)
+            self.res["peers"]["node"] = {"skipped": "node modules not found"}
+        for subject, start in sorted(starts.items()):
+            print("starting %s on fresh servers" % subject, flush=True)
+            self.peer_envs[subject] = env = Env(self.args, subject)
+            env.start_servers()
+            start(env)
+        time.sleep(1.0)
+        for subject, env in self.peer_envs.items():
+            self.res["peers"][subject] = {"memory_kb": {"idle": mem_kb(env.bridge.pid)}}
+
+    def peer_flows(self, key, count, **kw):
+        """The peers' measurements of figure key (PEER_FLOWS), right after
+        ours: interleaved, so that the shared machine's load drifts less
+        between them."""
+        kind = key.split("_", 1)[0]
+        for subject, path in PEER_FLOWS.get(key, ()):
+            env = self.peer_envs.get(subject)
+            if env is None:
+                continue
+            ours, self.env, self.subject = self.env, env, subject
+            try:
+                self.flow("%s/%s_%s" % (subject, kind, path), path, count, **kw)
+            finally:
+                self.env, self.subject = ours, "bridge"
+
+    def stop_peers(self):
+        for env in self.peer_envs.values():
+            env.close()
+            self.problems += env.problems
+        self.peer_envs = {}
+
+    def close(self):
+        self.stop_peers()
+        self.env.close()
 
 
 def cpu_model():
@@ -499,6 +616,101 @@ def tool_version(cmd):
 
 
 # --------------------------------------------------------------------------
+# the bridge beside its peers (Bench.start_peers, peer_flows) and the direct path
+
+def figures():
+    """(name, unit, field, ours, Node peer, mosquitto's bridge, direct):
+    result keys (None: not measured there); field: what of the result."""
+    out = []
+    mqb = "mosquitto-bridge/%s_mqbridge_m2m_q0"
+    for kind, fields, unit, direct in (("tput", ("cpu",), "µs", "tput_direct_m2m_q0"),
+                                       ("tput", ("msg_per_s",), "msg/s", "tput_direct_m2m_q0"),
+                                       ("lat", ("p50", "p99"), "µs", "lat_direct_m2m_q0")):
+        for field in fields:
+            for way, d in (("MQTT->Redis", "m2r"), ("Redis->MQTT", "r2m")):
+                name = {"cpu": "CPU per message, %s (QoS 0, closed loop)",
+                        "msg_per_s": "throughput QoS 0, %s"}.get(
+                            field, field + " at 2,000 msg/s, %s") % way
+                key = "%s_bridge_%s_q0" % (kind, d)
+                out.append((name, unit, field, key, "node/" + key, mqb % kind, direct))
+        if field == "msg_per_s":
+            out.append(("throughput QoS 1, MQTT->Redis", "msg/s", "msg_per_s",
+                        "tput_bridge_m2r_q1", "node/tput_bridge_m2r_q1", None,
+                        "tput_direct_m2m_q1"))
+    return out + [
+        ("private memory idle", "kB", "mem_idle", "", "node", "mosquitto-bridge", None),
+        ("private memory loaded (peak under the closed-loop runs)", "kB", "mem_loaded",
+         "", "node", "mosquitto-bridge", None)]
+
+
+FIGURES = figures()
+SUBJECTS = ("ours", "node", "mosquitto_bridge", "direct")
+
+
+def figure_value(res, field, key):
+    """One figure of one subject, or None where it was not measured."""
+    R = res["results"]
+    if key is None:
+        return None
+    if field == "mem_idle":
+        m = res["memory_kb"] if key == "" else res.get("peers", {}).get(key, {}).get("memory_kb")
+        return m["idle"]["Private"] if m else None
+    if field == "mem_loaded":
+        pre = key + "/tput_" if key else "tput_"
+        peaks = [r["bridge_mem_peak_kb"].get("Private", 0) for k, r in R.items()
+                 if k.startswith(pre)]
+        return max(peaks) if peaks else None
+    r = R.get(key)
+    if r is None:
+        return None
+    if field == "cpu":
+        # utime + stime of /proc/PID/stat, all threads, of the subject's
+        # process; on a direct path of the server that carries it
+        return r["%s_cpu_us_per_msg" % ("mosquitto" if "_direct_m2m_" in key else "bridge")]
+    if field in ("p50", "p99"):
+        return r["lat_us"][field]
+    return r[field]
+
+
+def comparison(res):
+    """The FIGURES of each subject and ours / each other one."""
+    out = []
+    for name, unit, field, *keys in FIGURES:
+        v = dict(zip(SUBJECTS, (figure_value(res, field, k) for k in keys)))
+        ratio = {s: (round(v["ours"] / v[s], 3) if v["ours"] is not None and v[s] else None)
+                 for s in SUBJECTS[1:]}
+        out.append({"figure": name, "unit": unit, "values": v, "ours_over": ratio})
+    return out
+
+
+def issue_targets(res, add):
+    """The issue's targets against the peers (met/missed, never failing the
+    run; n/a where a peer was not measured)."""
+    C = {c["figure"]: c for c in res["comparison"]}
+    for d in ("MQTT->Redis", "Redis->MQTT"):
+        c = C["CPU per message, %s (QoS 0, closed loop)" % d]
+        o, n = c["values"]["ours"], c["values"]["node"]
+        add("CPU/msg %s <= Node peer's" % d, o, "<= %s" % fmt(n),
+            None if n is None else o <= n, "µs")
+        c = C["throughput QoS 0, %s" % d]
+        peers = [x for x in (c["values"]["node"], c["values"]["mosquitto_bridge"])
+                 if x is not None]
+        o = c["values"]["ours"]
+        add("throughput QoS 0 %s >= best peer's" % d, round(o), ">= %s"
+            % fmt(max(peers) if peers else None), o >= max(peers) if peers else None,
+            "msg/s")
+        c = C["p50 at 2,000 msg/s, %s" % d]
+        o, m = c["values"]["ours"], c["values"]["mosquitto_bridge"]
+        add("p50 at 2,000 msg/s %s <= mosquitto bridge's" % d, o, "<= %s" % fmt(m),
+            None if m is None else o <= m, "µs")
+    rb = res.get("redis_benchmark", {}).get("requests_per_s")
+    q1 = res["results"]["tput_bridge_m2r_q1"]["msg_per_s"]
+    add("throughput QoS 1 MQTT->Redis / redis-benchmark -c 1 -P 1 PUBLISH (%s/s)"
+        % fmt(rb), round(q1 / rb, 3) if rb else None, ">= 0.75",
+        q1 >= 0.75 * rb if rb else None, "x")
+
+
+# --------------------------------------------------------------------------
 # targets
 
 def targets(res):
@@ -506,8 +718,10 @@ def targets(res):
     t = []
 
     def add(name, value, limit, ok, unit=""):
-        t.append({"target": name, "value": value, "limit": limit, "met": bool(ok),
-                  "unit": unit})
+        t.append({"target": name, "value": value, "limit": limit,
+                  "met": None if ok is None else bool(ok), "unit": unit})
+
+    issue_targets(res, add)
 
     dm0 = R["tput_direct_m2m_q0"]["msg_per_s"]
     for k in ("bridge_m2r_q0", "bridge_r2m_q0"):
@@ -525,7 +739,11 @@ def targets(res):
         b, dd = R["lat_" + k]["lat_us"], R["lat_" + d]["lat_us"]
         add("latency p50 %s - direct MQTT" % k, b["p50"] - dd["p50"], "<= 50",
             b["p50"] <= dd["p50"] + 50, "us")
-        add("latency p99 %s" % k, b["p99"], "<= 1000", b["p99"] <= 1000, "us")
+        # the issue's: p99 <= 1 ms, or <= 2 x direct's where direct's own
+        # p99 is worse than 1 ms
+        lim = 1000 if dd["p99"] <= 1000 else 2 * dd["p99"]
+        add("latency p99 %s (direct MQTT p99 %d us)" % (k, dd["p99"]), b["p99"],
+            "<= %d" % lim, b["p99"] <= lim, "us")
     r2m = R["burst_bridge_r2m_q0"]
     add("burst Redis->MQTT lost", r2m["lost"], "0", r2m["lost"] == 0, "msgs")
     m2r = R["burst_bridge_m2r_q0"]
@@ -566,6 +784,13 @@ def targets(res):
     return t
 
 
+def fmt(x):
+    """A figure for the tables: "-" where it was not measured."""
+    if x is None:
+        return "-"
+    return "%.2f" % x if isinstance(x, float) and abs(x) < 100 else "%.0f" % x
+
+
 def table(res):
     R = res["results"]
     m = res["meta"]
@@ -576,7 +801,7 @@ def table(res):
                                  "quick" if m["quick"] else "full", m.get("seconds", 0)),
            "",
            "| measurement | msg/s | lost | dup | reordered | p50 µs | p99 µs | max µs "
-           "| bridge CPU µs/msg | mosquitto CPU µs/msg | redis CPU µs/msg |",
+           "| subject CPU µs/msg | mosquitto CPU µs/msg | redis CPU µs/msg |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for k, r in R.items():
         out.append("| %s | %.0f | %d | %d | %d | %d | %d | %d | %.2f | %.2f | %.2f |"
@@ -584,6 +809,21 @@ def table(res):
                       r["lat_us"]["p50"], r["lat_us"]["p99"], r["lat_us"]["max"],
                       r["bridge_run_us_per_msg"], r["mosquitto_run_us_per_msg"],
                       r["redis_run_us_per_msg"]))
+    if res.get("redis_benchmark"):
+        out += ["", "Single-connection Redis round trips (`%s`): %.0f requests/s."
+                % (res["redis_benchmark"]["command"],
+                   res["redis_benchmark"]["requests_per_s"])]
+    out += ["", "Ours beside the peers (each on its own fresh servers; mosquitto's "
+            "bridge MQTT->MQTT in both directions' rows; direct: mosquitto alone, "
+            "`direct_m2m`; -: not measured there):", "",
+            "| figure | ours | Node peer | mosquitto bridge | direct | ours / Node "
+            "| ours / mosquitto bridge | ours / direct |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in res.get("comparison", []):
+        v, q = c["values"], c["ours_over"]
+        out.append("| %s (%s) | %s | %s | %s | %s | %s | %s | %s |"
+                   % ((c["figure"], c["unit"]) + tuple(fmt(v[k]) for k in SUBJECTS)
+                      + tuple(fmt(q[k]) for k in SUBJECTS[1:])))
     out += ["", "| fan-out subscribers | bridge ms (median) | direct ms (median) | "
             "bridge min/max | direct min/max | connect s |", "|---:|---:|---:|---:|---:|---:|"]
     for k, f in res.get("fanout", {}).items():
@@ -602,7 +842,9 @@ def table(res):
             "| target | measured | limit | met |", "|---|---:|---:|---|"]
     for t in res["targets"]:
         out.append("| %s | %s %s | %s | %s |" % (t["target"], t["value"], t["unit"],
-                                                 t["limit"], "yes" if t["met"] else "**no**"))
+                                                 t["limit"],
+                                                 {True: "yes", False: "**no**"}.get(t["met"],
+                                                                                   "n/a")))
     return "\n".join(out) + "\n"
 
 
@@ -616,7 +858,13 @@ def main():
     ap.add_argument("--doc", help="write the result table into this Markdown file "
                     "between <!-- bench:begin --> and <!-- bench:end -->")
     ap.add_argument("--check", action="store_true")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    ap.add_argument("--no-peers", dest="peers", action="store_false",
+                    help="measure neither the Node peer nor mosquitto's bridge")
+    ap.add_argument("--node-modules", default=os.path.join(root, "build-bench", "_peer-node",
+                                                           "node_modules"),
+                    help="node_modules of bench/peer-node (npm ci); the Node peer is "
+                    "skipped if mqtt is not there")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 20000 if hard == resource.RLIM_INFINITY else min(hard, 20000)
@@ -628,7 +876,7 @@ def main():
     try:
         res = b.run()
     finally:
-        b.env.close()
+        b.close()
     res["problems"] += b.env.problems
     text = table(res)
     print()

@@ -53,17 +53,15 @@ command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 # npm tools go into the build area: dockerfilelint (tests/lint/check-docker.sh
 # looks there) and aedes, a broker without MQTT 5 for the protocol fallback
 # test (tests/integration/harness.py looks there). tests/tools/package-lock.json
-# pins them and every dependency; `npm ci` installs exactly that, again
-# whenever the lock file changes.
-if [[ ! -x $TOOLS_DIR/node_modules/.bin/dockerfilelint ||
-      ! -f $TOOLS_DIR/node_modules/aedes/package.json ]] ||
-   ! cmp -s "$NPM_TOOLS/package-lock.json" "$TOOLS_DIR/package-lock.json"; then
-  [[ ${MRB_SKIP_INSTALL:-0} == 1 ]] && die "npm tools (dockerfilelint, aedes) missing or stale (MRB_SKIP_INSTALL=1)"
-  echo "installing: the npm tools of tests/tools/package-lock.json (dockerfilelint, aedes) into $TOOLS_DIR"
-  mkdir -p "$TOOLS_DIR"
-  cp "$NPM_TOOLS/package.json" "$NPM_TOOLS/package-lock.json" "$TOOLS_DIR/"
-  NPM_CONFIG_UPDATE_NOTIFIER=false NPM_CONFIG_FUND=false NPM_CONFIG_AUDIT=false \
-    npm ci --prefix "$TOOLS_DIR" --loglevel=error
+# pins them and every dependency (npm_ci_into, scripts/apt.sh). The Node peer
+# of the benchmark (bench/peer-node) likewise, for the bench_quick test, which
+# skips that peer (and says so) where it is missing: with MRB_SKIP_INSTALL=1
+# it is not installed and not required.
+npm_ci_into "$NPM_TOOLS" "$TOOLS_DIR" node_modules/.bin/dockerfilelint \
+  node_modules/aedes/package.json
+if [[ ${MRB_SKIP_INSTALL:-0} != 1 ]]; then
+  npm_ci_into "$ROOT/bench/peer-node" "$ROOT/$BUILD_DIR/_peer-node" \
+    node_modules/mqtt/package.json node_modules/ioredis/package.json
 fi
 export PATH="$TOOLS_DIR/node_modules/.bin:$PATH"
 

@@ -1212,3 +1212,49 @@ def main():
     if "/usr/sbin" not in os.environ.get("PATH", "").split(":"):
         os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin"
     unittest.main(module="__main__", argv=rest, verbosity=2)
+
+
+# --------------------------------------------------------------------------
+# servers with more settings (bench/run.py)
+
+class RedisServerArgs(RedisServer):
+    """A RedisServer started with more redis-server arguments (args), e.g.
+    ["--maxclients", "20000"]."""
+
+    def __init__(self, workdir, port=None, args=(), **kw):
+        super().__init__(workdir, port, **kw)
+        self.more_args = list(args)
+
+    def _extra(self):
+        return super()._extra() + self.more_args
+
+
+class MosquittoConf(Mosquitto):
+    """A plain Mosquitto (anonymous, set_tcp_nodelay true, no persistence)
+    whose configuration ends with the lines `extra`: e.g. "sys_interval 1",
+    or a bridge's "connection" section. Only errors and warnings are logged
+    (a benchmark's 10,000 connections would fill the log). The options of
+    Mosquitto (users, tls, ...) are not taken."""
+
+    def __init__(self, workdir, port=None, extra=()):
+        super().__init__(workdir, port)
+        self.extra = list(extra)
+
+    def start(self):
+        with open(self.conf_path, "w") as f:
+            f.write("listener %d 127.0.0.1\nallow_anonymous true\n"
+                    "set_tcp_nodelay true\npersistence false\nuser root\n"
+                    "log_dest file %s\nlog_type error\nlog_type warning\n"
+                    % (self.port, self.log_path))
+            f.write("".join(line + "\n" for line in self.extra))
+        with open(self.out_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                ["mosquitto", "-c", self.conf_path],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        if not wait_until(lambda: self.proc.poll() is not None or self._accepts(),
+                          SERVER_TIMEOUT, 0.01) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError("mosquitto did not start on port %d:\n%s\n%s"
+                               % (self.port, tail(read_text(self.out_path)),
+                                  tail(read_text(self.log_path))))
+        return self
