@@ -46,7 +46,7 @@
  * routes_lock while they use it, and keep no pointer into it afterwards:
  * a route index is only valid under the lock it was found under.
  *
- * Route options (limits.c, ingest.c, bridge.c, stream.c): the rate-limit
+ * Route options (limits.c, ingest.c, pump.c, stream.c): the rate-limit
  * buckets are one array, b->limits, indexed like b->routes.route and
  * swapped with it (under routes_lock). Each entry has a bucket per
  * direction, owned by the thread of that direction (to_redis: the ingest
@@ -420,8 +420,7 @@ typedef struct mrb_bridge {
     int fatal;                   /* an unrecoverable error was logged: exit 1 */
 } mrb_bridge;
 
-/* bridge.c */
-void mrb_bridge_wake(mrb_bridge *b);
+/* pump.c: Redis -> MQTT, pub/sub (main thread) */
 void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
                                  const char *channel, size_t clen,
                                  const char *payload, size_t plen);
@@ -437,6 +436,9 @@ mrb_echo_note_result mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *top
 void mrb_bridge_unnote_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
                                     const char *payload, size_t plen,
                                     mrb_echo_note_result how);
+
+/* bridge.c */
+void mrb_bridge_wake(mrb_bridge *b);
 /* One rate-limited line for a message no route can map (any thread, with
  * its own rl and counter; lb: formatted into it, to be written after a
  * lock is released; NULL: written now). */
