@@ -7,7 +7,7 @@
  * the loop: MQTT events and timers, Redis timers, then the two pumps:
  *
  *   out_q (Redis -> MQTT): messages that arrived while the broker was down
- *                           or Paho's window was full.
+ *                           or Paho's window was full (pump.c).
  *   stream mode (Redis -> MQTT) is read and acknowledged in stream.c.
  *   replay requests and their answers: replay_io.c.
  *
@@ -19,6 +19,8 @@
  * subscriptions match is fingerprinted and the copy that comes back is
  * recognised and dropped (the echo guard, echo.h). MQTT 3.1.1 gets the same
  * treatment on the MQTT side.
+ *
+ * A SIGHUP is taken here and applied by reload.c.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,6 +37,7 @@
 #endif
 
 #include "bridge_int.h"
+#include "loop_int.h"
 #include "mrb/envelope.h"
 
 static volatile sig_atomic_t got_stop, got_usr1, got_hup;
@@ -129,219 +132,6 @@ int mrb_bridge_unwrap(mrb_bridge *b, const char *side, const char *name,
     return 0;
 }
 
-/* ---- Redis -> MQTT ---- */
-
-/* Queue for MQTT; need_token: the message must still take a token of its
- * route's rate limit before it goes. */
-static void out_enqueue(mrb_bridge *b, const char *topic, size_t tlen,
-                        const char *payload, size_t plen, int qos, int retain,
-                        unsigned route, int64_t t0_us, int need_token)
-{
-    mrb_msg *m = mrb_msg_new(topic, tlen, payload, plen, qos, retain);
-    if (!m) {
-        b->c.dropped_send_failed++;
-        if (route < b->st.n)
-            mrb_stats_count(&b->st.r[route].r2m.dropped_send_failed, 1);
-        return;
-    }
-    m->route = route;
-    m->taken_us = t0_us;
-    m->seq = need_token; /* over its route's rate: takes a token first */
-    size_t dropped = 0;
-    mrb_msg *old;
-    while ((old = mrb_queue_pop_if_full(&b->out_q, mrb_msg_size(m))) != NULL) {
-        if (old->route < b->st.n)
-            mrb_stats_count(&b->st.r[old->route].r2m.dropped_queue_full, 1);
-        free(old);
-        dropped++;
-    }
-    mrb_queue_push(&b->out_q, m);
-    if (dropped) {
-        uint64_t sup;
-        b->c.dropped_queue_full += dropped;
-        if (mrb_ratelimit_allow(&b->rl_full, mrb_now_ms(), &sup))
-            mrb_warn("dropped %zu oldest message(s) waiting for MQTT: queue full "
-                     "(limits.queue_messages %ld, limits.queue_bytes %ld); "
-                     "dropped_queue_full=%llu (%llu similar not logged)", dropped,
-                     b->cfg->queue_messages, b->cfg->queue_bytes,
-                     (unsigned long long)b->c.dropped_queue_full,
-                     (unsigned long long)sup);
-    }
-}
-
-/* Send to the broker now; 0 if it must wait (down or window full). */
-static int mqtt_send(mrb_bridge *b, const char *topic, size_t tlen,
-                     const char *payload, size_t plen, int qos, int retain,
-                     unsigned route, int64_t t0_us)
-{
-    /* before the send: the echo may be back (and judged by the ingest
-     * thread) before mrb_mqtt_publish() returns */
-    mrb_echo_note_result noted = mrb_bridge_note_mqtt_publish(b, topic, tlen, payload,
-                                                              plen);
-    if (noted == MRB_ECHO_FULL)
-        return 0; /* the ingest thread wakes us when there is room */
-    mrb_err err = mrb_mqtt_publish(b, topic, payload, plen, qos, retain, route, t0_us);
-    if (err != MRB_OK)
-        mrb_bridge_unnote_mqtt_publish(b, topic, tlen, payload, plen, noted);
-    if (err == MRB_ERR_FULL || err == MRB_ERR_CONN)
-        return 0;
-    if (err != MRB_OK) {
-        uint64_t sup;
-        char esc[MRB_LOG_ESCAPE_MAX];
-        b->c.dropped_send_failed++;
-        if (route < b->st.n)
-            mrb_stats_count(&b->st.r[route].r2m.dropped_send_failed, 1);
-        if (mrb_ratelimit_allow(&b->rl_send, mrb_now_ms(), &sup))
-            mrb_warn("dropped message to MQTT topic '%s': the MQTT library "
-                     "refused it; dropped_send_failed=%llu (%llu similar not "
-                     "logged)", mrb_log_escape(topic, tlen, esc, sizeof(esc)),
-                     (unsigned long long)b->c.dropped_send_failed,
-                     (unsigned long long)sup);
-        return 1;
-    }
-    return 1;
-}
-
-mrb_echo_note_result mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *topic,
-                                                  size_t tlen, const char *payload,
-                                                  size_t plen)
-{
-    if (b->mqtt.version == MQTTVERSION_5 ||
-        mrb_routes_mqtt_canonical(&b->routes, topic, tlen) == MRB_NO_SUB)
-        return MRB_ECHO_NOT_NEEDED;
-    mrb_echo_note_result r =
-        mrb_echo_note_mqtt(b->echo, mrb_seen_key(topic, tlen, payload, plen));
-    if (r == MRB_ECHO_FULL) {
-        /* held back until the ingest thread takes copies (it wakes us);
-         * then look again, in case it took the last one meanwhile */
-        atomic_store(&b->mqtt_echo_wait, 1);
-        if (mrb_echo_mqtt_has_room(b->echo))
-            mrb_bridge_wake(b);
-    }
-    return r;
-}
-
-void mrb_bridge_unnote_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
-                                    const char *payload, size_t plen,
-                                    mrb_echo_note_result how)
-{
-    mrb_echo_unnote_mqtt(b->echo, mrb_seen_key(topic, tlen, payload, plen), how);
-}
-
-void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
-                                 const char *channel, size_t clen,
-                                 const char *payload, size_t plen)
-{
-    if (b->stopping)
-        return; /* the subscriber is being closed: intake has stopped */
-    /* Overlapping subscriptions deliver one copy each; act on the copy of
-     * the first subscription that matches. */
-    size_t idx = mrb_routes_redis_sub_index(&b->routes, sub, sublen);
-    if (idx != mrb_routes_redis_canonical(&b->routes, channel, clen)) {
-        b->c.duplicates++;
-        return;
-    }
-    b->c.redis_in++;
-    int64_t t0_us = mrb_now_us();
-    if (mrb_echo_take_redis(b->echo, mrb_seen_key(channel, clen, payload, plen),
-                            mrb_now_ms())) {
-        b->c.echoes++;
-        /* the ingest thread may wait for this room */
-        if (atomic_load(&b->ing.echo_wait) && mrb_echo_redis_has_room(b->echo))
-            mrb_ingest_kick_unlocked(b);
-        return;
-    }
-    /* drops before mapping count for the first route of the subscription */
-    mrb_route_stats *rs = mrb_stats_by_redis_sub(b, idx);
-    if ((long)plen > b->cfg->max_payload) {
-        if (rs)
-            mrb_stats_count(&rs->r2m.dropped_too_large, 1);
-        mrb_bridge_warn_too_large(b, "Redis channel", channel, clen, plen);
-        return;
-    }
-    mrb_targets *tg = &b->tg;
-    if (mrb_routes_map_redis(&b->routes, MRB_MODE_PUBSUB, channel, clen, tg) != MRB_OK) {
-        b->c.dropped_send_failed++;
-        if (rs)
-            mrb_stats_count(&rs->r2m.dropped_send_failed, 1);
-        return;
-    }
-    if (tg->n == 0) {
-        if (rs)
-            mrb_stats_count(&rs->r2m.dropped_unmappable, 1);
-        mrb_bridge_warn_unmappable(b, "Redis channel", channel, clen);
-        return;
-    }
-    char *unwrapped = NULL;
-    size_t ulen = 0;
-    int unwrap_state = 0; /* 0 not tried, 1 done, -1 not an envelope */
-    for (size_t i = 0; i < tg->n; i++) {
-        unsigned ri = (unsigned)tg->v[i].route;
-        const mrb_route *r = &b->routes.route[ri];
-        mrb_stats_count(&b->st.r[ri].r2m.in, 1);
-        mrb_stats_count(&b->st.r[ri].r2m.bytes_in, plen);
-        char *topic = tg->buf + tg->v[i].off;
-        size_t tlen = tg->v[i].len;
-        const char *p = payload;
-        size_t pl = plen;
-        if (r->unwrap) {
-            if (unwrap_state == 0)
-                unwrap_state = mrb_bridge_unwrap(b, "Redis channel", channel, clen,
-                                                 payload, plen, &unwrapped, &ulen)
-                                   ? 1 : -1;
-            if (unwrap_state < 0)
-                continue;
-            p = unwrapped;
-            pl = ulen;
-        }
-        int limited = 0;
-        mrb_route_limit *lim = b->limits ? &b->limits[ri] : NULL;
-        if (lim && mrb_bucket_limited(&lim->to_mqtt)) {
-            if (r->qos == 0 && !mrb_bucket_take(&lim->to_mqtt, mrb_now_ms())) {
-                mrb_limits_dropped_one(b, ri, 0, &lim->rl_mqtt, "Redis channel",
-                                       channel, clen, NULL);
-                continue;
-            }
-            /* QoS > 0: waits in out_q for its token (in order) */
-            limited = r->qos > 0 && (b->out_q.count > 0 ||
-                                     !mrb_bucket_take(&lim->to_mqtt, mrb_now_ms()));
-        }
-        char save = topic[tlen];
-        topic[tlen] = '\0'; /* Paho wants a C string; the buffer has room */
-        if (limited || b->out_q.count > 0 ||
-            !mqtt_send(b, topic, tlen, p, pl, r->qos, r->retain, ri, t0_us))
-            out_enqueue(b, topic, tlen, p, pl, r->qos, r->retain, ri, t0_us, limited);
-        topic[tlen] = save;
-    }
-    free(unwrapped);
-}
-
-static void pump_out(mrb_bridge *b)
-{
-    mrb_msg *m;
-    b->out_rate_wait_ms = 0;
-    while ((m = mrb_queue_pop(&b->out_q)) != NULL) {
-        if (m->seq && b->limits && m->route < b->routes.n) {
-            /* a QoS > 0 message over its route's rate limit: its turn
-             * comes with the token (a timer of the loop) */
-            mrb_bucket *k = &b->limits[m->route].to_mqtt;
-            int64_t now = mrb_now_ms();
-            if (!mrb_bucket_take(k, now)) {
-                b->out_rate_wait_ms = now + mrb_bucket_wait_ms(k, now);
-                mrb_queue_push_front(&b->out_q, m);
-                return;
-            }
-            m->seq = 0;
-        }
-        if (!mqtt_send(b, mrb_msg_name(m), m->name_len, mrb_msg_payload(m),
-                       m->payload_len, m->qos, m->retain, m->route, m->taken_us)) {
-            mrb_queue_push_front(&b->out_q, m);
-            return;
-        }
-        free(m);
-    }
-}
-
 /* ---- the loop ---- */
 
 static void check_ready(mrb_bridge *b)
@@ -425,136 +215,6 @@ void mrb_trim(void)
 #endif
 }
 
-/* ---- reload (SIGHUP) ---- */
-
-/* What --check prints of cfg, apart from the routes and the log level: the
- * settings a reload does not apply. NULL if out of memory. */
-static char *other_settings(const mrb_config *cfg)
-{
-    mrb_config c = *cfg; /* a shallow copy, only printed */
-    c.routes = NULL;
-    c.n_routes = 0;
-    c.log_level = MRB_LOG_INFO;
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    if (!f)
-        return NULL;
-    mrb_config_print(&c, f);
-    fclose(f);
-    return text;
-}
-
-static int route_in(const mrb_routes *t, const char *line)
-{
-    char other[600];
-    for (size_t i = 0; i < t->n; i++) {
-        mrb_route_format(&t->route[i], other, sizeof(other));
-        if (strcmp(other, line) == 0)
-            return 1;
-    }
-    return 0;
-}
-
-/* Log the routes of a that b does not have, as "what: route"; count them. */
-static size_t log_route_diff(const mrb_routes *a, const mrb_routes *b,
-                             const char *what)
-{
-    size_t n = 0;
-    char line[600];
-    for (size_t i = 0; i < a->n; i++) {
-        mrb_route_format(&a->route[i], line, sizeof(line));
-        if (!route_in(b, line)) {
-            mrb_info("reload: route %s: %s", what, line);
-            n++;
-        }
-    }
-    return n;
-}
-
-/* Read the configuration again; if it is valid, apply its routes (subscribe
- * and unsubscribe the difference, on connections that stay up) and its log
- * level. An invalid one changes nothing. */
-static void reload(mrb_bridge *b)
-{
-    mrb_config nc;
-    char msg[1024];
-    mrb_config_init(&nc);
-    if (!b->reload) {
-        mrb_warn("reload: not supported here; SIGHUP ignored");
-        goto out;
-    }
-    mrb_info("reload: reading the configuration again (SIGHUP)");
-    mrb_err err = b->reload(b->reload_ctx, &nc, msg, sizeof(msg));
-    if (err != MRB_OK) {
-        mrb_error("reload: %s; the running configuration stays as it is",
-                  err == MRB_ERR_INVALID ? msg : mrb_strerror(err));
-        goto out;
-    }
-    mrb_routes t, old;
-    int had_replay = mrb_replay_topic(b) != NULL;
-    if (mrb_routes_build_from(&t, nc.routes, nc.n_routes, &b->routes) != MRB_OK) {
-        mrb_error("reload: out of memory; the running configuration stays as it is");
-        goto out;
-    }
-    mrb_stats_table st, old_st;
-    /* the rate limits of the new table start full */
-    mrb_route_limit *limits = mrb_limits_alloc(&t, mrb_now_ms(), &err), *old_limits;
-    if (err != MRB_OK || mrb_stats_table_alloc(&st, &t) != MRB_OK) {
-        mrb_limits_free(limits);
-        mrb_routes_free(&t);
-        mrb_error("reload: out of memory; the running configuration stays as it is");
-        goto out;
-    }
-    /* with the lock held no other thread counts: the counters of the
-     * routes that stay are carried over whole */
-    pthread_mutex_lock(&b->routes_lock);
-    mrb_stats_table_carry(&st, &t, &b->st, &b->routes);
-    old_st = b->st;
-    b->st = st;
-    old = b->routes;
-    b->routes = t;
-    b->routes_gen++;
-    old_limits = b->limits;
-    b->limits = limits;
-    b->limits_due_ms[0] = b->limits_due_ms[1] = INT64_MAX; /* fresh buckets */
-    pthread_mutex_unlock(&b->routes_lock);
-    mrb_stats_table_free(&old_st);
-    mrb_limits_free(old_limits);
-    /* messages waiting for a token of the old table go without one */
-    for (mrb_msg *m = b->out_q.head; m; m = m->next)
-        m->seq = 0;
-    for (mrb_msg *m = b->sx_q.head; m; m = m->next)
-        m->seq = 0;
-    mrb_log_set_level(nc.log_level);
-
-    size_t added = log_route_diff(&b->routes, &old, "added");
-    size_t removed = log_route_diff(&old, &b->routes, "removed");
-    size_t ma, mr, ra, rr, sa, sr;
-    mrb_replay_update(b); /* the first stream route turns replay on */
-    mrb_mqtt_apply_routes(b, &old, had_replay, &ma, &mr);
-    mrb_redis_apply_routes(b, &old, &ra, &rr);
-    if (mrb_stream_apply_routes(b, &old, &sa, &sr) != MRB_OK)
-        mrb_error("reload: out of memory: stream keys are not read until the "
-                  "next reconnect");
-    mrb_routes_free(&old);
-    b->reload_wait = 1;
-    mrb_info("reload: done: %zu route(s), %zu added, %zu removed; MQTT "
-             "subscriptions +%zu -%zu, Redis subscriptions +%zu -%zu, stream "
-             "keys/patterns +%zu -%zu; log level %s",
-             b->routes.n, added, removed, ma, mr, ra, rr, sa, sr,
-             mrb_log_level_name(nc.log_level));
-
-    char *was = other_settings(b->cfg), *now = other_settings(&nc);
-    if (was && now && strcmp(was, now) != 0)
-        mrb_warn("reload: settings other than routes and log_level differ from "
-                 "the running ones; they take effect at the next restart");
-    free(was);
-    free(now);
-out:
-    mrb_config_free(&nc);
-}
-
 /* The summaries of main's warning bursts that ended (log.h); returns when
  * the next is due. */
 static int64_t flush_warnings(mrb_bridge *b, int64_t now)
@@ -599,7 +259,7 @@ static int run_loop(mrb_bridge *b)
         if (got_hup) {
             got_hup = 0;
             if (!b->stopping)
-                reload(b);
+                mrb_reload(b);
         }
         if (got_stop && !b->stopping) {
             pthread_mutex_lock(&b->in_lock);
@@ -619,7 +279,7 @@ static int run_loop(mrb_bridge *b)
         mrb_mqtt_tick(b, now);
         mrb_redis_tick(b, now);
         mrb_stream_tick(b, now);
-        pump_out(b);
+        mrb_pump_out(b);
         mrb_stream_pump(b);
         mrb_replay_pump(b);
         check_ready(b);

@@ -7,7 +7,7 @@
  * The main thread runs the poll() loop and owns everything here, with these
  * exceptions that Paho's threads touch:
  *   - MQTT->Redis is not main's at all: Paho's receive thread pushes into
- *     in_q and the ingest thread (ingest.c, its own blocking hiredis
+ *     in_q (intake.c) and the ingest thread (ingest.c, its own blocking hiredis
  *     connection) pops and sends. in_q, in_acked_seq, in_release,
  *     in_waiting, ing.busy/idle/work and the counters marked [in_lock] are
  *     guarded by in_lock. For a QoS 1/2 message the receive thread waits on
@@ -46,7 +46,7 @@
  * routes_lock while they use it, and keep no pointer into it afterwards:
  * a route index is only valid under the lock it was found under.
  *
- * Route options (limits.c, ingest.c, bridge.c, stream.c): the rate-limit
+ * Route options (limits.c, ingest.c, pump.c, stream.c): the rate-limit
  * buckets are one array, b->limits, indexed like b->routes.route and
  * swapped with it (under routes_lock). Each entry has a bucket per
  * direction, owned by the thread of that direction (to_redis: the ingest
@@ -89,7 +89,8 @@
  * back to the system (mrb_trim), so memory returns to its idle size. */
 #define MRB_TRIM_IDLE_MS 1000
 /* A message callback that waits for Redis while main stays inside one Paho
- * call this long gives its message back to the broker (mqtt.c on_message). */
+ * call this long gives its message back to the broker (intake.c
+ * mrb_intake_on_message). */
 #define MRB_CALLBACK_BLOCK_MS 1000
 /* A callback that has waited this long waits for something slow: main
  * does not start QoS > 0 publishes meanwhile (mqtt.c paho_enter). */
@@ -420,8 +421,7 @@ typedef struct mrb_bridge {
     int fatal;                   /* an unrecoverable error was logged: exit 1 */
 } mrb_bridge;
 
-/* bridge.c */
-void mrb_bridge_wake(mrb_bridge *b);
+/* pump.c: Redis -> MQTT, pub/sub (main thread) */
 void mrb_bridge_on_redis_message(mrb_bridge *b, const char *sub, size_t sublen,
                                  const char *channel, size_t clen,
                                  const char *payload, size_t plen);
@@ -437,6 +437,9 @@ mrb_echo_note_result mrb_bridge_note_mqtt_publish(mrb_bridge *b, const char *top
 void mrb_bridge_unnote_mqtt_publish(mrb_bridge *b, const char *topic, size_t tlen,
                                     const char *payload, size_t plen,
                                     mrb_echo_note_result how);
+
+/* bridge.c */
+void mrb_bridge_wake(mrb_bridge *b);
 /* One rate-limited line for a message no route can map (any thread, with
  * its own rl and counter; lb: formatted into it, to be written after a
  * lock is released; NULL: written now). */
@@ -498,9 +501,6 @@ typedef struct mrb_pub_props {
 mrb_err mrb_mqtt_publish_props(mrb_bridge *b, const char *topic,
                                const void *payload, size_t len, int qos,
                                int retain, const mrb_pub_props *pp);
-/* Let a receive thread waiting in the message callback return (after the
- * network connection is closed, so that its PUBACK is not sent). */
-void mrb_mqtt_release_waiter(mrb_bridge *b);
 /* Close the broker connection's socket under Paho (any thread): nothing
  * more, a PUBACK included, reaches the broker. 0 if not known. stay_down:
  * no reconnect (shutdown); else main reconnects as after any loss. */
@@ -513,6 +513,11 @@ void mrb_mqtt_apply_routes(mrb_bridge *b, const mrb_routes *old, int had_replay,
 void mrb_mqtt_free_pending(mrb_bridge *b);
 /* Publish "offline", disconnect; waits at most timeout_ms. */
 void mrb_mqtt_shutdown(mrb_bridge *b, int timeout_ms);
+
+/* intake.c: Paho's message callback (its receive thread; mqtt_int.h) */
+/* Let a receive thread waiting in the message callback return (after the
+ * network connection is closed, so that its PUBACK is not sent). Main. */
+void mrb_mqtt_release_waiter(mrb_bridge *b);
 
 /* redis.c */
 void mrb_redis_init(mrb_bridge *b);

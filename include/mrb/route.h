@@ -149,7 +149,7 @@ typedef struct mrb_routes {
     mrb_sub *stream_sub;/* distinct keys/patterns of stream routes that carry
                           Redis->MQTT (read through a consumer group) */
     size_t n_stream_sub;
-    /* Lookup indexes by first level / first segment (route.c), so that the
+    /* Lookup indexes by first level / first segment (routes.c), so that the
      * cost per message does not grow with the number of routes: routes by
      * MQTT filter, routes by Redis pattern, mqtt_sub, redis_sub. */
     struct mrb_rindex *ix_route_mqtt, *ix_route_redis, *ix_mqtt_sub, *ix_redis_sub;
