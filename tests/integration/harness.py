@@ -1233,7 +1233,8 @@ class MosquittoConf(Mosquitto):
     """A plain Mosquitto (anonymous, set_tcp_nodelay true, no persistence)
     whose configuration ends with the lines `extra`: e.g. "sys_interval 1",
     or a bridge's "connection" section. Only errors and warnings are logged
-    (a benchmark's 10,000 connections would fill the log). The options of
+    (a benchmark's 10,000 connections would fill the log: connection
+    messages off; information on, for the listen line that _accepts needs). The options of
     Mosquitto (users, tls, ...) are not taken."""
 
     def __init__(self, workdir, port=None, extra=()):
@@ -1245,6 +1246,9 @@ class MosquittoConf(Mosquitto):
             f.write("listener %d 127.0.0.1\nallow_anonymous true\n"
                     "set_tcp_nodelay true\npersistence false\nuser root\n"
                     "log_dest file %s\nlog_type error\nlog_type warning\n"
+                    # "Opening ... listen socket" is information: _accepts
+                    # looks for it; no line per connection
+                    "log_type information\nconnection_messages false\n"
                     % (self.port, self.log_path))
             f.write("".join(line + "\n" for line in self.extra))
         with open(self.out_path, "ab") as out:
