@@ -10,7 +10,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import harness  # noqa: E402
-from harness import ServersTestCase, unique
+from harness import DELIVERY_TIMEOUT, ServersTestCase, unique, wait_until
 
 STATS_RE = re.compile(r"mqtt_in=\d+.*redis_out=\d+.*redis_in=\d+"
                       r".*mqtt_out=\d+")
@@ -35,6 +35,7 @@ class StatusTest(ServersTestCase):
         self.assert_status("st", b"online", "while running")
         # some traffic so that the stats line has something to count
         sub = self.mqtt_client(self.mq.port, "news", name="sub")
+        rsub = self.redis_sub(self.rs.port, ["news"])
         pub = self.mqtt_client(self.mq.port, name="pub")
         p = unique("s").encode()
         pub.publish("news", p)
@@ -43,6 +44,10 @@ class StatusTest(ServersTestCase):
         r.publish("news", q)
         self.assertIsNotNone(sub.wait_for(lambda m: m.payload == q),
                              "redis -> mqtt before shutdown")
+        # p in Redis before the signal: sent later, it would stay with the
+        # broker (left_with_broker) and the counts below would race
+        self.assertTrue(wait_until(lambda: rsub.count("news", p) >= 1, DELIVERY_TIMEOUT),
+                        "mqtt -> redis before shutdown")
         # exit status 0 within the exit bound (checked by the harness)
         bridge.stop(sig)
         self.assert_status("st", b"offline", "after %s" % sig.name)
