@@ -105,7 +105,10 @@ fi
 say "$BOARD: build ($BUILD)"
 cmake -S "$ROOT" -B "$BUILD" "${CMAKE_ARGS[@]}" >"$OUT/$NAME.configure.log" 2>&1 \
   || { cat "$OUT/$NAME.configure.log" >&2; die "configure failed"; }
-cmake --build "$BUILD" -j"$(nproc 2>/dev/null || echo 2)"
+# --minimal: the bridge alone (no man pages; the full build makes them)
+TARGET=()
+(( MINIMAL )) && TARGET=(--target mqtt-redis-bridge)
+cmake --build "$BUILD" -j"$(nproc 2>/dev/null || echo 2)" "${TARGET[@]}"
 BIN="$BUILD/mqtt-redis-bridge"
 STRIP=$(sed -n 's/^CMAKE_STRIP:FILEPATH=//p' "$BUILD/CMakeCache.txt")
 "${STRIP:-strip}" -o "$BUILD/mqtt-redis-bridge.stripped" "$BIN"
